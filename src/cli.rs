@@ -1,0 +1,302 @@
+//! Command-line flags in the Prometheus exporter convention, each with an
+//! environment-variable equivalent.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::seed;
+use crate::source::{JetStreamConfig, NatsConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "session-exporter",
+    version,
+    about = "Prometheus exporter for game-session Metric* events read from NATS",
+    long_about = "Subscribes to the session service's events on NATS, folds the Metric* events \
+into per-game-namespace counters, gauges and histograms, and serves them on /metrics.\n\n\
+Without a subcommand it runs the exporter. Every flag can also be set through the \
+environment variable shown with it."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate a mapping file and exit (0 when valid).
+    CheckConfig {
+        /// The mapping file (YAML).
+        file: PathBuf,
+    },
+    /// Print the built-in mapping: a commented starting point for --config.file.
+    PrintDefaultConfig,
+    /// Publish realistic seed-shaped events to NATS (for demos, tests and benchmarks).
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(
+        long = "log.level",
+        env = "SESSION_EXPORTER_LOG_LEVEL",
+        default_value = "info",
+        global = true
+    )]
+    pub level: tracing::Level,
+    /// Log format.
+    #[arg(
+        long = "log.format",
+        env = "SESSION_EXPORTER_LOG_FORMAT",
+        value_enum,
+        default_value = "logfmt",
+        global = true
+    )]
+    pub format: LogFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable key=value lines.
+    Logfmt,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(
+        long = "nats.url",
+        env = "SESSION_EXPORTER_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+    /// NATS user (with --nats.password).
+    #[arg(long = "nats.user", env = "SESSION_EXPORTER_NATS_USER")]
+    pub user: Option<String>,
+    /// NATS password.
+    #[arg(
+        long = "nats.password",
+        env = "SESSION_EXPORTER_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// NATS token.
+    #[arg(
+        long = "nats.token",
+        env = "SESSION_EXPORTER_NATS_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// File holding an nkey seed.
+    #[arg(long = "nats.nkey-file", env = "SESSION_EXPORTER_NATS_NKEY_FILE")]
+    pub nkey_file: Option<PathBuf>,
+    /// NATS credentials (.creds) file.
+    #[arg(long = "nats.creds-file", env = "SESSION_EXPORTER_NATS_CREDS_FILE")]
+    pub creds_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the NATS server.
+    #[arg(long = "nats.tls-ca-file", env = "SESSION_EXPORTER_NATS_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(
+        long = "nats.tls-cert-file",
+        env = "SESSION_EXPORTER_NATS_TLS_CERT_FILE",
+        requires = "tls_key_file"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(
+        long = "nats.tls-key-file",
+        env = "SESSION_EXPORTER_NATS_TLS_KEY_FILE",
+        requires = "tls_cert_file"
+    )]
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse to talk to NATS without TLS.
+    #[arg(long = "nats.tls-required", env = "SESSION_EXPORTER_NATS_TLS_REQUIRED")]
+    pub tls_required: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Subject to subscribe to (repeat or comma-separate). Default: each seed channel, bare and with `.>`.
+    #[arg(
+        long = "nats.subject",
+        env = "SESSION_EXPORTER_NATS_SUBJECTS",
+        value_delimiter = ','
+    )]
+    pub subjects: Vec<String>,
+    /// Queue group: replicas in one group each receive a share of the events.
+    #[arg(long = "nats.queue-group", env = "SESSION_EXPORTER_NATS_QUEUE_GROUP")]
+    pub queue_group: Option<String>,
+    /// Messages the client buffers per subscription before dropping (counted as
+    /// slow-consumer drops). 65536 rides out a multi-second scrape or GC pause at
+    /// tens of thousands of events per second; memory is bounded by it times the
+    /// message size.
+    #[arg(
+        long = "nats.subscription-capacity",
+        env = "SESSION_EXPORTER_NATS_SUBSCRIPTION_CAPACITY",
+        default_value_t = 65536
+    )]
+    pub subscription_capacity: usize,
+    /// Consume this JetStream stream through a durable pull consumer instead of core subjects.
+    #[arg(
+        long = "nats.jetstream.stream",
+        env = "SESSION_EXPORTER_NATS_JETSTREAM_STREAM"
+    )]
+    pub js_stream: Option<String>,
+    /// Durable consumer name (shared by replicas, which then split the stream).
+    #[arg(
+        long = "nats.jetstream.consumer",
+        env = "SESSION_EXPORTER_NATS_JETSTREAM_CONSUMER",
+        default_value = "session-exporter"
+    )]
+    pub js_consumer: String,
+    /// Recent event ids remembered to drop JetStream redeliveries (0 turns it off).
+    #[arg(
+        long = "nats.jetstream.dedup-window",
+        env = "SESSION_EXPORTER_NATS_JETSTREAM_DEDUP_WINDOW",
+        default_value_t = 100_000
+    )]
+    pub js_dedup_window: usize,
+    /// Address to serve /metrics on (`:9750` means all interfaces).
+    #[arg(long = "web.listen-address", env = "SESSION_EXPORTER_WEB_LISTEN_ADDRESS", default_value = ":9750", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// Path under which metrics are served.
+    #[arg(
+        long = "web.telemetry-path",
+        env = "SESSION_EXPORTER_WEB_TELEMETRY_PATH",
+        default_value = "/metrics"
+    )]
+    pub telemetry_path: String,
+    /// Mapping file (YAML). Default: the built-in mapping (see print-default-config).
+    #[arg(long = "config.file", env = "SESSION_EXPORTER_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Events per second (0: as fast as possible).
+    #[arg(long, default_value_t = 200)]
+    pub rate: u64,
+    /// Stop after this many events (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+    /// Stop after this long, e.g. 30s or 5m (0: no limit).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub duration: std::time::Duration,
+    /// Distinct game namespaces.
+    #[arg(long, default_value_t = 5)]
+    pub namespaces: usize,
+    /// Random seed; the same seed gives the same events.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Multiply DS wait times (e.g. 20 simulates a degraded DS fleet).
+    #[arg(long = "ds-wait-scale", default_value_t = 1.0)]
+    pub ds_wait_scale: f64,
+    /// Fraction of deliberately malformed messages (0 to 1).
+    #[arg(long = "invalid-ratio", default_value_t = 0.0)]
+    pub invalid_ratio: f64,
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse()
+        .map_err(|e| format!("`{s}` is not host:port ({e})"))
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    crate::config::parse_duration(s)
+        .ok_or_else(|| format!("`{s}` is not a duration like 30s or 5m"))
+}
+
+impl NatsArgs {
+    pub fn config(&self) -> NatsConfig {
+        NatsConfig {
+            url: self.url.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            token: self.token.clone(),
+            nkey_file: self.nkey_file.clone(),
+            creds_file: self.creds_file.clone(),
+            tls_ca_file: self.tls_ca_file.clone(),
+            tls_cert_file: self.tls_cert_file.clone(),
+            tls_key_file: self.tls_key_file.clone(),
+            tls_required: self.tls_required,
+            subscription_capacity: 65536,
+            ..NatsConfig::default()
+        }
+    }
+}
+
+impl RunArgs {
+    pub fn nats_config(&self) -> NatsConfig {
+        let subjects = if self.subjects.is_empty() {
+            seed::default_subjects()
+        } else {
+            self.subjects.clone()
+        };
+        NatsConfig {
+            subjects,
+            queue_group: self.queue_group.clone(),
+            subscription_capacity: self.subscription_capacity.max(1),
+            jetstream: self.js_stream.as_ref().map(|stream| JetStreamConfig {
+                stream: stream.clone(),
+                consumer: self.js_consumer.clone(),
+            }),
+            ..self.nats.config()
+        }
+    }
+
+    pub fn dedup_window(&self) -> usize {
+        if self.js_stream.is_some() {
+            self.js_dedup_window
+        } else {
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn listen_address_accepts_go_style() {
+        assert_eq!(parse_listen(":9750").unwrap().to_string(), "0.0.0.0:9750");
+        assert!(parse_listen("nope").is_err());
+    }
+
+    #[test]
+    fn defaults_subscribe_to_every_channel() {
+        let cli = Cli::try_parse_from(["session-exporter"]).unwrap();
+        let cfg = cli.run.nats_config();
+        assert_eq!(cfg.subjects.len(), 8);
+        assert!(cfg.subjects.contains(&"mpv2SessionHistory.>".to_string()));
+        assert!(cfg.jetstream.is_none());
+    }
+}

@@ -1,0 +1,563 @@
+//! The mapping file: which events become which metrics, and the limits that
+//! bound memory. Parsed strictly (unknown keys are errors) and validated in one
+//! place, so conflicts are refused at start rather than found during a scrape.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The built-in mapping, printed by `print-default-config`.
+pub const DEFAULT_MAPPING: &str = include_str!("../config/default.yml");
+
+/// Self-metrics own this prefix; mappings may not use it.
+const RESERVED_PREFIX: &str = "session_exporter_";
+/// Built-in family counting every event by name.
+pub const EVENTS_METRIC: &str = "session_events_total";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: impl fmt::Display, msg: impl fmt::Display) -> ConfigError {
+    ConfigError(format!("{key}: {msg}"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    limits: RawLimits,
+    mappings: Vec<RawMapping>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_namespaces: usize,
+    max_message_bytes: usize,
+    max_namespace_length: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_namespaces: 10_000,
+            max_message_bytes: 65_536,
+            max_namespace_length: 128,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMapping {
+    event: String,
+    metric: String,
+    #[serde(rename = "type")]
+    kind: Kind,
+    #[serde(default)]
+    help: Option<String>,
+    #[serde(default)]
+    unit: Unit,
+    #[serde(default)]
+    value: RawValue,
+    #[serde(default)]
+    add: Option<Add>,
+    #[serde(default)]
+    max_value: Option<f64>,
+    #[serde(default)]
+    buckets: Option<Vec<f64>>,
+    #[serde(default)]
+    significant_figures: Option<u8>,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawValue {
+    source: Source,
+    pointer: Option<String>,
+    fallback: Fallback,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// Unit of the incoming measurement. Durations are exposed in seconds.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    #[default]
+    None,
+    Nanoseconds,
+    Microseconds,
+    Milliseconds,
+    Seconds,
+}
+
+impl Unit {
+    /// Factor from the incoming unit to the exposed one.
+    pub fn factor(self) -> f64 {
+        match self {
+            Unit::None | Unit::Seconds => 1.0,
+            Unit::Milliseconds => 1e-3,
+            Unit::Microseconds => 1e-6,
+            Unit::Nanoseconds => 1e-9,
+        }
+    }
+
+    /// HDR records integers: durations in milliseconds, plain values as they are.
+    pub fn hdr_scale(self) -> f64 {
+        match self {
+            Unit::None => 1.0,
+            _ => 1e3,
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    #[default]
+    Message,
+    Envelope,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    #[default]
+    None,
+    UserCount,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Add {
+    One,
+    Value,
+}
+
+/// Where a measurement is read from, and how it is checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueSpec {
+    pub source: Source,
+    /// `None` means the contract's default: a bare number, or the object's `/value`.
+    pub pointer: Option<String>,
+    pub fallback: Fallback,
+    pub factor: f64,
+    pub max_value: f64,
+}
+
+/// One metric family the fold keeps per namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricDef {
+    pub name: String,
+    pub help: String,
+    pub kind: Kind,
+    pub buckets: Vec<f64>,
+    pub sigfig: u8,
+    pub hdr_scale: f64,
+    pub ttl: Duration,
+}
+
+/// What one event does to one metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub metric: usize,
+    /// `None` for counters that add one: no value is read at all.
+    pub value: Option<ValueSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_namespaces: usize,
+    pub max_message_bytes: usize,
+    pub max_namespace_length: usize,
+}
+
+/// The validated mapping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Catalog {
+    pub limits: Limits,
+    pub metrics: Vec<MetricDef>,
+    pub rules: HashMap<String, Vec<Rule>>,
+}
+
+impl Catalog {
+    pub fn default_mapping() -> Catalog {
+        Catalog::from_yaml(DEFAULT_MAPPING).expect("the embedded default mapping is valid")
+    }
+
+    pub fn from_file(path: &Path) -> Result<Catalog, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        Catalog::from_yaml(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Catalog, ConfigError> {
+        let raw: RawFile = serde_yaml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        build(raw)
+    }
+
+    pub fn rules_for(&self, event: &str) -> &[Rule] {
+        self.rules.get(event).map_or(&[], Vec::as_slice)
+    }
+}
+
+fn build(raw: RawFile) -> Result<Catalog, ConfigError> {
+    let l = raw.limits;
+    if l.max_namespaces == 0 {
+        return Err(err("limits.max_namespaces", "must be at least 1"));
+    }
+    if l.max_message_bytes == 0 {
+        return Err(err("limits.max_message_bytes", "must be at least 1"));
+    }
+    if l.max_namespace_length == 0 {
+        return Err(err("limits.max_namespace_length", "must be at least 1"));
+    }
+    if raw.mappings.is_empty() {
+        return Err(err("mappings", "at least one mapping is required"));
+    }
+    let mut metrics: Vec<MetricDef> = Vec::new();
+    let mut rules: HashMap<String, Vec<Rule>> = HashMap::new();
+    for (i, m) in raw.mappings.into_iter().enumerate() {
+        let key = format!("mappings[{i}]");
+        let (def, value) = check_mapping(&key, &m)?;
+        let metric = match metrics.iter().position(|d| d.name == def.name) {
+            Some(j) if metrics[j] != def => {
+                return Err(err(
+                    format!("{key}.metric"),
+                    format!(
+                        "`{}` is already defined with another type, help, unit or buckets",
+                        def.name
+                    ),
+                ))
+            }
+            Some(j) => j,
+            None => {
+                metrics.push(def);
+                metrics.len() - 1
+            }
+        };
+        rules
+            .entry(m.event)
+            .or_default()
+            .push(Rule { metric, value });
+    }
+    check_collisions(&metrics)?;
+    Ok(Catalog {
+        limits: Limits {
+            max_namespaces: l.max_namespaces,
+            max_message_bytes: l.max_message_bytes,
+            max_namespace_length: l.max_namespace_length,
+        },
+        metrics,
+        rules,
+    })
+}
+
+fn check_mapping(key: &str, m: &RawMapping) -> Result<(MetricDef, Option<ValueSpec>), ConfigError> {
+    let kind = m.kind;
+    if m.event.is_empty() {
+        return Err(err(format!("{key}.event"), "must not be empty"));
+    }
+    if !valid_metric_name(&m.metric) {
+        return Err(err(
+            format!("{key}.metric"),
+            format!("`{}` is not a valid metric name", m.metric),
+        ));
+    }
+    if m.metric.starts_with(RESERVED_PREFIX) || m.metric == EVENTS_METRIC {
+        return Err(err(
+            format!("{key}.metric"),
+            format!("`{}` is reserved for the exporter itself", m.metric),
+        ));
+    }
+    if kind == Kind::Counter && !m.metric.ends_with("_total") {
+        return Err(err(
+            format!("{key}.metric"),
+            "counter names must end in _total",
+        ));
+    }
+    let only = |field: &str, set: bool, allowed: Kind| -> Result<(), ConfigError> {
+        if set && kind != allowed {
+            return Err(err(
+                format!("{key}.{field}"),
+                format!("only applies to {} mappings", allowed.as_str()),
+            ));
+        }
+        Ok(())
+    };
+    only("add", m.add.is_some(), Kind::Counter)?;
+    only("buckets", m.buckets.is_some(), Kind::Histogram)?;
+    only(
+        "significant_figures",
+        m.significant_figures.is_some(),
+        Kind::Histogram,
+    )?;
+    only("ttl", m.ttl.is_some(), Kind::Gauge)?;
+
+    let buckets = match (&m.buckets, kind) {
+        (Some(b), _) => check_buckets(&format!("{key}.buckets"), b)?,
+        (None, Kind::Histogram) => default_buckets(),
+        (None, _) => Vec::new(),
+    };
+    let sigfig = m.significant_figures.unwrap_or(2);
+    if !(1..=5).contains(&sigfig) {
+        return Err(err(
+            format!("{key}.significant_figures"),
+            "must be between 1 and 5",
+        ));
+    }
+    let ttl = match &m.ttl {
+        Some(t) => parse_duration(t).filter(|d| !d.is_zero()).ok_or_else(|| {
+            err(
+                format!("{key}.ttl"),
+                format!("`{t}` is not a duration like 30s, 10m or 1h"),
+            )
+        })?,
+        None => Duration::from_secs(600),
+    };
+    let max_value = m.max_value.unwrap_or(1e12);
+    if !(max_value.is_finite() && max_value > 0.0) {
+        return Err(err(format!("{key}.max_value"), "must be a positive number"));
+    }
+    if let Some(p) = &m.value.pointer {
+        if !p.is_empty() && !p.starts_with('/') {
+            return Err(err(
+                format!("{key}.value.pointer"),
+                format!("`{p}` is not a JSON pointer (it must start with /)"),
+            ));
+        }
+    }
+    let reads_value = kind != Kind::Counter || m.add == Some(Add::Value);
+    let value = reads_value.then(|| ValueSpec {
+        source: m.value.source,
+        pointer: m.value.pointer.clone(),
+        fallback: m.value.fallback,
+        factor: m.unit.factor(),
+        max_value,
+    });
+    let def = MetricDef {
+        name: m.metric.clone(),
+        help: m
+            .help
+            .clone()
+            .unwrap_or_else(|| format!("Folded from session events ({}).", m.metric)),
+        kind,
+        buckets,
+        sigfig,
+        hdr_scale: m.unit.hdr_scale(),
+        ttl,
+    };
+    Ok((def, value))
+}
+
+fn default_buckets() -> Vec<f64> {
+    vec![
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]
+}
+
+fn check_buckets(key: &str, b: &[f64]) -> Result<Vec<f64>, ConfigError> {
+    if b.is_empty() {
+        return Err(err(key, "needs at least one bound"));
+    }
+    if b.iter().any(|v| !v.is_finite() || *v < 0.0) {
+        return Err(err(
+            key,
+            "bounds must be finite and not negative (+Inf is implied)",
+        ));
+    }
+    if b.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(err(key, "bounds must be strictly increasing"));
+    }
+    Ok(b.to_vec())
+}
+
+/// Every series name a family exposes must be unique across the catalog.
+fn check_collisions(metrics: &[MetricDef]) -> Result<(), ConfigError> {
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    seen.insert(EVENTS_METRIC.to_string(), EVENTS_METRIC);
+    for d in metrics {
+        let names: Vec<String> = match d.kind {
+            Kind::Histogram => ["_bucket", "_sum", "_count", ""]
+                .iter()
+                .map(|s| format!("{}{s}", d.name))
+                .collect(),
+            _ => vec![d.name.clone()],
+        };
+        for n in names {
+            if let Some(other) = seen.insert(n.clone(), &d.name) {
+                return Err(err(
+                    "mappings",
+                    format!(
+                        "metric `{}` collides with `{other}` on series `{n}`",
+                        d.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn valid_metric_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// `500ms`, `30s`, `10m`, `1h`, `1d`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(mapping: &str) -> Result<Catalog, ConfigError> {
+        Catalog::from_yaml(&format!("mappings:\n{mapping}"))
+    }
+
+    #[test]
+    fn default_mapping_loads_the_catalog() {
+        let c = Catalog::default_mapping();
+        let names: Vec<&str> = c.metrics.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names.len(), 8);
+        assert!(names.contains(&"session_ds_acquisition_wait_seconds"));
+        let ds = &c.rules_for("MetricAcquiringDsWaitTimeEvent")[0];
+        assert_eq!(ds.value.as_ref().map(|v| v.factor), Some(1e-3));
+        assert!(c.rules_for("MetricAcquiringDsEvent")[0].value.is_none());
+        assert_eq!(c.limits.max_namespaces, 10_000);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = one("  - event: A\n    metric: a_total\n    type: counter\n    buckt: [1]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("buckt"), "{e}");
+    }
+
+    #[test]
+    fn type_conflict_is_refused() {
+        let e = one(
+            "  - {event: A, metric: x_total, type: counter}\n  - {event: B, metric: x_total, type: gauge}\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("mappings[1].metric"), "{e}");
+    }
+
+    #[test]
+    fn shared_metric_with_same_definition_is_allowed() {
+        let c = one(
+            "  - {event: A, metric: x_total, type: counter, help: h}\n  - {event: B, metric: x_total, type: counter, help: h}\n",
+        )
+        .unwrap();
+        assert_eq!(c.metrics.len(), 1);
+        assert_eq!(c.rules_for("B")[0].metric, 0);
+    }
+
+    #[test]
+    fn invalid_fields_are_refused_by_key() {
+        let cases = [
+            (
+                "  - {event: A, metric: a, type: counter}\n",
+                "mappings[0].metric",
+            ),
+            (
+                "  - {event: A, metric: 9a, type: gauge}\n",
+                "mappings[0].metric",
+            ),
+            (
+                "  - {event: A, metric: a, type: gauge, buckets: [1]}\n",
+                "mappings[0].buckets",
+            ),
+            (
+                "  - {event: A, metric: a, type: histogram, buckets: [2, 1]}\n",
+                "mappings[0].buckets",
+            ),
+            (
+                "  - {event: A, metric: a, type: gauge, ttl: soon}\n",
+                "mappings[0].ttl",
+            ),
+            (
+                "  - {event: A, metric: a, type: histogram, significant_figures: 9}\n",
+                "mappings[0].significant_figures",
+            ),
+            (
+                "  - {event: A, metric: a, type: gauge, value: {pointer: value}}\n",
+                "mappings[0].value.pointer",
+            ),
+            (
+                "  - {event: A, metric: session_exporter_x, type: gauge}\n",
+                "mappings[0].metric",
+            ),
+        ];
+        for (yaml, key) in cases {
+            let e = one(yaml).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{yaml}: {e}");
+        }
+        let e = one("  - {event: A, metric: h, type: histogram}\n  - {event: B, metric: h_count, type: gauge}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("collides"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let e = Catalog::from_yaml(
+            "limits: {max_namespaces: 0}\nmappings:\n  - {event: A, metric: a, type: gauge}\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("limits.max_namespaces"), "{e}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("m"), None);
+    }
+}

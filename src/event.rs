@@ -1,0 +1,495 @@
+//! Decoding one NATS message into a borrowed view of the seed's event envelope,
+//! and reading a measurement out of it under the value contract of DESIGN.md.
+//! Nothing here allocates for a well-formed event whose strings have no escapes.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::config::{Fallback, Source, ValueSpec};
+
+/// Why an event was not folded. The label values of
+/// `session_exporter_events_rejected_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    TooLarge,
+    InvalidUtf8,
+    InvalidJson,
+    InvalidType,
+    MissingName,
+    MissingNamespace,
+    InvalidNamespace,
+    MissingValue,
+    InvalidValue,
+    ValueOutOfRange,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 10] = [
+        Reason::TooLarge,
+        Reason::InvalidUtf8,
+        Reason::InvalidJson,
+        Reason::InvalidType,
+        Reason::MissingName,
+        Reason::MissingNamespace,
+        Reason::InvalidNamespace,
+        Reason::MissingValue,
+        Reason::InvalidValue,
+        Reason::ValueOutOfRange,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::TooLarge => "too_large",
+            Reason::InvalidUtf8 => "invalid_utf8",
+            Reason::InvalidJson => "invalid_json",
+            Reason::InvalidType => "invalid_type",
+            Reason::MissingName => "missing_name",
+            Reason::MissingNamespace => "missing_namespace",
+            Reason::InvalidNamespace => "invalid_namespace",
+            Reason::MissingValue => "missing_value",
+            Reason::InvalidValue => "invalid_value",
+            Reason::ValueOutOfRange => "value_out_of_range",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A decoded event, borrowing from the message bytes.
+#[derive(Debug)]
+pub struct Event<'a> {
+    pub raw: &'a [u8],
+    pub id: Option<Cow<'a, str>>,
+    pub name: Cow<'a, str>,
+    /// Envelope `namespace`, else `payload.namespace`; never empty.
+    pub namespace: Option<Cow<'a, str>>,
+    pub timestamp: Option<Cow<'a, str>>,
+    pub message: Message<'a>,
+    pub user_count: Option<usize>,
+}
+
+/// `payload.message`: a string in the seed, a number from lenient producers.
+#[derive(Debug, Default, PartialEq)]
+pub enum Message<'a> {
+    #[default]
+    Absent,
+    Text(Cow<'a, str>),
+    Number(f64),
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    id: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    name: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    namespace: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    timestamp: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    payload: Option<Payload<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Payload<'a> {
+    #[serde(rename = "userIds", default)]
+    user_ids: Option<Count>,
+    #[serde(borrow, default)]
+    namespace: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    message: Message<'a>,
+}
+
+/// A JSON string, borrowed when it has no escapes. (serde's own `Cow` inside an
+/// `Option` always copies.)
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Message::deserialize(d)? {
+            Message::Text(t) => Ok(Text(t)),
+            _ => Err(de::Error::custom("expected a string")),
+        }
+    }
+}
+
+/// The length of an array, without keeping its elements.
+struct Count(usize);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Count(n))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Message<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Message<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Message<'a>, E> {
+                Ok(Message::Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Message<'a>, E> {
+                Ok(Message::Text(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Message<'a>, E> {
+                Ok(Message::Text(Cow::Owned(s)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Message<'a>, E> {
+                Ok(Message::Number(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Message<'a>, E> {
+                Ok(Message::Number(v as f64))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Message<'a>, E> {
+                Ok(Message::Number(v as f64))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Message<'a>, E> {
+                Ok(Message::Absent)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// Decode one message. The size limit is checked by the caller, which knows it.
+pub fn decode(raw: &[u8]) -> Result<Event<'_>, Reason> {
+    let env: Envelope = serde_json::from_slice(raw).map_err(|e| classify(raw, &e))?;
+    let name = match env.name {
+        Some(Text(n)) if !n.is_empty() => n,
+        _ => return Err(Reason::MissingName),
+    };
+    let (payload_ns, message, user_count) = match env.payload {
+        Some(p) => (p.namespace, p.message, p.user_ids.map(|c| c.0)),
+        None => (None, Message::Absent, None),
+    };
+    let namespace = [env.namespace, payload_ns]
+        .into_iter()
+        .flatten()
+        .map(|t| t.0)
+        .find(|n| !n.is_empty());
+    Ok(Event {
+        raw,
+        id: env.id.map(|t| t.0),
+        name,
+        namespace,
+        timestamp: env.timestamp.map(|t| t.0),
+        message,
+        user_count,
+    })
+}
+
+fn classify(raw: &[u8], e: &serde_json::Error) -> Reason {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => Reason::InvalidType,
+        _ if std::str::from_utf8(raw).is_err() => Reason::InvalidUtf8,
+        _ => Reason::InvalidJson,
+    }
+}
+
+impl Event<'_> {
+    /// The measurement for one mapping, converted to the exposed unit.
+    pub fn value(&self, spec: &ValueSpec) -> Result<f64, Reason> {
+        let raw = match spec.source {
+            Source::Message => self.message_value(spec.pointer.as_deref())?,
+            Source::Envelope => self.envelope_value(spec.pointer.as_deref().unwrap_or(""))?,
+        };
+        let v = match (raw, spec.fallback) {
+            (Some(v), _) => v,
+            (None, Fallback::UserCount) => self.user_count.ok_or(Reason::MissingValue)? as f64,
+            (None, Fallback::None) => return Err(Reason::MissingValue),
+        };
+        if !v.is_finite() || v < 0.0 {
+            return Err(Reason::InvalidValue);
+        }
+        let v = v * spec.factor;
+        if v > spec.max_value {
+            return Err(Reason::ValueOutOfRange);
+        }
+        Ok(v)
+    }
+
+    fn message_value(&self, pointer: Option<&str>) -> Result<Option<f64>, Reason> {
+        let text = match &self.message {
+            Message::Absent => return Ok(None),
+            Message::Number(n) => return Ok(Some(*n)),
+            Message::Text(t) => t.trim(),
+        };
+        if text.is_empty() {
+            return Ok(None);
+        }
+        if !text.starts_with('{') {
+            return parse_number(text).map(Some);
+        }
+        let obj: serde_json::Value =
+            serde_json::from_str(text).map_err(|_| Reason::InvalidValue)?;
+        number_at(&obj, pointer.unwrap_or("/value"))
+    }
+
+    fn envelope_value(&self, pointer: &str) -> Result<Option<f64>, Reason> {
+        let doc: serde_json::Value =
+            serde_json::from_slice(self.raw).map_err(|_| Reason::InvalidJson)?;
+        number_at(&doc, pointer)
+    }
+}
+
+/// A JSON number or numeric string at `pointer`; absent or null means no value.
+fn number_at(doc: &serde_json::Value, pointer: &str) -> Result<Option<f64>, Reason> {
+    match doc.pointer(pointer) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => n.as_f64().map(Some).ok_or(Reason::InvalidValue),
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(serde_json::Value::String(s)) => parse_number(s.trim()).map(Some),
+        Some(_) => Err(Reason::InvalidValue),
+    }
+}
+
+/// Decimal numbers only: Rust's parser would also take `inf` and `NaN`.
+fn parse_number(s: &str) -> Result<f64, Reason> {
+    let plain = s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
+    if !plain {
+        return Err(Reason::InvalidValue);
+    }
+    s.parse::<f64>().map_err(|_| Reason::InvalidValue)
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 timestamp
+/// (`2026-11-22T10:00:01Z`, `2026-11-22T10:00:01.250+01:00`).
+pub fn parse_rfc3339(s: &str) -> Option<f64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let d = &b[r];
+        if d.iter().all(u8::is_ascii_digit) {
+            Some(d.iter().fold(0i64, |a, c| a * 10 + i64::from(c - b'0')))
+        } else {
+            None
+        }
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut frac = 0.0;
+    if b[i] == b'.' {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        frac = s[start - 1..i].parse::<f64>().ok()?;
+    }
+    let offset = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let (h, m) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            let o = h * 3600 + m * 60;
+            if *sign == b'+' {
+                o
+            } else {
+                -o
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86400 + hour * 3600 + min * 60 + sec - offset;
+    Some(secs as f64 + frac)
+}
+
+/// Howard Hinnant's days-from-civil: days since 1970-01-01.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(pointer: Option<&str>, fallback: Fallback) -> ValueSpec {
+        ValueSpec {
+            source: Source::Message,
+            pointer: pointer.map(str::to_owned),
+            fallback,
+            factor: 1e-3,
+            max_value: 1000.0,
+        }
+    }
+
+    fn ev(json: &str) -> Event<'_> {
+        decode(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn reads_every_accepted_encoding() {
+        let s = spec(None, Fallback::None);
+        let cases = [
+            (r#""1532""#, 1.532),
+            (r#"" 1532 ""#, 1.532),
+            (r#""{\"value\":870}""#, 0.87),
+            (r#""{\"value\":\"870\"}""#, 0.87),
+            ("250", 0.25),
+            ("2.5e3", 2.5),
+        ];
+        for (msg, want) in cases {
+            let j = format!(r#"{{"name":"X","namespace":"g","payload":{{"message":{msg}}}}}"#);
+            let got = ev(&j).value(&s).unwrap();
+            assert!((got - want).abs() < 1e-12, "{msg}: {got}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_rejected_by_reason() {
+        let s = spec(None, Fallback::None);
+        let cases = [
+            (r#""""#, Reason::MissingValue),
+            ("null", Reason::MissingValue),
+            (r#""{\"other\":1}""#, Reason::MissingValue),
+            (r#""abc""#, Reason::InvalidValue),
+            (r#""NaN""#, Reason::InvalidValue),
+            (r#""inf""#, Reason::InvalidValue),
+            (r#""1e999""#, Reason::InvalidValue),
+            (r#""-5""#, Reason::InvalidValue),
+            (r#""{\"value\":[1]}""#, Reason::InvalidValue),
+            (r#""{broken""#, Reason::InvalidValue),
+            (r#""99999999""#, Reason::ValueOutOfRange),
+        ];
+        for (msg, want) in cases {
+            let j = format!(r#"{{"name":"X","namespace":"g","payload":{{"message":{msg}}}}}"#);
+            assert_eq!(ev(&j).value(&s), Err(want), "{msg}");
+        }
+        let j = r#"{"name":"X","namespace":"g"}"#;
+        assert_eq!(ev(j).value(&s), Err(Reason::MissingValue));
+    }
+
+    #[test]
+    fn players_fall_back_to_user_count() {
+        let mut s = spec(None, Fallback::UserCount);
+        s.factor = 1.0;
+        let j = r#"{"name":"X","namespace":"g","payload":{"userIds":["a","b","c"],"message":""}}"#;
+        assert_eq!(ev(j).value(&s), Ok(3.0));
+        let j = r#"{"name":"X","namespace":"g","payload":{"userIds":["a"],"message":"8"}}"#;
+        assert_eq!(ev(j).value(&s), Ok(8.0));
+    }
+
+    #[test]
+    fn pointers_reach_message_and_envelope() {
+        let mut s = spec(Some("/stats/wait"), Fallback::None);
+        let j = r#"{"name":"X","namespace":"g","payload":{"message":"{\"stats\":{\"wait\":40}}"}}"#;
+        assert_eq!(ev(j).value(&s), Ok(0.04));
+        s.source = Source::Envelope;
+        s.pointer = Some("/version".into());
+        let j = r#"{"name":"X","namespace":"g","version":7}"#;
+        assert_eq!(ev(j).value(&s), Ok(0.007));
+    }
+
+    #[test]
+    fn envelope_is_checked() {
+        let cases: [(&[u8], Reason); 7] = [
+            (b"not json", Reason::InvalidJson),
+            (b"[1,2]", Reason::InvalidType),
+            (br#"{"name":5}"#, Reason::InvalidType),
+            (br#"{"namespace":"g"}"#, Reason::MissingName),
+            (br#"{"name":""}"#, Reason::MissingName),
+            (
+                br#"{"name":"X","payload":{"userIds":"a"}}"#,
+                Reason::InvalidType,
+            ),
+            (b"{\"name\":\"\xff\"}", Reason::InvalidUtf8),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(
+                decode(raw).err(),
+                Some(want),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn namespace_prefers_envelope_then_payload() {
+        let j = r#"{"name":"X","namespace":"","payload":{"namespace":"p"}}"#;
+        assert_eq!(ev(j).namespace.as_deref(), Some("p"));
+        let j = r#"{"name":"X","namespace":"e","payload":{"namespace":"p"}}"#;
+        assert_eq!(ev(j).namespace.as_deref(), Some("e"));
+        let j = r#"{"name":"onPartyCreated"}"#;
+        assert_eq!(ev(j).namespace, None);
+    }
+
+    #[test]
+    fn well_formed_events_borrow() {
+        let j = r#"{"id":"e1","name":"X","namespace":"g","payload":{"message":"12"}}"#;
+        let e = ev(j);
+        assert!(matches!(e.name, Cow::Borrowed(_)));
+        assert!(matches!(e.message, Message::Text(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn rfc3339_parses() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0.0));
+        assert_eq!(parse_rfc3339("2026-11-22T10:00:01Z"), Some(1_795_341_601.0));
+        assert_eq!(
+            parse_rfc3339("2026-11-22T11:00:01.5+01:00"),
+            Some(1_795_341_601.5)
+        );
+        assert_eq!(
+            parse_rfc3339("2019-08-24T14:15:22-02:30"),
+            Some(1_566_665_122.0)
+        );
+        for bad in [
+            "",
+            "2026-11-22",
+            "2026-13-01T00:00:00Z",
+            "2026-11-22T10:00:01",
+            "2026-11-22T10:00:01.Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+}

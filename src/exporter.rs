@@ -1,0 +1,228 @@
+//! The state the NATS source writes and the HTTP server reads: the fold behind a
+//! mutex, the self-metrics, readiness, and the mapping source for reloads.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::{Catalog, ConfigError};
+use crate::event::{decode, parse_rfc3339, Reason};
+use crate::exposition;
+use crate::fold::{Fold, Outcome};
+use crate::stats::Stats;
+
+pub struct Exporter {
+    /// A `std` mutex is right here: it is never held across an `.await`, and
+    /// both critical sections (fold a batch, snapshot for a scrape) are short.
+    fold: Mutex<Fold>,
+    pub stats: Stats,
+    /// Set once the source has subscribed; readiness also needs a live connection.
+    subscribed: AtomicBool,
+    max_message_bytes: AtomicUsize,
+    mapping_file: Option<PathBuf>,
+    reject_log: Mutex<RateLimit>,
+}
+
+impl Exporter {
+    pub fn new(catalog: Catalog, mapping_file: Option<PathBuf>, dedup_window: usize) -> Exporter {
+        let stats = Stats::new();
+        stats
+            .max_namespaces
+            .set(catalog.limits.max_namespaces as i64);
+        let max = catalog.limits.max_message_bytes;
+        Exporter {
+            fold: Mutex::new(Fold::new(Arc::new(catalog)).with_dedup(dedup_window)),
+            stats,
+            subscribed: AtomicBool::new(false),
+            max_message_bytes: AtomicUsize::new(max),
+            mapping_file,
+            reject_log: Mutex::new(RateLimit::new(10, Duration::from_secs(1))),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Fold> {
+        // A panic while folding cannot leave the fold half-written in a way that
+        // matters more than losing the exporter, so keep serving.
+        self.fold.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_subscribed(&self, v: bool) {
+        self.subscribed.store(v, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed) && self.stats.nats_connected.get() == 1
+    }
+
+    /// Decode a batch of message payloads outside the lock, then fold them under
+    /// one lock. Returns how many were folded (not rejected, not duplicates).
+    pub fn ingest<'a>(&self, payloads: impl IntoIterator<Item = &'a [u8]>) -> usize {
+        let wall = unix_now();
+        let now = Instant::now();
+        let max = self.max_message_bytes.load(Ordering::Relaxed);
+        let decoded: Vec<_> = payloads
+            .into_iter()
+            .map(|p| {
+                if p.len() > max {
+                    return Err(Reason::TooLarge);
+                }
+                decode(p)
+            })
+            .collect();
+        self.stats.messages_received.inc_by(decoded.len() as u64);
+        let mut folded = 0;
+        let mut fold = self.lock();
+        for d in &decoded {
+            let result = d.as_ref().map_err(|r| *r).and_then(|ev| {
+                let stamped = ev.timestamp.as_deref().and_then(parse_rfc3339);
+                let outcome = fold.apply(ev, now, stamped.unwrap_or(wall))?;
+                if let (Some(t), Outcome::Folded | Outcome::Overflowed) = (stamped, outcome) {
+                    self.stats.event_lag.observe((wall - t).max(0.0));
+                }
+                Ok(outcome)
+            });
+            match result {
+                Ok(Outcome::Folded) => folded += 1,
+                Ok(Outcome::Overflowed) => {
+                    folded += 1;
+                    self.stats.overflow_events.inc();
+                }
+                Ok(Outcome::Duplicate) => self.stats.duplicates.inc(),
+                Err(reason) => self.rejected(reason, d),
+            }
+        }
+        drop(fold);
+        self.stats.events_folded.inc_by(folded as u64);
+        folded
+    }
+
+    fn rejected(&self, reason: Reason, d: &Result<crate::event::Event, Reason>) {
+        self.stats.reject(reason);
+        let allowed = self
+            .reject_log
+            .lock()
+            .map(|mut l| l.allow(Instant::now()))
+            .unwrap_or(false);
+        if allowed {
+            let name = d.as_ref().map(|e| e.name.as_ref()).unwrap_or("");
+            tracing::debug!(%reason, event = name, "rejected event");
+        }
+    }
+
+    /// Render `/metrics`: snapshot under the lock, format without it.
+    pub fn scrape(&self) -> String {
+        let start = Instant::now();
+        let snap = {
+            let fold = self.lock();
+            self.stats.namespaces.set(fold.namespace_count() as i64);
+            fold.snapshot(start)
+        };
+        let mut out = String::with_capacity(4096 + snap.namespaces.len() * 2048);
+        exposition::render(&snap, &mut out);
+        self.stats.series.set(snap.series() as i64);
+        self.stats
+            .scrape_duration
+            .observe(start.elapsed().as_secs_f64());
+        self.stats.render(&mut out);
+        out
+    }
+
+    /// Re-read the mapping file (SIGHUP, `/-/reload`). On error the old mapping stays.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let result = match &self.mapping_file {
+            Some(path) => Catalog::from_file(path),
+            None => Ok(Catalog::default_mapping()),
+        };
+        let outcome = match result {
+            Ok(catalog) => {
+                self.max_message_bytes
+                    .store(catalog.limits.max_message_bytes, Ordering::Relaxed);
+                self.stats
+                    .max_namespaces
+                    .set(catalog.limits.max_namespaces as i64);
+                self.lock().reconfigure(Arc::new(catalog));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        let label = if outcome.is_ok() {
+            "success"
+        } else {
+            "failure"
+        };
+        self.stats.reloads.with_label_values(&[label]).inc();
+        self.stats.reload_success.set(i64::from(outcome.is_ok()));
+        outcome
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// At most `burst` events per `period`: keeps hostile input from flooding logs.
+pub struct RateLimit {
+    burst: u32,
+    period: Duration,
+    window_start: Option<Instant>,
+    used: u32,
+}
+
+impl RateLimit {
+    pub fn new(burst: u32, period: Duration) -> RateLimit {
+        RateLimit {
+            burst,
+            period,
+            window_start: None,
+            used: 0,
+        }
+    }
+
+    pub fn allow(&mut self, now: Instant) -> bool {
+        match self.window_start {
+            Some(s) if now.saturating_duration_since(s) < self.period => {}
+            _ => {
+                self.window_start = Some(now);
+                self.used = 0;
+            }
+        }
+        self.used += 1;
+        self.used <= self.burst
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_counts_every_outcome() {
+        let e = Exporter::new(Catalog::default_mapping(), None, 0);
+        let good = br#"{"name":"MetricAcquiringDsEvent","namespace":"g"}"#.as_slice();
+        let big = vec![b' '; 70_000];
+        let n = e.ingest([good, b"{", br#"{"namespace":"g"}"#, &big, good]);
+        assert_eq!(n, 2);
+        let text = e.scrape();
+        for line in [
+            "session_ds_acquisitions_total{game_namespace=\"g\"} 2",
+            "session_exporter_events_rejected_total{reason=\"invalid_json\"} 1",
+            "session_exporter_events_rejected_total{reason=\"missing_name\"} 1",
+            "session_exporter_events_rejected_total{reason=\"too_large\"} 1",
+            "session_exporter_messages_received_total 5",
+            "session_exporter_events_folded_total 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_resets_each_period() {
+        let mut r = RateLimit::new(2, Duration::from_secs(1));
+        let t = Instant::now();
+        assert!(r.allow(t) && r.allow(t) && !r.allow(t));
+        assert!(r.allow(t + Duration::from_secs(1)));
+    }
+}

@@ -1,0 +1,546 @@
+//! Per-namespace metric state. Pure and synchronous: the ingest loop is its only
+//! writer, a scrape takes a compact [`Snapshot`] and renders it unlocked.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+
+use crate::config::{Catalog, Kind, MetricDef};
+use crate::event::{Event, Reason};
+use crate::seed;
+
+/// The series that namespaces past `max_namespaces` fold into.
+pub const OVERFLOW_NAMESPACE: &str = "__overflow__";
+
+/// What folding one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied to its namespace's metrics (or counted only, if unmapped).
+    Folded,
+    /// Applied, but to the overflow series: the namespace limit was reached.
+    Overflowed,
+    /// An event `id` seen within the de-duplication window (JetStream redelivery).
+    Duplicate,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Empty,
+    Counter(f64),
+    Gauge {
+        value: f64,
+        /// Event time (Unix seconds) of the value, so late events do not win.
+        event_time: f64,
+        seen: Instant,
+    },
+    Histogram(Box<Hist>),
+}
+
+#[derive(Debug)]
+struct Hist {
+    hdr: Histogram<u32>,
+    /// Exact, from the converted values rather than HDR's rounded ones.
+    sum: f64,
+    count: u64,
+}
+
+struct Namespace {
+    name: Arc<str>,
+    slots: Vec<Slot>,
+}
+
+/// Remembers the last `cap` event ids, by hash.
+struct Dedup {
+    hasher: RandomState,
+    seen: HashSet<u64>,
+    order: VecDeque<u64>,
+    cap: usize,
+}
+
+impl Dedup {
+    fn is_duplicate(&mut self, id: &str) -> bool {
+        let h = self.hasher.hash_one(id);
+        if !self.seen.insert(h) {
+            return true;
+        }
+        self.order.push_back(h);
+        if self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        false
+    }
+}
+
+/// Namespaces by name, in arrival order.
+#[derive(Default)]
+struct Namespaces {
+    index: HashMap<Arc<str>, usize>,
+    list: Vec<Namespace>,
+}
+
+impl Namespaces {
+    /// The slot index for `name`, or for the overflow series past the limit.
+    fn find_or_insert(&mut self, name: &str, catalog: &Catalog) -> (usize, Outcome) {
+        if let Some(&i) = self.index.get(name) {
+            return (i, Outcome::Folded);
+        }
+        let live = self.list.len() - usize::from(self.index.contains_key(OVERFLOW_NAMESPACE));
+        if live >= catalog.limits.max_namespaces {
+            return (
+                self.insert(OVERFLOW_NAMESPACE, catalog),
+                Outcome::Overflowed,
+            );
+        }
+        (self.insert(name, catalog), Outcome::Folded)
+    }
+
+    fn insert(&mut self, name: &str, catalog: &Catalog) -> usize {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let name: Arc<str> = Arc::from(name);
+        let slots = catalog.metrics.iter().map(|_| Slot::Empty).collect();
+        self.list.push(Namespace {
+            name: name.clone(),
+            slots,
+        });
+        self.index.insert(name, self.list.len() - 1);
+        self.list.len() - 1
+    }
+}
+
+pub struct Fold {
+    catalog: Arc<Catalog>,
+    namespaces: Namespaces,
+    /// `session_events_total` by seed event name, `other` last.
+    events: Vec<u64>,
+    dedup: Option<Dedup>,
+    /// Values of one event, checked before any is applied.
+    scratch: Vec<f64>,
+}
+
+impl Fold {
+    pub fn new(catalog: Arc<Catalog>) -> Fold {
+        Fold {
+            catalog,
+            namespaces: Namespaces::default(),
+            events: vec![0; seed::EVENT_NAMES.len() + 1],
+            dedup: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Drop events whose `id` was among the last `window` seen (0 turns it off).
+    pub fn with_dedup(mut self, window: usize) -> Fold {
+        self.dedup = (window > 0).then(|| Dedup {
+            hasher: RandomState::new(),
+            seen: HashSet::with_capacity(window),
+            order: VecDeque::with_capacity(window),
+            cap: window,
+        });
+        self
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn namespace_count(&self) -> usize {
+        self.namespaces.list.len()
+    }
+
+    /// Fold one decoded event. `now` dates gauge updates for expiry; `event_time`
+    /// (Unix seconds: the event's timestamp, else the receive time) orders them.
+    pub fn apply(&mut self, ev: &Event, now: Instant, event_time: f64) -> Result<Outcome, Reason> {
+        if let (Some(d), Some(id)) = (self.dedup.as_mut(), ev.id.as_deref()) {
+            if !id.is_empty() && d.is_duplicate(id) {
+                return Ok(Outcome::Duplicate);
+            }
+        }
+        self.events[seed::event_index(&ev.name)] += 1;
+        let rules = self.catalog.rules_for(&ev.name);
+        if rules.is_empty() {
+            return Ok(Outcome::Folded);
+        }
+        let ns = ev.namespace.as_deref().ok_or(Reason::MissingNamespace)?;
+        if ns.len() > self.catalog.limits.max_namespace_length {
+            return Err(Reason::InvalidNamespace);
+        }
+        self.scratch.clear();
+        for rule in rules {
+            let v = match &rule.value {
+                Some(spec) => ev.value(spec)?,
+                None => 1.0,
+            };
+            self.scratch.push(v);
+        }
+        let (slot_ns, outcome) = self.namespaces.find_or_insert(ns, &self.catalog);
+        let slots = &mut self.namespaces.list[slot_ns].slots;
+        for (rule, &v) in rules.iter().zip(&self.scratch) {
+            let def = &self.catalog.metrics[rule.metric];
+            record(&mut slots[rule.metric], def, v, event_time, now);
+        }
+        Ok(outcome)
+    }
+
+    /// Swap in a new mapping. State of a metric survives when its name, type and
+    /// HDR layout are unchanged; bucket bounds may change freely (they are
+    /// computed at scrape time).
+    pub fn reconfigure(&mut self, catalog: Arc<Catalog>) {
+        let carry: Vec<Option<usize>> = catalog
+            .metrics
+            .iter()
+            .map(|new| {
+                self.catalog.metrics.iter().position(|old| {
+                    old.name == new.name
+                        && old.kind == new.kind
+                        && old.sigfig == new.sigfig
+                        && old.hdr_scale == new.hdr_scale
+                })
+            })
+            .collect();
+        for ns in &mut self.namespaces.list {
+            let mut old = std::mem::take(&mut ns.slots);
+            ns.slots = carry
+                .iter()
+                .map(|c| c.map_or(Slot::Empty, |i| std::mem::replace(&mut old[i], Slot::Empty)))
+                .collect();
+        }
+        self.catalog = catalog;
+    }
+
+    /// Copy out what a scrape needs; the caller renders without the lock.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let mut families: Vec<FamilySnapshot> = self
+            .catalog
+            .metrics
+            .iter()
+            .map(|_| FamilySnapshot::default())
+            .collect();
+        for (ni, ns) in self.namespaces.list.iter().enumerate() {
+            for ((slot, def), fam) in ns
+                .slots
+                .iter()
+                .zip(&self.catalog.metrics)
+                .zip(&mut families)
+            {
+                match slot {
+                    Slot::Empty => continue,
+                    Slot::Counter(v) => fam.samples.push(Sample::value(ni, *v)),
+                    Slot::Gauge { value, seen, .. } => {
+                        if now.saturating_duration_since(*seen) > def.ttl {
+                            continue;
+                        }
+                        fam.samples.push(Sample::value(ni, *value));
+                    }
+                    Slot::Histogram(h) => {
+                        fam.samples.push(Sample {
+                            namespace: ni,
+                            value: h.sum,
+                            count: h.count,
+                        });
+                        cumulative_counts(&h.hdr, def, &mut fam.buckets);
+                    }
+                }
+            }
+        }
+        let events = self
+            .events
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(i, &n)| (seed::event_label(i), n))
+            .collect();
+        Snapshot {
+            catalog: self.catalog.clone(),
+            namespaces: self
+                .namespaces
+                .list
+                .iter()
+                .map(|n| n.name.clone())
+                .collect(),
+            families,
+            events,
+        }
+    }
+}
+
+fn record(slot: &mut Slot, def: &MetricDef, v: f64, event_time: f64, now: Instant) {
+    match (slot, def.kind) {
+        (Slot::Counter(c), _) => *c += v,
+        (
+            Slot::Gauge {
+                value,
+                event_time: t,
+                seen,
+            },
+            _,
+        ) => {
+            if event_time >= *t {
+                (*value, *t, *seen) = (v, event_time, now);
+            }
+        }
+        (Slot::Histogram(h), _) => {
+            record_hdr(&mut h.hdr, v * def.hdr_scale);
+            h.sum += v;
+            h.count += 1;
+        }
+        (slot @ Slot::Empty, Kind::Counter) => *slot = Slot::Counter(v),
+        (slot @ Slot::Empty, Kind::Gauge) => {
+            *slot = Slot::Gauge {
+                value: v,
+                event_time,
+                seen: now,
+            }
+        }
+        (slot @ Slot::Empty, Kind::Histogram) => {
+            let mut hdr = Histogram::<u32>::new(def.sigfig).expect("sigfig validated to 1..=5");
+            record_hdr(&mut hdr, v * def.hdr_scale);
+            *slot = Slot::Histogram(Box::new(Hist {
+                hdr,
+                sum: v,
+                count: 1,
+            }));
+        }
+    }
+}
+
+/// `record` grows the histogram to fit; only a full u32 count makes it fail.
+fn record_hdr(hdr: &mut Histogram<u32>, v: f64) {
+    let v = v.round() as u64;
+    if hdr.record(v).is_err() {
+        hdr.saturating_record(v);
+    }
+}
+
+/// Cumulative counts at each `le` bound. An HDR bucket counts toward a bound when
+/// its lowest value is within it, so a value exactly on a bound is always inside;
+/// values up to HDR's precision above a bound may be counted in it too.
+fn cumulative_counts(hdr: &Histogram<u32>, def: &MetricDef, out: &mut Vec<u64>) {
+    let start = out.len();
+    out.resize(start + def.buckets.len(), 0);
+    let bounds: Vec<u64> = def
+        .buckets
+        .iter()
+        .map(|b| (b * def.hdr_scale * (1.0 + 1e-9)).floor() as u64)
+        .collect();
+    let counts = &mut out[start..];
+    for it in hdr.iter_recorded() {
+        let low = hdr.lowest_equivalent(it.value_iterated_to());
+        let first = bounds.partition_point(|&b| b < low);
+        if let Some(c) = counts.get_mut(first) {
+            *c += it.count_since_last_iteration();
+        }
+    }
+    let mut acc = 0;
+    for c in counts.iter_mut() {
+        acc += *c;
+        *c = acc;
+    }
+}
+
+/// One series: a counter or gauge value, or a histogram's sum and count.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub namespace: usize,
+    pub value: f64,
+    pub count: u64,
+}
+
+impl Sample {
+    fn value(namespace: usize, value: f64) -> Sample {
+        Sample {
+            namespace,
+            value,
+            count: 0,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct FamilySnapshot {
+    pub samples: Vec<Sample>,
+    /// Histograms only: `buckets.len()` cumulative counts per sample, in order.
+    pub buckets: Vec<u64>,
+}
+
+/// Everything a scrape renders, detached from the fold.
+pub struct Snapshot {
+    pub catalog: Arc<Catalog>,
+    pub namespaces: Vec<Arc<str>>,
+    /// Parallel to `catalog.metrics`.
+    pub families: Vec<FamilySnapshot>,
+    pub events: Vec<(&'static str, u64)>,
+}
+
+impl Snapshot {
+    pub fn series(&self) -> usize {
+        let domain: usize = self
+            .families
+            .iter()
+            .zip(&self.catalog.metrics)
+            .map(|(f, d)| {
+                let per_sample = match d.kind {
+                    Kind::Histogram => d.buckets.len() + 3,
+                    _ => 1,
+                };
+                f.samples.len() * per_sample
+            })
+            .sum();
+        domain + self.events.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{decode, parse_rfc3339};
+    use std::time::Duration;
+
+    fn fold() -> Fold {
+        Fold::new(Arc::new(Catalog::default_mapping()))
+    }
+
+    fn apply(f: &mut Fold, json: &str, now: Instant) -> Result<Outcome, Reason> {
+        let ev = decode(json.as_bytes()).unwrap();
+        let t = ev
+            .timestamp
+            .as_deref()
+            .and_then(parse_rfc3339)
+            .unwrap_or(1.0e9);
+        f.apply(&ev, now, t)
+    }
+
+    fn ev(name: &str, ns: &str, msg: &str, ts: &str) -> String {
+        format!(
+            r#"{{"id":"{name}{ns}{msg}{ts}","name":"{name}","namespace":"{ns}","timestamp":"{ts}","payload":{{"userIds":["a","b"],"message":"{msg}"}}}}"#
+        )
+    }
+
+    fn family<'a>(s: &'a Snapshot, name: &str) -> &'a FamilySnapshot {
+        let i = s
+            .catalog
+            .metrics
+            .iter()
+            .position(|m| m.name == name)
+            .unwrap();
+        &s.families[i]
+    }
+
+    #[test]
+    fn histogram_sum_count_and_buckets() {
+        let mut f = fold();
+        let now = Instant::now();
+        for ms in ["100", "1532", "870", "300000"] {
+            apply(
+                &mut f,
+                &ev("MetricAcquiringDsWaitTimeEvent", "g", ms, ""),
+                now,
+            )
+            .unwrap();
+        }
+        let s = f.snapshot(now);
+        let h = family(&s, "session_ds_acquisition_wait_seconds");
+        assert_eq!(h.samples[0].count, 4);
+        assert!((h.samples[0].value - 302.502).abs() < 1e-9);
+        // bounds 0.1 0.25 0.5 1 2 5 10 20 30 60 120 300
+        assert_eq!(h.buckets, vec![1, 1, 1, 2, 3, 3, 3, 3, 3, 3, 3, 4]);
+    }
+
+    #[test]
+    fn gauge_keeps_latest_by_event_time_and_expires() {
+        let mut f = fold();
+        let t0 = Instant::now();
+        let name = "MetricTotalActiveSessionEvent";
+        apply(&mut f, &ev(name, "g", "10", "2026-11-22T10:00:02Z"), t0).unwrap();
+        apply(&mut f, &ev(name, "g", "7", "2026-11-22T10:00:01Z"), t0).unwrap();
+        let s = f.snapshot(t0);
+        assert_eq!(family(&s, "session_active_sessions").samples[0].value, 10.0);
+        let later = t0 + Duration::from_secs(601);
+        assert!(family(&f.snapshot(later), "session_active_sessions")
+            .samples
+            .is_empty());
+    }
+
+    #[test]
+    fn namespaces_past_the_limit_overflow() {
+        let cat = Catalog::from_yaml(
+            "limits: {max_namespaces: 2}\nmappings:\n  - {event: A, metric: a_total, type: counter}\n",
+        )
+        .unwrap();
+        let mut f = Fold::new(Arc::new(cat));
+        let now = Instant::now();
+        let outcomes: Vec<_> = ["x", "y", "z", "w", "x"]
+            .iter()
+            .map(|ns| apply(&mut f, &ev("A", ns, "", ""), now).unwrap())
+            .collect();
+        use Outcome::*;
+        assert_eq!(outcomes, [Folded, Folded, Overflowed, Overflowed, Folded]);
+        let s = f.snapshot(now);
+        let total: f64 = s.families[0].samples.iter().map(|s| s.value).sum();
+        assert_eq!(total, 5.0);
+        assert_eq!(s.namespaces.len(), 3);
+    }
+
+    #[test]
+    fn rejected_events_change_nothing() {
+        let mut f = fold();
+        let now = Instant::now();
+        let bad = ev("MetricAcquiringDsWaitTimeEvent", "g", "soon", "");
+        assert_eq!(apply(&mut f, &bad, now), Err(Reason::InvalidValue));
+        let nons = r#"{"name":"MetricAcquiringDsEvent"}"#;
+        assert_eq!(apply(&mut f, nons, now), Err(Reason::MissingNamespace));
+        let long = ev("MetricAcquiringDsEvent", &"n".repeat(200), "", "");
+        assert_eq!(apply(&mut f, &long, now), Err(Reason::InvalidNamespace));
+        assert_eq!(f.namespace_count(), 0);
+        // Rejected events still count as seen by name.
+        assert_eq!(f.snapshot(now).events.len(), 2);
+    }
+
+    #[test]
+    fn duplicates_are_dropped_within_the_window() {
+        let mut f = fold().with_dedup(2);
+        let now = Instant::now();
+        let e = |id: &str| {
+            format!(r#"{{"id":"{id}","name":"MetricAcquiringDsEvent","namespace":"g"}}"#)
+        };
+        let got: Vec<_> = ["a", "a", "b", "c", "a"]
+            .iter()
+            .map(|id| apply(&mut f, &e(id), now).unwrap())
+            .collect();
+        use Outcome::*;
+        assert_eq!(got, [Folded, Duplicate, Folded, Folded, Folded]);
+    }
+
+    #[test]
+    fn reload_keeps_state_of_unchanged_metrics() {
+        let mut f = fold();
+        let now = Instant::now();
+        apply(&mut f, &ev("MetricAcquiringDsEvent", "g", "", ""), now).unwrap();
+        apply(
+            &mut f,
+            &ev("MetricAcquiringDsWaitTimeEvent", "g", "1500", ""),
+            now,
+        )
+        .unwrap();
+        let yaml = crate::config::DEFAULT_MAPPING.replace(
+            "[0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300]",
+            "[1, 2]",
+        );
+        f.reconfigure(Arc::new(Catalog::from_yaml(&yaml).unwrap()));
+        let s = f.snapshot(now);
+        assert_eq!(
+            family(&s, "session_ds_acquisitions_total").samples[0].value,
+            1.0
+        );
+        assert_eq!(
+            family(&s, "session_ds_acquisition_wait_seconds").buckets,
+            vec![0, 1]
+        );
+    }
+}

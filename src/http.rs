@@ -1,0 +1,145 @@
+//! The HTTP surface: `/metrics` (or `--web.telemetry-path`), a landing page,
+//! `/-/healthy`, `/-/ready` and `/-/reload`. One task per connection; accept
+//! errors are logged and survived.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::exporter::Exporter;
+use crate::exposition::CONTENT_TYPE as METRICS_TYPE;
+
+type Body = Full<Bytes>;
+
+/// Serve until `shutdown` resolves. In-flight requests finish on their own tasks.
+pub async fn serve(
+    listener: TcpListener,
+    exporter: Arc<Exporter>,
+    telemetry_path: String,
+    shutdown: impl Future<Output = ()>,
+) {
+    let path: Arc<str> = telemetry_path.into();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let exporter = exporter.clone();
+        let path = path.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let exporter = exporter.clone();
+                let path = path.clone();
+                async move { Ok::<_, Infallible>(handle(req, &exporter, &path).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    exporter: &Arc<Exporter>,
+    telemetry: &str,
+) -> Response<Body> {
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    match req.uri().path() {
+        p if p == telemetry && get => {
+            let exporter = exporter.clone();
+            // Rendering is CPU work: keep it off the async workers.
+            match tokio::task::spawn_blocking(move || exporter.scrape()).await {
+                Ok(text) => reply(StatusCode::OK, METRICS_TYPE, text),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    format!("render failed: {e}\n"),
+                ),
+            }
+        }
+        "/" if get => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            landing(telemetry),
+        ),
+        "/-/healthy" if get => reply(StatusCode::OK, TEXT, "Healthy\n".into()),
+        "/-/ready" if get => {
+            if exporter.is_ready() {
+                reply(StatusCode::OK, TEXT, "Ready\n".into())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "Not ready: not subscribed to NATS\n".into(),
+                )
+            }
+        }
+        "/-/reload" if matches!(*req.method(), Method::POST | Method::PUT) => {
+            match exporter.reload() {
+                Ok(()) => {
+                    tracing::info!("mapping reloaded");
+                    reply(StatusCode::OK, TEXT, "Reloaded\n".into())
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "mapping reload failed; keeping the old one");
+                    reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        TEXT,
+                        format!("failed to reload config: {e}\n"),
+                    )
+                }
+            }
+        }
+        "/-/reload" => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "Use POST or PUT\n".into(),
+        ),
+        _ => reply(StatusCode::NOT_FOUND, TEXT, "Not found\n".into()),
+    }
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn landing(telemetry: &str) -> String {
+    let mut path = String::new();
+    crate::exposition::escape(&mut path, telemetry, true);
+    let path = path.replace('<', "&lt;").replace('>', "&gt;");
+    format!(
+        "<!DOCTYPE html>\n<html><head><title>session-exporter</title></head><body>\n\
+         <h1>session-exporter</h1>\n<p>Game-session metrics from NATS, version {}.</p>\n<ul>\n\
+         <li><a href=\"{path}\">Metrics</a></li>\n<li><a href=\"/-/healthy\">Health</a></li>\n\
+         <li><a href=\"/-/ready\">Readiness</a></li>\n</ul>\n</body></html>\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}

@@ -1,0 +1,86 @@
+//! session-exporter: game-session events from NATS, folded into per-namespace
+//! Prometheus metrics.
+//!
+//! An event flows `source` (NATS) → `event` (decode) → `fold` (per-namespace
+//! state) → `exposition` (render) → `http`. Beside them: `config` (the mapping),
+//! `cli`, `shutdown`, `stats` (self-metrics), `simulate` (a realistic publisher).
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod exporter;
+pub mod exposition;
+pub mod fold;
+pub mod http;
+pub mod seed;
+pub mod shutdown;
+pub mod simulate;
+pub mod source;
+pub mod stats;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::cli::RunArgs;
+use crate::config::Catalog;
+use crate::exporter::Exporter;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Run the exporter until `shutdown` resolves, then drain NATS and return.
+pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
+    let catalog = match &args.config_file {
+        Some(path) => Catalog::from_file(path)?,
+        None => Catalog::default_mapping(),
+    };
+    let exporter = Arc::new(Exporter::new(
+        catalog,
+        args.config_file.clone(),
+        args.dedup_window(),
+    ));
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("--web.listen-address {}: {e}", args.listen))?;
+    tracing::info!(
+        listen_address = %listener.local_addr()?,
+        telemetry_path = %args.telemetry_path,
+        version = env!("CARGO_PKG_VERSION"),
+        "listening"
+    );
+    shutdown::reload_on_hangup(exporter.clone());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let http = tokio::spawn(http::serve(
+        listener,
+        exporter.clone(),
+        args.telemetry_path.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let nats = args.nats_config();
+    let source = async {
+        let client = source::connect(&nats, exporter.clone()).await?;
+        source::run(client, &nats, exporter.clone(), stopped(stop_rx.clone())).await
+    };
+    tokio::pin!(source);
+    tokio::pin!(shutdown);
+    // The source drains on the stop signal; the HTTP server keeps answering
+    // until the drain is over.
+    let result = tokio::select! {
+        r = &mut source => r,
+        _ = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            source.await
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = http.await;
+    tracing::info!("stopped");
+    result.map_err(Into::into)
+}

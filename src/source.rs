@@ -1,0 +1,279 @@
+//! NATS in: connect (surviving outages), subscribe to core subjects or pull
+//! from a JetStream durable consumer, and feed message batches to the exporter.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
+use async_nats::{Client, ConnectOptions, Event};
+use futures_util::stream::{self, StreamExt};
+
+use crate::exporter::Exporter;
+
+/// Messages folded under one lock at most. Large enough to amortise the lock
+/// and the syscall-sized bursts NATS delivers, small enough to keep a scrape's
+/// wait for the lock short.
+const BATCH: usize = 512;
+
+#[derive(Debug, Clone, Default)]
+pub struct NatsConfig {
+    pub url: String,
+    pub subjects: Vec<String>,
+    pub queue_group: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub nkey_file: Option<PathBuf>,
+    pub creds_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_required: bool,
+    pub subscription_capacity: usize,
+    pub jetstream: Option<JetStreamConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JetStreamConfig {
+    pub stream: String,
+    pub consumer: String,
+}
+
+#[derive(Debug)]
+pub struct SourceError(pub String);
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+impl NatsConfig {
+    /// Client options; connection events are wired to the self-metrics.
+    async fn options(&self, exporter: Arc<Exporter>) -> Result<ConnectOptions, SourceError> {
+        let connected_before = Arc::new(AtomicBool::new(false));
+        let mut o = ConnectOptions::new()
+            .name("session-exporter")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .subscription_capacity(self.subscription_capacity)
+            .event_callback(move |event| {
+                let exporter = exporter.clone();
+                let connected_before = connected_before.clone();
+                async move { on_event(&exporter, &connected_before, event) }
+            });
+        if let (Some(u), Some(p)) = (&self.user, &self.password) {
+            o = o.user_and_password(u.clone(), p.clone());
+        }
+        if let Some(t) = &self.token {
+            o = o.token(t.clone());
+        }
+        if let Some(path) = &self.nkey_file {
+            let seed = std::fs::read_to_string(path)
+                .map_err(|e| SourceError(format!("--nats.nkey-file {}: {e}", path.display())))?;
+            o = o.nkey(seed.trim().to_string());
+        }
+        if let Some(path) = &self.creds_file {
+            o = o
+                .credentials_file(path)
+                .await
+                .map_err(|e| SourceError(format!("--nats.creds-file {}: {e}", path.display())))?;
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            o = o.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) {
+            o = o.add_client_certificate(cert.clone(), key.clone());
+        }
+        Ok(o.require_tls(self.tls_required))
+    }
+}
+
+fn on_event(exporter: &Exporter, connected_before: &AtomicBool, event: Event) {
+    let s = &exporter.stats;
+    match event {
+        Event::Connected => {
+            if connected_before.swap(true, Ordering::Relaxed) {
+                s.nats_reconnects.inc();
+            }
+            s.nats_connected.set(1);
+            tracing::info!("connected to NATS");
+        }
+        Event::Disconnected => {
+            s.nats_connected.set(0);
+            tracing::warn!("disconnected from NATS; reconnecting with backoff");
+        }
+        Event::SlowConsumer(sid) => {
+            s.slow_consumer_drops.inc();
+            tracing::debug!(sid, "slow consumer: NATS client dropped a message");
+        }
+        Event::Closed => {
+            s.nats_connected.set(0);
+            tracing::info!("NATS connection closed");
+        }
+        other => tracing::info!(event = %other, "NATS event"),
+    }
+}
+
+/// Connect; with NATS down this returns at once and keeps retrying in the background.
+pub async fn connect(cfg: &NatsConfig, exporter: Arc<Exporter>) -> Result<Client, SourceError> {
+    let options = cfg.options(exporter).await?;
+    options
+        .connect(cfg.url.as_str())
+        .await
+        .map_err(|e| SourceError(format!("--nats.url {}: {e}", cfg.url)))
+}
+
+/// Consume until `shutdown`, then drain what was already delivered.
+pub async fn run(
+    client: Client,
+    cfg: &NatsConfig,
+    exporter: Arc<Exporter>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SourceError> {
+    match &cfg.jetstream {
+        None => run_core(client, cfg, exporter, shutdown).await,
+        Some(js) => run_jetstream(client, js, exporter, shutdown).await,
+    }
+}
+
+async fn run_core(
+    client: Client,
+    cfg: &NatsConfig,
+    exporter: Arc<Exporter>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SourceError> {
+    let mut subs = Vec::new();
+    for subject in &cfg.subjects {
+        let sub = match &cfg.queue_group {
+            Some(q) => client.queue_subscribe(subject.clone(), q.clone()).await,
+            None => client.subscribe(subject.clone()).await,
+        }
+        .map_err(|e| SourceError(format!("subscribe {subject}: {e}")))?;
+        subs.push(sub);
+    }
+    exporter.stats.subscriptions.set(subs.len() as i64);
+    exporter.set_subscribed(true);
+    tracing::info!(subjects = ?cfg.subjects, queue_group = ?cfg.queue_group, "subscribed");
+    let mut messages = stream::select_all(subs).ready_chunks(BATCH);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            batch = messages.next() => match batch {
+                Some(batch) => {
+                    exporter.ingest(batch.iter().map(|m| m.payload.as_ref()));
+                }
+                None => break,
+            },
+        }
+    }
+    exporter.set_subscribed(false);
+    // Drain: stop interest, then fold what the client already holds.
+    if let Err(e) = client.drain().await {
+        tracing::warn!(error = %e, "NATS drain failed");
+    }
+    let rest = async {
+        while let Some(batch) = messages.next().await {
+            exporter.ingest(batch.iter().map(|m| m.payload.as_ref()));
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), rest)
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain did not finish within 5s");
+    }
+    exporter.stats.subscriptions.set(0);
+    Ok(())
+}
+
+/// The stream's own subjects decide what is consumed; `--nats.subject` is not
+/// used here (nats-server 2.9 allows one filter subject per consumer).
+async fn run_jetstream(
+    client: Client,
+    js_cfg: &JetStreamConfig,
+    exporter: Arc<Exporter>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SourceError> {
+    let js = jetstream::new(client.clone());
+    tokio::pin!(shutdown);
+    // The stream may not be reachable yet (NATS down): retry with backoff.
+    let mut delay = Duration::from_millis(100);
+    let consumer = loop {
+        let attempt = async {
+            let stream = js
+                .get_stream(&js_cfg.stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            let config = pull::Config {
+                durable_name: Some(js_cfg.consumer.clone()),
+                ack_policy: AckPolicy::Explicit,
+                ..Default::default()
+            };
+            stream
+                .get_or_create_consumer::<pull::Config>(&js_cfg.consumer, config)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match attempt.await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(stream = %js_cfg.stream, error = %e, "JetStream consumer not available; retrying");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|e| SourceError(format!("JetStream consumer {}: {e}", js_cfg.consumer)))?;
+    exporter.stats.subscriptions.set(1);
+    exporter.set_subscribed(true);
+    tracing::info!(stream = %js_cfg.stream, consumer = %js_cfg.consumer, "consuming JetStream");
+    let mut messages = messages.ready_chunks(BATCH);
+    loop {
+        let batch = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            batch = messages.next() => match batch {
+                Some(b) => b,
+                None => break,
+            },
+        };
+        let batch: Vec<_> = batch
+            .into_iter()
+            .filter_map(|m| {
+                m.map_err(|e| tracing::debug!(error = %e, "JetStream pull error"))
+                    .ok()
+            })
+            .collect();
+        for m in &batch {
+            if m.info().is_ok_and(|i| i.delivered > 1) {
+                exporter.stats.js_redeliveries.inc();
+            }
+        }
+        exporter.ingest(batch.iter().map(|m| m.payload.as_ref()));
+        // Ack after folding: a crash before this line means redelivery, and
+        // the event-id window drops what was folded already.
+        for m in &batch {
+            match m.ack().await {
+                Ok(()) => exporter.stats.js_acks.inc(),
+                Err(e) => tracing::debug!(error = %e, "JetStream ack failed"),
+            }
+        }
+    }
+    exporter.set_subscribed(false);
+    exporter.stats.subscriptions.set(0);
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! The exporter's metrics about itself (prefix `session_exporter_`), in one
+//! struct with its own registry: no global state, so tests can make their own.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::event::Reason;
+
+const P: &str = "session_exporter_";
+
+pub struct Stats {
+    registry: Registry,
+    pub messages_received: IntCounter,
+    pub events_folded: IntCounter,
+    pub events_rejected: IntCounterVec,
+    pub overflow_events: IntCounter,
+    pub namespaces: IntGauge,
+    pub max_namespaces: IntGauge,
+    pub series: IntGauge,
+    pub event_lag: Histogram,
+    pub nats_connected: IntGauge,
+    pub nats_reconnects: IntCounter,
+    pub slow_consumer_drops: IntCounter,
+    pub subscriptions: IntGauge,
+    pub js_acks: IntCounter,
+    pub js_redeliveries: IntCounter,
+    pub duplicates: IntCounter,
+    pub reloads: IntCounterVec,
+    pub reload_success: IntGauge,
+    pub scrape_duration: Histogram,
+}
+
+fn name(s: &str) -> String {
+    format!("{P}{s}")
+}
+
+fn counter(r: &Registry, n: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name(n), help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, n: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name(n), help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(r: &Registry, n: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name(n), help).buckets(buckets))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+fn counter_vec(r: &Registry, n: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name(n), help), &[label]).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        let r = Registry::new();
+        let events_rejected = counter_vec(
+            &r,
+            "events_rejected_total",
+            "Messages not folded, by reason.",
+            "reason",
+        );
+        // Every reason exists from the start, so rates and alerts see zero, not nothing.
+        for reason in Reason::ALL {
+            events_rejected.with_label_values(&[reason.as_str()]);
+        }
+        let reloads = counter_vec(
+            &r,
+            "config_reloads_total",
+            "Mapping reloads, by result.",
+            "result",
+        );
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+        let build = IntGaugeVec::new(
+            Opts::new(name("build_info"), "Build information; always 1."),
+            &["version", "rustc"],
+        )
+        .expect("valid metric");
+        build
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("RUSTC_VERSION").unwrap_or("unknown"),
+            ])
+            .set(1);
+        r.register(Box::new(build)).expect("unique metric");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric");
+
+        let stats = Stats {
+            messages_received: counter(&r, "messages_received_total", "NATS messages received."),
+            events_folded: counter(
+                &r,
+                "events_folded_total",
+                "Events accepted and folded into metrics (including unmapped events, counted by name only).",
+            ),
+            events_rejected,
+            overflow_events: counter(
+                &r,
+                "cardinality_overflow_events_total",
+                "Events folded into the __overflow__ namespace because max_namespaces was reached.",
+            ),
+            namespaces: gauge(&r, "namespaces", "Game namespaces with live state."),
+            max_namespaces: gauge(&r, "max_namespaces", "The configured namespace limit."),
+            series: gauge(&r, "series", "Domain series in the last scrape."),
+            event_lag: histogram(
+                &r,
+                "event_lag_seconds",
+                "Receive time minus event timestamp.",
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
+            ),
+            nats_connected: gauge(&r, "nats_connected", "1 while connected to NATS."),
+            nats_reconnects: counter(&r, "nats_reconnects_total", "Reconnections to NATS after the first connect."),
+            slow_consumer_drops: counter(
+                &r,
+                "nats_slow_consumer_drops_total",
+                "Messages the NATS client dropped because the subscription buffer was full.",
+            ),
+            subscriptions: gauge(&r, "nats_subscriptions", "Active NATS subscriptions (or JetStream consumers)."),
+            js_acks: counter(&r, "jetstream_acks_total", "JetStream messages acknowledged after folding."),
+            js_redeliveries: counter(
+                &r,
+                "jetstream_redeliveries_total",
+                "JetStream messages received with a delivery count above 1.",
+            ),
+            duplicates: counter(&r, "events_duplicate_total", "Events dropped because their id was seen recently."),
+            reloads,
+            reload_success: gauge(&r, "config_last_reload_successful", "1 if the last mapping reload succeeded."),
+            scrape_duration: histogram(
+                &r,
+                "scrape_duration_seconds",
+                "Time to render /metrics.",
+                vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+            ),
+            registry: r,
+        };
+        stats.reload_success.set(1);
+        stats
+    }
+
+    pub fn reject(&self, reason: Reason) {
+        self.events_rejected
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// Append the self-metrics in text format.
+    pub fn render(&self, out: &mut String) {
+        let mut buf = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .is_ok()
+        {
+            out.push_str(&String::from_utf8_lossy(&buf));
+        }
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
