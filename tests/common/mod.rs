@@ -1,0 +1,318 @@
+//! Test harness: real `nats-server` and `session-exporter` processes on free
+//! loopback ports, found from their own logs; polling, never fixed sleeps.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const EXPORTER: &str = env!("CARGO_BIN_EXE_session-exporter");
+
+/// Poll `f` every 20 ms until it returns `Some`, for at most `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Spawn `cmd`, keep its stderr in a shared buffer, and return the first
+/// capture of `find` over its log lines.
+fn spawn_and_find(
+    mut cmd: Command,
+    find: impl Fn(&str) -> Option<String> + Send + 'static,
+) -> (Child, String, Arc<Mutex<String>>) {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let sink = log.clone();
+    thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(found) = tx.as_ref().and_then(|_| find(&line)) {
+                let _ = tx.take().map(|t| t.send(found));
+            }
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(found) => (child, found, log),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("{cmd:?} did not start:\n{}", log.lock().unwrap());
+        }
+    }
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "session-exporter-{tag}-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+pub struct Nats {
+    child: Child,
+    pub port: u16,
+    store: Option<PathBuf>,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        Nats::spawn(None, None)
+    }
+
+    pub fn start_jetstream() -> Nats {
+        Nats::spawn(None, Some(temp_dir("js")))
+    }
+
+    fn spawn(port: Option<u16>, store: Option<PathBuf>) -> Nats {
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-a", "127.0.0.1", "-p"]);
+        cmd.arg(port.map_or("-1".to_string(), |p| p.to_string()));
+        if let Some(dir) = &store {
+            cmd.arg("-js").arg("-sd").arg(dir);
+        }
+        let (child, port, log) = spawn_and_find(cmd, |line| {
+            line.split("Listening for client connections on ")
+                .nth(1)
+                .and_then(|a| a.rsplit(':').next())
+                .map(|p| p.trim().to_string())
+        });
+        Nats {
+            child,
+            port: port.parse().expect("port"),
+            store,
+            log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start again on the same port (and JetStream store).
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.port;
+        let store = self.store.clone();
+        *self = wait_for(Duration::from_secs(10), "nats-server restart", || {
+            std::panic::catch_unwind(|| Nats::spawn(Some(port), store.clone())).ok()
+        });
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(dir) = &self.store {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+pub struct Exporter {
+    child: Child,
+    pub addr: String,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Exporter {
+    pub fn start(nats_url: &str, extra: &[&str]) -> Exporter {
+        let mut cmd = Command::new(EXPORTER);
+        cmd.args([
+            "--nats.url",
+            nats_url,
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--log.level",
+            "debug",
+        ]);
+        cmd.args(extra);
+        let (child, addr, log) = spawn_and_find(cmd, |line| {
+            line.split("listen_address=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .map(str::to_string)
+        });
+        Exporter { child, addr, log }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http(&self.addr, "GET", path)
+    }
+
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Wait until `session_exporter_messages_received_total` reaches `n`.
+    pub fn wait_received(&self, n: u64) -> String {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{n} messages received"),
+            || {
+                let m = self.metrics();
+                (value(&m, "session_exporter_messages_received_total").unwrap_or(0.0) >= n as f64)
+                    .then_some(m)
+            },
+        )
+    }
+
+    pub fn wait_ready(&self) {
+        wait_for(Duration::from_secs(20), "ready", || {
+            (self.get("/-/ready").0 == 200).then_some(())
+        });
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Wait for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        wait_for(Duration::from_secs(20), "exporter exit", || {
+            self.child.try_wait().ok().flatten()
+        })
+        .code()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 client: status and body.
+pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// The value of the series whose text (name and labels) is exactly `series`.
+pub fn value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == series).then(|| v.parse().ok())?
+    })
+}
+
+/// Sum of every series of `name` (any labels).
+pub fn sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// `promtool check metrics` must accept the text with nothing to say.
+pub fn promtool_check(metrics: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}"
+    );
+}
+
+pub fn examples_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/events.jsonl")
+}
+
+/// `(subject, body)` for each line of a `{"subject":…,"event":…}` JSONL file.
+pub fn load_events(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let subject = v["subject"].as_str().unwrap().to_string();
+            (subject, serde_json::to_vec(&v["event"]).unwrap())
+        })
+        .collect()
+}
+
+pub async fn publish(url: &str, messages: &[(String, Vec<u8>)]) {
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    for (subject, body) in messages {
+        client
+            .publish(subject.clone(), body.clone().into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+}
