@@ -38,7 +38,7 @@ pub enum Command {
     /// Print the built-in mapping: a commented starting point for --config.file.
     PrintDefaultConfig,
     /// Publish realistic seed-shaped events to NATS (for demos, tests and benchmarks).
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
 }
 
 #[derive(Args, Debug)]

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
             print!("{DEFAULT_MAPPING}");
             Ok(())
         }
-        Some(Command::Simulate(args)) => runtime().and_then(|rt| rt.block_on(simulate(args))),
+        Some(Command::Simulate(args)) => runtime().and_then(|rt| rt.block_on(simulate(*args))),
         None => runtime()
             .and_then(|rt| rt.block_on(session_exporter::run(cli.run, shutdown::terminate()))),
     };

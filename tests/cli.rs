@@ -1,0 +1,106 @@
+//! The binary's command-line surface: help, config checks, refusal of bad config.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(EXPORTER).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_names_the_conventional_flags_and_their_env_vars() {
+    let (code, out, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--nats.url",
+        "--web.listen-address",
+        "--web.telemetry-path",
+        "--config.file",
+        "--log.level",
+        "--log.format",
+        "SESSION_EXPORTER_NATS_URL",
+        "check-config",
+        "simulate",
+    ] {
+        assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
+    }
+}
+
+#[test]
+fn the_printed_default_and_the_example_config_both_validate() {
+    let (code, default, _) = run(&["print-default-config"]);
+    assert_eq!(code, 0);
+    let dir = temp_dir("cli");
+    let path = dir.join("default.yml");
+    std::fs::write(&path, &default).unwrap();
+    let (code, out, err) = run(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("OK (8 metrics"), "{out}");
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/mapping.yml");
+    let (code, out, err) = run(&["check-config", example]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("OK (10 metrics"), "{out}");
+}
+
+#[test]
+fn a_bad_config_is_refused_naming_the_key() {
+    let dir = temp_dir("cli");
+    let cases = [
+        (
+            "mappings:\n  - {event: A, metric: a_total, type: counter, bukets: [1]}\n",
+            "bukets",
+        ),
+        (
+            "mappings:\n  - {event: A, metric: a, type: counter}\n",
+            "mappings[0].metric",
+        ),
+        (
+            "limits: {max_namespaces: -1}\nmappings: []\n",
+            "max_namespaces",
+        ),
+        (
+            "mappings:\n  - {event: A, metric: a, type: histogram, buckets: [5, 1]}\n",
+            "mappings[0].buckets",
+        ),
+    ];
+    for (i, (yaml, key)) in cases.iter().enumerate() {
+        let path = dir.join(format!("bad{i}.yml"));
+        std::fs::write(&path, yaml).unwrap();
+        let (code, _, err) = run(&["check-config", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{yaml}");
+        assert!(err.contains(key), "check-config: {err} should name {key}");
+        // The exporter itself refuses to start with it.
+        let (code, _, err) = run(&[
+            "--config.file",
+            path.to_str().unwrap(),
+            "--web.listen-address",
+            "127.0.0.1:0",
+        ]);
+        assert_eq!(code, 1, "{yaml}");
+        assert!(err.contains(key), "start: {err} should name {key}");
+    }
+}
+
+#[test]
+fn starts_and_serves_with_nats_down() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let exporter = Exporter::start(&format!("nats://127.0.0.1:{port}"), &[]);
+    let m = exporter.metrics();
+    assert_eq!(value(&m, "session_exporter_nats_connected"), Some(0.0));
+    assert_eq!(exporter.get("/-/ready").0, 503);
+    assert_eq!(exporter.get("/-/healthy").0, 200);
+    promtool_check(&m);
+}

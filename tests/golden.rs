@@ -1,0 +1,33 @@
+//! The exposition of the example events, compared with a file under review.
+//! Regenerate with `UPDATE_GOLDEN=1 cargo test --test golden` and read the diff.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use session_exporter::config::Catalog;
+use session_exporter::event::{decode, parse_rfc3339};
+use session_exporter::exposition::render;
+use session_exporter::fold::Fold;
+
+#[test]
+fn example_events_render_as_the_golden_file() {
+    let mut fold = Fold::new(Arc::new(Catalog::default_mapping()));
+    let now = Instant::now();
+    for (_, body) in common::load_events(&common::examples_file()) {
+        let ev = decode(&body).unwrap();
+        let t = ev.timestamp.as_deref().and_then(parse_rfc3339).unwrap();
+        fold.apply(&ev, now, t).unwrap();
+    }
+    let mut out = String::new();
+    render(&fold.snapshot(now), &mut out);
+    common::promtool_check(&out);
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/examples.prom");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, &out).unwrap();
+    }
+    let want = std::fs::read_to_string(path).expect("golden file; UPDATE_GOLDEN=1 writes it");
+    assert_eq!(out, want, "exposition differs from {path}");
+}

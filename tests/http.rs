@@ -1,0 +1,101 @@
+//! HTTP endpoints, reloads and shutdown, against the running binary.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const BUCKETS: &str = "[0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300]";
+
+fn mapping(buckets: &str) -> String {
+    session_exporter::config::DEFAULT_MAPPING.replace(BUCKETS, buckets)
+}
+
+#[test]
+fn endpoints_answer_as_exporters_do() {
+    let nats = Nats::start();
+    let exporter = Exporter::start(&nats.url(), &["--web.telemetry-path", "/custom"]);
+    exporter.wait_ready();
+    let (status, body) = exporter.get("/");
+    assert_eq!(status, 200);
+    assert!(body.contains("href=\"/custom\""), "{body}");
+    assert_eq!(exporter.get("/custom").0, 200);
+    assert_eq!(exporter.get("/metrics").0, 404);
+    assert_eq!(exporter.get("/-/healthy"), (200, "Healthy\n".to_string()));
+    assert_eq!(exporter.get("/-/ready"), (200, "Ready\n".to_string()));
+    assert_eq!(exporter.get("/-/reload").0, 405);
+    let (_, m) = exporter.get("/custom");
+    assert!(m.contains("session_exporter_build_info{"), "build_info");
+    assert!(
+        m.contains("process_resident_memory_bytes "),
+        "process metrics"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_changes_buckets_keeps_data_and_refuses_bad_files() {
+    let nats = Nats::start();
+    let dir = temp_dir("reload");
+    let path = dir.join("mapping.yml");
+    std::fs::write(&path, mapping(BUCKETS)).unwrap();
+    let exporter = Exporter::start(&nats.url(), &["--config.file", path.to_str().unwrap()]);
+    exporter.wait_ready();
+    let events = load_events(&examples_file());
+    publish(&nats.url(), &events).await;
+    exporter.wait_received(events.len() as u64);
+
+    // New buckets apply to data already recorded.
+    std::fs::write(&path, mapping("[1.5, 3]")).unwrap();
+    assert_eq!(http(&exporter.addr, "POST", "/-/reload").0, 200);
+    let m = exporter.metrics();
+    let b = |le: &str| {
+        value(&m, &format!("session_ds_acquisition_wait_seconds_bucket{{game_namespace=\"mygame\",le=\"{le}\"}}"))
+    };
+    assert_eq!((b("1.5"), b("3"), b("1")), (Some(1.0), Some(2.0), None));
+    assert_eq!(
+        value(
+            &m,
+            "session_ds_acquisitions_total{game_namespace=\"mygame\"}"
+        ),
+        Some(1.0)
+    );
+
+    // A broken file is refused; the running mapping stays.
+    std::fs::write(&path, "mappings: [{event: A}]\n").unwrap();
+    let (status, body) = http(&exporter.addr, "POST", "/-/reload");
+    assert_eq!(status, 500);
+    assert!(body.contains("metric"), "{body}");
+    let m = exporter.metrics();
+    assert_eq!(
+        value(&m, "session_exporter_config_last_reload_successful"),
+        Some(0.0)
+    );
+    assert!(m.contains("le=\"1.5\""));
+
+    // SIGHUP reloads too.
+    std::fs::write(&path, mapping(BUCKETS)).unwrap();
+    exporter.signal("HUP");
+    wait_for(Duration::from_secs(10), "SIGHUP reload", || {
+        let m = exporter.metrics();
+        (value(
+            &m,
+            "session_exporter_config_reloads_total{result=\"success\"}",
+        ) == Some(2.0))
+        .then_some(())
+    });
+    assert!(exporter.metrics().contains("le=\"0.25\""));
+}
+
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let nats = Nats::start();
+    let mut exporter = Exporter::start(&nats.url(), &[]);
+    exporter.wait_ready();
+    exporter.signal("TERM");
+    assert_eq!(exporter.wait_exit(), Some(0));
+    let log = exporter.log();
+    assert!(
+        log.contains("SIGTERM received; draining") && log.contains("stopped"),
+        "{log}"
+    );
+}

@@ -1,0 +1,117 @@
+//! JetStream: a durable consumer, ack after folding, duplicates dropped by id.
+
+mod common;
+
+use async_nats::jetstream;
+use common::*;
+
+async fn stream(url: &str) -> jetstream::Context {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    js.create_stream(jetstream::stream::Config {
+        name: "SESSIONS".into(),
+        subjects: vec!["mpv2SessionHistory.>".into(), "session.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js
+}
+
+async fn js_publish(js: &jetstream::Context, events: &[(String, Vec<u8>)]) {
+    for (subject, body) in events {
+        js.publish(subject.clone(), body.clone().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
+/// The same events with fresh ids.
+fn renamed(events: &[(String, Vec<u8>)], tag: &str) -> Vec<(String, Vec<u8>)> {
+    events
+        .iter()
+        .map(|(s, b)| {
+            let text = String::from_utf8(b.clone())
+                .unwrap()
+                .replace("\"evt-", &format!("\"{tag}-"));
+            (s.clone(), text.into_bytes())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn durable_consumer_acks_and_drops_duplicates() {
+    let nats = Nats::start_jetstream();
+    let js = stream(&nats.url()).await;
+    let events = load_events(&examples_file());
+    // Every event twice: a publisher retry, as JetStream consumers may see.
+    js_publish(&js, &events).await;
+    js_publish(&js, &events).await;
+
+    let args = ["--nats.jetstream.stream", "SESSIONS"];
+    let mut exporter = Exporter::start(&nats.url(), &args);
+    let n = events.len() as u64;
+    let m = exporter.wait_received(2 * n);
+    assert_eq!(
+        value(
+            &m,
+            "session_ds_acquisitions_total{game_namespace=\"mygame\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &m,
+            "session_ds_acquisition_wait_seconds_count{game_namespace=\"mygame\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&m, "session_exporter_events_duplicate_total"),
+        Some(n as f64)
+    );
+    let acks = wait_for(std::time::Duration::from_secs(10), "acks", || {
+        let a = value(&exporter.metrics(), "session_exporter_jetstream_acks_total")?;
+        (a >= 2.0 * n as f64).then_some(a)
+    });
+    assert_eq!(acks, 2.0 * n as f64);
+    exporter.signal("TERM");
+    assert_eq!(exporter.wait_exit(), Some(0));
+
+    // A new replica on the same durable consumer resumes after the acked events.
+    js_publish(&js, &renamed(&events, "second")).await;
+    let exporter = Exporter::start(&nats.url(), &args);
+    let m = exporter.wait_received(n);
+    assert_eq!(
+        value(&m, "session_exporter_messages_received_total"),
+        Some(n as f64)
+    );
+    assert_eq!(
+        value(
+            &m,
+            "session_ds_acquisitions_total{game_namespace=\"mygame\"}"
+        ),
+        Some(1.0)
+    );
+    let mut consumer: jetstream::consumer::PullConsumer = js
+        .get_stream("SESSIONS")
+        .await
+        .unwrap()
+        .get_consumer("session-exporter")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let info = consumer.info().await.unwrap();
+        if info.num_ack_pending == 0 && info.num_pending == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "consumer not fully acked: {info:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
