@@ -208,6 +208,9 @@ pub struct SimulateArgs {
     /// Fraction of deliberately malformed messages (0 to 1).
     #[arg(long = "invalid-ratio", default_value_t = 0.0)]
     pub invalid_ratio: f64,
+    /// Prefix for every namespace name (to run several profiles side by side).
+    #[arg(long = "namespace-prefix", default_value = "")]
+    pub namespace_prefix: String,
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {

@@ -71,6 +71,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), BoxError> {
         seed: args.seed,
         ds_wait_scale: args.ds_wait_scale,
         invalid_ratio: args.invalid_ratio.clamp(0.0, 1.0),
+        namespace_prefix: args.namespace_prefix,
     };
     let plan = simulate::Plan {
         rate: args.rate,

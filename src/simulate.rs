@@ -41,6 +41,8 @@ pub struct Profile {
     pub ds_wait_scale: f64,
     /// Fraction of messages that are malformed on purpose.
     pub invalid_ratio: f64,
+    /// Prepended to every namespace name, to run several profiles side by side.
+    pub namespace_prefix: String,
 }
 
 impl Default for Profile {
@@ -50,6 +52,7 @@ impl Default for Profile {
             seed: 1,
             ds_wait_scale: 1.0,
             invalid_ratio: 0.0,
+            namespace_prefix: String::new(),
         }
     }
 }
@@ -78,7 +81,9 @@ impl Generator {
         Generator {
             rng: profile.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             seq: 0,
-            namespaces: (0..n).map(namespace_name).collect(),
+            namespaces: (0..n)
+                .map(|i| format!("{}{}", profile.namespace_prefix, namespace_name(i)))
+                .collect(),
             ns_weights,
             active: vec![200.0; n],
             mix_total: MIX.iter().map(|m| m.2).sum(),

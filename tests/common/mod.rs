@@ -316,3 +316,139 @@ pub async fn publish(url: &str, messages: &[(String, Vec<u8>)]) {
     }
     client.flush().await.unwrap();
 }
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A running `session-exporter simulate`, stopped on drop.
+pub struct Simulator(Child);
+
+impl Simulator {
+    pub fn start(nats_url: &str, extra: &[&str]) -> Simulator {
+        let child = Command::new(EXPORTER)
+            .args(["simulate", "--nats.url", nats_url, "--log.level", "warn"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn simulator");
+        Simulator(child)
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real Prometheus scraping `target` every second with the repo's rules.
+pub struct Prometheus {
+    child: Child,
+    pub addr: String,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    pub fn start(target: &str, rule_files: &[PathBuf]) -> Prometheus {
+        let dir = temp_dir("prometheus");
+        let rules: Vec<String> = rule_files
+            .iter()
+            .map(|p| format!("  - {}", p.display()))
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n  - job_name: session-exporter\n    static_configs:\n      - targets: ['{target}']\n",
+            rules.join("\n")
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        // Prometheus cannot report a port it chose, so take a free one from the
+        // kernel and retry in the rare case another process grabs it first.
+        wait_for(Duration::from_secs(30), "prometheus start", || {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            let addr = format!("127.0.0.1:{port}");
+            let mut child = Command::new("prometheus")
+                .arg(format!(
+                    "--config.file={}",
+                    dir.join("prometheus.yml").display()
+                ))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .arg("--log.level=warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("prometheus (Debian package prometheus) is installed");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return None;
+                }
+                if TcpStream::connect(&addr).is_ok() && http(&addr, "GET", "/-/ready").0 == 200 {
+                    return Some(Prometheus {
+                        child,
+                        addr,
+                        dir: dir.clone(),
+                    });
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            None
+        })
+    }
+
+    /// The `data.result` of an instant query.
+    pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let (status, body) = http(
+            &self.addr,
+            "GET",
+            &format!("/api/v1/query?query={}", urlencode(promql)),
+        );
+        assert_eq!(status, 200, "{promql}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Run a command; panic with its output unless it succeeds. Returns stdout+stderr.
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
+    text
+}
