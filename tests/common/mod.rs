@@ -402,6 +402,7 @@ impl Prometheus {
                 thread::sleep(Duration::from_millis(50));
             }
             let _ = child.kill();
+            let _ = child.wait();
             None
         })
     }
