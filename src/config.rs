@@ -208,6 +208,9 @@ pub struct Catalog {
     pub limits: Limits,
     pub metrics: Vec<MetricDef>,
     pub rules: HashMap<String, Vec<Rule>>,
+    /// `rules` again, indexed by `seed::event_index`: the hot path looks a seed
+    /// name up once for both its event counter and its rules.
+    seed_rules: Vec<Vec<Rule>>,
 }
 
 impl Catalog {
@@ -228,6 +231,14 @@ impl Catalog {
 
     pub fn rules_for(&self, event: &str) -> &[Rule] {
         self.rules.get(event).map_or(&[], Vec::as_slice)
+    }
+
+    /// Rules for an event whose `seed::event_index` is `index`.
+    pub fn rules_at(&self, index: usize, event: &str) -> &[Rule] {
+        match self.seed_rules.get(index) {
+            Some(r) => r,
+            None => self.rules_for(event),
+        }
     }
 }
 
@@ -272,6 +283,10 @@ fn build(raw: RawFile) -> Result<Catalog, ConfigError> {
             .push(Rule { metric, value });
     }
     check_collisions(&metrics)?;
+    let seed_rules = crate::seed::EVENT_NAMES
+        .iter()
+        .map(|n| rules.get(*n).cloned().unwrap_or_default())
+        .collect();
     Ok(Catalog {
         limits: Limits {
             max_namespaces: l.max_namespaces,
@@ -280,6 +295,7 @@ fn build(raw: RawFile) -> Result<Catalog, ConfigError> {
         },
         metrics,
         rules,
+        seed_rules,
     })
 }
 

@@ -5,8 +5,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::config::{Fallback, Source, ValueSpec};
 
@@ -71,41 +72,130 @@ pub struct Event<'a> {
     /// Envelope `namespace`, else `payload.namespace`; never empty.
     pub namespace: Option<Cow<'a, str>>,
     pub timestamp: Option<Cow<'a, str>>,
-    pub message: Message<'a>,
+    /// `payload.message` as it stands in the JSON: decoded only when a mapping
+    /// reads it, so counters and unmapped events never unescape it.
+    pub message: Option<&'a RawValue>,
     pub user_count: Option<usize>,
 }
 
-/// `payload.message`: a string in the seed, a number from lenient producers.
-#[derive(Debug, Default, PartialEq)]
-pub enum Message<'a> {
-    #[default]
-    Absent,
-    Text(Cow<'a, str>),
-    Number(f64),
-}
-
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Envelope<'a> {
-    #[serde(borrow, default)]
     id: Option<Text<'a>>,
-    #[serde(borrow, default)]
     name: Option<Text<'a>>,
-    #[serde(borrow, default)]
     namespace: Option<Text<'a>>,
-    #[serde(borrow, default)]
     timestamp: Option<Text<'a>>,
-    #[serde(borrow, default)]
     payload: Option<Payload<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Payload<'a> {
-    #[serde(rename = "userIds", default)]
     user_ids: Option<Count>,
-    #[serde(borrow, default)]
     namespace: Option<Text<'a>>,
+    message: Option<&'a RawValue>,
+}
+
+/// The keys we read. Deserialized from raw bytes, which serde_json hands over
+/// without the UTF-8 validation a `&str` key costs; every other key is skipped.
+enum Key {
+    Id,
+    Name,
+    Namespace,
+    Timestamp,
+    Payload,
+    UserIds,
+    Message,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Key, E> {
+                Ok(match b {
+                    b"id" => Key::Id,
+                    b"name" => Key::Name,
+                    b"namespace" => Key::Namespace,
+                    b"timestamp" => Key::Timestamp,
+                    b"payload" => Key::Payload,
+                    b"userIds" => Key::UserIds,
+                    b"message" => Key::Message,
+                    _ => Key::Other,
+                })
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key, E> {
+                self.visit_bytes(s.as_bytes())
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Envelope<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an event object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'a>, A::Error> {
+                let mut e = Envelope::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::Id => e.id = map.next_value()?,
+                        Key::Name => e.name = map.next_value()?,
+                        Key::Namespace => e.namespace = map.next_value()?,
+                        Key::Timestamp => e.timestamp = map.next_value()?,
+                        Key::Payload => e.payload = map.next_value()?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(e)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Payload<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Payload<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a payload object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Payload<'a>, A::Error> {
+                let mut p = Payload::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::UserIds => p.user_ids = map.next_value()?,
+                        Key::Namespace => p.namespace = map.next_value()?,
+                        Key::Message => p.message = map.next_value()?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(p)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A message object's `value`, the contract's default pointer.
+#[derive(Deserialize)]
+struct ValueField<'a> {
     #[serde(borrow, default)]
-    message: Message<'a>,
+    value: Option<&'a RawValue>,
 }
 
 /// A JSON string, borrowed when it has no escapes. (serde's own `Cow` inside an
@@ -114,10 +204,23 @@ struct Text<'a>(Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match Message::deserialize(d)? {
-            Message::Text(t) => Ok(Text(t)),
-            _ => Err(de::Error::custom("expected a string")),
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(s)))
+            }
         }
+        d.deserialize_str(V(std::marker::PhantomData))
     }
 }
 
@@ -144,40 +247,6 @@ impl<'de> Deserialize<'de> for Count {
     }
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Message<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Message<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or a number")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Message<'a>, E> {
-                Ok(Message::Text(Cow::Borrowed(s)))
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Message<'a>, E> {
-                Ok(Message::Text(Cow::Owned(s.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, s: String) -> Result<Message<'a>, E> {
-                Ok(Message::Text(Cow::Owned(s)))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Message<'a>, E> {
-                Ok(Message::Number(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Message<'a>, E> {
-                Ok(Message::Number(v as f64))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Message<'a>, E> {
-                Ok(Message::Number(v as f64))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Message<'a>, E> {
-                Ok(Message::Absent)
-            }
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
-    }
-}
-
 /// Decode one message. The size limit is checked by the caller, which knows it.
 pub fn decode(raw: &[u8]) -> Result<Event<'_>, Reason> {
     let env: Envelope = serde_json::from_slice(raw).map_err(|e| classify(raw, &e))?;
@@ -187,7 +256,7 @@ pub fn decode(raw: &[u8]) -> Result<Event<'_>, Reason> {
     };
     let (payload_ns, message, user_count) = match env.payload {
         Some(p) => (p.namespace, p.message, p.user_ids.map(|c| c.0)),
-        None => (None, Message::Absent, None),
+        None => (None, None, None),
     };
     let namespace = [env.namespace, payload_ns]
         .into_iter()
@@ -237,26 +306,62 @@ impl Event<'_> {
     }
 
     fn message_value(&self, pointer: Option<&str>) -> Result<Option<f64>, Reason> {
-        let text = match &self.message {
-            Message::Absent => return Ok(None),
-            Message::Number(n) => return Ok(Some(*n)),
-            Message::Text(t) => t.trim(),
+        let Some(raw) = self.message else {
+            return Ok(None);
         };
-        if text.is_empty() {
+        let raw = raw.get();
+        // The seed's string, or (from lenient producers) a bare number or object.
+        let text: Cow<str> = if raw.starts_with('"') {
+            serde_json::from_str::<Text>(raw)
+                .map_err(|_| Reason::InvalidValue)?
+                .0
+        } else {
+            Cow::Borrowed(raw)
+        };
+        let text = text.trim();
+        if text.is_empty() || text == "null" {
             return Ok(None);
         }
         if !text.starts_with('{') {
             return parse_number(text).map(Some);
         }
-        let obj: serde_json::Value =
-            serde_json::from_str(text).map_err(|_| Reason::InvalidValue)?;
-        number_at(&obj, pointer.unwrap_or("/value"))
+        match pointer {
+            None | Some("/value") => {
+                let obj: ValueField =
+                    serde_json::from_str(text).map_err(|_| Reason::InvalidValue)?;
+                obj.value.map_or(Ok(None), |v| number_in(v.get()))
+            }
+            Some(p) => {
+                let obj: serde_json::Value =
+                    serde_json::from_str(text).map_err(|_| Reason::InvalidValue)?;
+                number_at(&obj, p)
+            }
+        }
     }
 
     fn envelope_value(&self, pointer: &str) -> Result<Option<f64>, Reason> {
         let doc: serde_json::Value =
             serde_json::from_slice(self.raw).map_err(|_| Reason::InvalidJson)?;
         number_at(&doc, pointer)
+    }
+}
+
+/// A raw JSON value that should hold a number or numeric string.
+fn number_in(raw: &str) -> Result<Option<f64>, Reason> {
+    if raw.starts_with('"') {
+        let s = serde_json::from_str::<Text>(raw)
+            .map_err(|_| Reason::InvalidValue)?
+            .0;
+        let s = s.trim();
+        return if s.is_empty() {
+            Ok(None)
+        } else {
+            parse_number(s).map(Some)
+        };
+    }
+    match raw {
+        "null" => Ok(None),
+        n => parse_number(n).map(Some),
     }
 }
 
@@ -374,6 +479,7 @@ mod tests {
             (r#""{\"value\":870}""#, 0.87),
             (r#""{\"value\":\"870\"}""#, 0.87),
             ("250", 0.25),
+            (r#"{"value":640}"#, 0.64),
             ("2.5e3", 2.5),
         ];
         for (msg, want) in cases {
@@ -467,7 +573,8 @@ mod tests {
         let j = r#"{"id":"e1","name":"X","namespace":"g","payload":{"message":"12"}}"#;
         let e = ev(j);
         assert!(matches!(e.name, Cow::Borrowed(_)));
-        assert!(matches!(e.message, Message::Text(Cow::Borrowed(_))));
+        assert!(matches!(e.namespace, Some(Cow::Borrowed(_))));
+        assert_eq!(e.message.map(RawValue::get), Some("\"12\""));
     }
 
     #[test]

@@ -162,8 +162,9 @@ impl Fold {
                 return Ok(Outcome::Duplicate);
             }
         }
-        self.events[seed::event_index(&ev.name)] += 1;
-        let rules = self.catalog.rules_for(&ev.name);
+        let index = seed::event_index(&ev.name);
+        self.events[index] += 1;
+        let rules = self.catalog.rules_at(index, &ev.name);
         if rules.is_empty() {
             return Ok(Outcome::Folded);
         }

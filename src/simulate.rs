@@ -132,6 +132,23 @@ impl Generator {
             .ns_weights
             .partition_point(|&w| w < r)
             .min(self.namespaces.len() - 1);
+        self.build(channel, name, ns, unix_ms)
+    }
+
+    /// One event of every `Metric*` kind for namespace number `ns`: populates
+    /// every metric family of a namespace (benchmarks of scrape cost and memory).
+    pub fn metric_events_for(&mut self, ns: usize, unix_ms: u64) -> Vec<(String, Vec<u8>)> {
+        let ns = ns.min(self.namespaces.len() - 1);
+        MIX.iter()
+            .filter(|m| m.1.starts_with("Metric"))
+            .map(|(channel, name, _)| {
+                self.seq += 1;
+                self.build(channel, name, ns, unix_ms)
+            })
+            .collect()
+    }
+
+    fn build(&mut self, channel: &str, name: &str, ns: usize, unix_ms: u64) -> (String, Vec<u8>) {
         let (message, users) = self.message(name, ns);
         let body = self.envelope(name, ns, &message, users, unix_ms);
         (format!("{channel}.{name}"), body)

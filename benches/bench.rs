@@ -1,0 +1,426 @@
+//! `scripts/bench`: throughput, scrape cost and memory, each against a baseline
+//! measured in the same run. Progress goes to stderr; the last lines on stdout
+//! are `bench <key> <value>`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::de::IgnoredAny;
+use session_exporter::config::Catalog;
+use session_exporter::exporter::Exporter;
+use session_exporter::simulate::{unix_ms, Generator, Profile};
+use session_exporter::source::{self, NatsConfig};
+use session_exporter::{http, seed};
+use tokio::sync::watch;
+
+type Corpus = Vec<(String, Vec<u8>)>;
+
+fn corpus(n: usize, namespaces: usize, seed: u64) -> Corpus {
+    let mut g = Generator::new(Profile {
+        namespaces,
+        seed,
+        ..Profile::default()
+    });
+    let now = unix_ms();
+    (0..n).map(|_| g.next_event(now)).collect()
+}
+
+/// Every `Metric*` family for each of `namespaces` namespaces.
+fn populate_corpus(namespaces: usize) -> Corpus {
+    let mut g = Generator::new(Profile {
+        namespaces,
+        seed: 99,
+        ..Profile::default()
+    });
+    let now = unix_ms();
+    (0..namespaces)
+        .flat_map(|ns| g.metric_events_for(ns, now))
+        .collect()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn spread(v: &[f64]) -> String {
+    let m = median(v);
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    format!(
+        "median {m:.4}, range {lo:.4}..{hi:.4} (spread ±{:.1}%)",
+        50.0 * (hi - lo) / m
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- fold
+
+fn bench_fold(reps: usize) -> (f64, f64) {
+    let corpus = corpus(200_000, 1000, 1);
+    let bytes: usize = corpus.iter().map(|c| c.1.len()).sum();
+    eprintln!(
+        "fold: {} events, mean {} B, 1000 namespaces, one core, {reps} repetitions",
+        corpus.len(),
+        bytes / corpus.len()
+    );
+    let (mut fold, mut parse) = (Vec::new(), Vec::new());
+    for rep in 0..reps {
+        let t = Instant::now();
+        let ok = corpus
+            .iter()
+            .filter(|(_, b)| serde_json::from_slice::<IgnoredAny>(b).is_ok())
+            .count();
+        assert_eq!(ok, corpus.len());
+        parse.push(corpus.len() as f64 / t.elapsed().as_secs_f64());
+
+        let exporter = Exporter::new(Catalog::default_mapping(), None, 0);
+        let t = Instant::now();
+        let folded: usize = corpus
+            .chunks(512)
+            .map(|c| exporter.ingest(c.iter().map(|e| e.1.as_slice())))
+            .sum();
+        fold.push(corpus.len() as f64 / t.elapsed().as_secs_f64());
+        assert_eq!(folded, corpus.len());
+        eprintln!(
+            "  rep {rep}: serde_json IgnoredAny {:.0}/s, decode+fold {:.0}/s",
+            parse[rep], fold[rep]
+        );
+    }
+    eprintln!("  IgnoredAny:    {}", spread(&parse));
+    eprintln!("  decode + fold: {}", spread(&fold));
+    let ratios: Vec<f64> = fold.iter().zip(&parse).map(|(f, p)| f / p).collect();
+    eprintln!("  ratio:         {}", spread(&ratios));
+    (median(&fold), median(&ratios))
+}
+
+// ---------------------------------------------------------------- end to end
+
+/// Publish the corpus at full speed from its own thread and runtime.
+fn publish_thread(url: String, corpus: Arc<Corpus>) -> thread::JoinHandle<f64> {
+    thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = async_nats::connect(url).await.unwrap();
+            let t = Instant::now();
+            for (subject, body) in corpus.iter() {
+                client
+                    .publish(subject.clone(), body.clone().into())
+                    .await
+                    .unwrap();
+            }
+            client.flush().await.unwrap();
+            corpus.len() as f64 / t.elapsed().as_secs_f64()
+        })
+    })
+}
+
+fn nats_config(url: &str) -> NatsConfig {
+    NatsConfig {
+        url: url.to_string(),
+        subjects: seed::default_subjects(),
+        subscription_capacity: 65536,
+        ..NatsConfig::default()
+    }
+}
+
+/// Wait until `count()` reaches `n` or stops moving for two seconds; returns
+/// the time it reached its final value, measured from `start`, and that value.
+fn wait_count(start: Instant, n: u64, count: impl Fn() -> u64) -> (f64, u64) {
+    let (mut last, mut last_change) = (count(), Instant::now());
+    loop {
+        let c = count();
+        if c != last {
+            (last, last_change) = (c, Instant::now());
+        }
+        if c >= n || last_change.elapsed() > Duration::from_secs(2) {
+            return (last_change.duration_since(start).as_secs_f64(), c);
+        }
+        thread::sleep(Duration::from_micros(500));
+    }
+}
+
+/// A bare async-nats subscriber on the same subjects that only counts.
+fn run_baseline(url: &str, corpus: &Arc<Corpus>) -> f64 {
+    let rt = runtime();
+    let count = Arc::new(AtomicU64::new(0));
+    let (stop, stopped) = watch::channel(false);
+    let cfg = nats_config(url);
+    let c = count.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let client = async_nats::ConnectOptions::new()
+            .subscription_capacity(cfg.subscription_capacity)
+            .connect(&cfg.url)
+            .await
+            .unwrap();
+        let mut subs = Vec::new();
+        for s in &cfg.subjects {
+            subs.push(client.subscribe(s.clone()).await.unwrap());
+        }
+        client.flush().await.unwrap();
+        let _ = ready_tx.send(());
+        let mut all = futures_util::stream::select_all(subs);
+        let mut stopped = stopped;
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => break,
+                m = all.next() => match m { Some(_) => { c.fetch_add(1, Ordering::Relaxed); } None => break },
+            }
+        }
+    });
+    ready_rx.recv().unwrap();
+    let start = Instant::now();
+    let publisher = publish_thread(url.to_string(), corpus.clone());
+    let (secs, got) = wait_count(start, corpus.len() as u64, || count.load(Ordering::Relaxed));
+    publisher.join().unwrap();
+    let _ = stop.send(true);
+    rt.shutdown_timeout(Duration::from_secs(2));
+    assert_eq!(
+        got,
+        corpus.len() as u64,
+        "the baseline subscriber lost messages"
+    );
+    corpus.len() as f64 / secs
+}
+
+/// The exporter's own source and fold, in process, optionally with `/metrics`
+/// scraped every second during the run. Returns (events/s, lost).
+fn run_exporter(
+    url: &str,
+    corpus: &Arc<Corpus>,
+    prefill: &[(String, Vec<u8>)],
+    scrape_every: Option<Duration>,
+) -> (f64, u64) {
+    let rt = runtime();
+    let exporter = Arc::new(Exporter::new(Catalog::default_mapping(), None, 0));
+    for chunk in prefill.chunks(512) {
+        exporter.ingest(chunk.iter().map(|c| c.1.as_slice()));
+    }
+    let base = exporter.stats.events_folded.get();
+    let (stop, stopped) = watch::channel(false);
+    let cfg = nats_config(url);
+    let e = exporter.clone();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    rt.spawn(http::serve(
+        listener,
+        exporter.clone(),
+        "/metrics".into(),
+        wait(stopped.clone()),
+    ));
+    let source = rt.spawn({
+        let stopped = stopped.clone();
+        async move {
+            let client = source::connect(&cfg, e.clone()).await.unwrap();
+            source::run(client, &cfg, e, wait(stopped)).await.unwrap();
+        }
+    });
+    common::wait_for(Duration::from_secs(10), "exporter ready", || {
+        exporter.is_ready().then_some(())
+    });
+    let start = Instant::now();
+    let publisher = publish_thread(url.to_string(), corpus.clone());
+    let finished = Arc::new(AtomicBool::new(false));
+    let scraper = scrape_every.map(|every| {
+        let addr = addr.clone();
+        let finished = finished.clone();
+        thread::spawn(move || {
+            let mut scrapes = 0;
+            while !finished.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                get_metrics(&addr);
+                scrapes += 1;
+                while t.elapsed() < every && !finished.load(Ordering::Relaxed) {
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
+            scrapes
+        })
+    });
+    let (secs, got) = wait_count(start, base + corpus.len() as u64, || {
+        exporter.stats.events_folded.get()
+    });
+    finished.store(true, Ordering::Relaxed);
+    publisher.join().unwrap();
+    if let Some(s) = scraper {
+        let scrapes = s.join().unwrap();
+        eprintln!("    ({scrapes} scrapes during the run)");
+    }
+    let _ = stop.send(true);
+    let _ = rt.block_on(source);
+    rt.shutdown_timeout(Duration::from_secs(2));
+    let folded = got - base;
+    (folded as f64 / secs, corpus.len() as u64 - folded)
+}
+
+fn get_metrics(addr: &str) -> usize {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: b\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    buf.len()
+}
+
+fn bench_e2e(url: &str, reps: usize) -> (f64, f64, u64) {
+    let corpus = Arc::new(corpus(300_000, 1000, 2));
+    eprintln!(
+        "e2e: {} events published at full speed into nats-server, {reps} repetitions",
+        corpus.len()
+    );
+    let (mut exp, mut base, mut lost) = (Vec::new(), Vec::new(), 0);
+    for rep in 0..reps {
+        let b = run_baseline(url, &corpus);
+        let (e, l) = run_exporter(url, &corpus, &[], None);
+        eprintln!("  rep {rep}: bare subscriber {b:.0}/s, exporter {e:.0}/s, lost {l}");
+        base.push(b);
+        exp.push(e);
+        lost += l;
+    }
+    let ratios: Vec<f64> = exp.iter().zip(&base).map(|(e, b)| e / b).collect();
+    eprintln!("  bare subscriber: {}", spread(&base));
+    eprintln!("  exporter:        {}", spread(&exp));
+    eprintln!("  ratio:           {}", spread(&ratios));
+    (median(&exp), median(&ratios), lost)
+}
+
+fn bench_scrape_ingest(url: &str, reps: usize) -> f64 {
+    let prefill = populate_corpus(1000);
+    let corpus = Arc::new(corpus(600_000, 1000, 3));
+    eprintln!(
+        "scrape/ingest: {} events at 1,000 namespaces, with and without a scrape every second",
+        corpus.len()
+    );
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for rep in 0..reps {
+        let (a, _) = run_exporter(url, &corpus, &prefill, None);
+        let (b, _) = run_exporter(url, &corpus, &prefill, Some(Duration::from_secs(1)));
+        eprintln!("  rep {rep}: no scrapes {a:.0}/s, scraped every 1s {b:.0}/s");
+        without.push(a);
+        with.push(b);
+    }
+    let ratios: Vec<f64> = with.iter().zip(&without).map(|(w, o)| w / o).collect();
+    eprintln!("  ratio: {}", spread(&ratios));
+    median(&ratios)
+}
+
+// ---------------------------------------------------------------- scrape
+
+fn bench_scrape(namespaces: usize) -> f64 {
+    let rt = runtime();
+    let exporter = Arc::new(Exporter::new(Catalog::default_mapping(), None, 0));
+    let events = populate_corpus(namespaces);
+    for chunk in events.chunks(512) {
+        exporter.ingest(chunk.iter().map(|c| c.1.as_slice()));
+    }
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = watch::channel(false);
+    let mut rx = stopped;
+    rt.spawn(http::serve(
+        listener,
+        exporter.clone(),
+        "/metrics".into(),
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        },
+    ));
+    let bytes = get_metrics(&addr);
+    let times: Vec<f64> = (0..21)
+        .map(|_| {
+            let t = Instant::now();
+            get_metrics(&addr);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    eprintln!(
+        "scrape at {namespaces} namespaces: {bytes} bytes, ms {}",
+        spread(&times)
+    );
+    let _ = stop.send(true);
+    median(&times)
+}
+
+// ---------------------------------------------------------------- memory
+
+fn rss(exporter: &common::Exporter) -> f64 {
+    common::value(&exporter.metrics(), "process_resident_memory_bytes").unwrap()
+}
+
+fn bench_memory(url: &str) -> f64 {
+    let n = 10_000;
+    let events = populate_corpus(n);
+    let exporter = common::Exporter::start(url, &["--log.level", "warn"]);
+    exporter.wait_ready();
+    let before = rss(&exporter);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(common::publish(url, &events));
+    let m = exporter.wait_received(events.len() as u64);
+    assert_eq!(
+        common::value(&m, "session_exporter_namespaces"),
+        Some(n as f64)
+    );
+    let after = rss(&exporter);
+    eprintln!(
+        "memory: RSS {:.1} MiB at 0 namespaces, {:.1} MiB at {n} (all families populated)",
+        before / 1048576.0,
+        after / 1048576.0
+    );
+    (after - before) / n as f64
+}
+
+fn main() {
+    let reps: usize = std::env::var("BENCH_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let t = Instant::now();
+    let (fold, fold_ratio) = bench_fold(reps);
+    let nats = common::Nats::start();
+    let url = nats.url();
+    let (e2e, e2e_ratio, lost) = bench_e2e(&url, reps.min(3));
+    let scrape_1k = bench_scrape(1_000);
+    let scrape_10k = bench_scrape(10_000);
+    let scrape_ingest = bench_scrape_ingest(&url, reps.min(3));
+    let bytes_per_ns = bench_memory(&url);
+    eprintln!("done in {:.0}s", t.elapsed().as_secs_f64());
+    println!("bench fold_events_per_s {fold:.0}");
+    println!("bench fold_ratio {fold_ratio:.3}");
+    println!("bench e2e_events_per_s {e2e:.0}");
+    println!("bench e2e_ratio {e2e_ratio:.3}");
+    println!("bench e2e_lost {lost}");
+    println!("bench scrape_ms_1k {scrape_1k:.2}");
+    println!("bench scrape_ms_10k {scrape_10k:.2}");
+    println!("bench scrape_ingest_ratio {scrape_ingest:.3}");
+    println!("bench bytes_per_namespace {bytes_per_ns:.0}");
+}
