@@ -70,7 +70,6 @@ impl Exporter {
                 decode(p)
             })
             .collect();
-        self.stats.messages_received.inc_by(decoded.len() as u64);
         let mut folded = 0;
         let mut fold = self.lock();
         for d in &decoded {
@@ -92,8 +91,11 @@ impl Exporter {
                 Err(reason) => self.rejected(reason, d),
             }
         }
+        self.stats.namespaces.set(fold.namespace_count() as i64);
         drop(fold);
+        // After folding: a scrape that sees a message as received sees its effect.
         self.stats.events_folded.inc_by(folded as u64);
+        self.stats.messages_received.inc_by(decoded.len() as u64);
         folded
     }
 
@@ -113,18 +115,18 @@ impl Exporter {
     /// Render `/metrics`: snapshot under the lock, format without it.
     pub fn scrape(&self) -> String {
         let start = Instant::now();
-        let snap = {
-            let fold = self.lock();
-            self.stats.namespaces.set(fold.namespace_count() as i64);
-            fold.snapshot(start)
-        };
-        let mut out = String::with_capacity(4096 + snap.namespaces.len() * 2048);
+        // Self-metrics first: a message they count as received is then
+        // already in the snapshot (ingest counts it after folding).
+        let mut stats = String::new();
+        self.stats.render(&mut stats);
+        let snap = self.lock().snapshot(start);
+        let mut out = String::with_capacity(stats.len() + 4096 + snap.namespaces.len() * 4096);
         exposition::render(&snap, &mut out);
+        out.push_str(&stats);
         self.stats.series.set(snap.series() as i64);
         self.stats
             .scrape_duration
             .observe(start.elapsed().as_secs_f64());
-        self.stats.render(&mut out);
         out
     }
 

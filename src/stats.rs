@@ -116,7 +116,7 @@ impl Stats {
             ),
             namespaces: gauge(&r, "namespaces", "Game namespaces with live state."),
             max_namespaces: gauge(&r, "max_namespaces", "The configured namespace limit."),
-            series: gauge(&r, "series", "Domain series in the last scrape."),
+            series: gauge(&r, "series", "Domain series exposed by the previous scrape."),
             event_lag: histogram(
                 &r,
                 "event_lag_seconds",
