@@ -377,7 +377,7 @@ fn rss(exporter: &common::Exporter) -> f64 {
 fn bench_memory(url: &str) -> f64 {
     let n = 10_000;
     let events = populate_corpus(n);
-    let exporter = common::Exporter::start(url, &["--log.level", "warn"]);
+    let exporter = common::Exporter::start(url, &[]);
     exporter.wait_ready();
     let before = rss(&exporter);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -406,6 +406,11 @@ fn main() {
         .unwrap_or(5);
     let t = Instant::now();
     let (fold, fold_ratio) = bench_fold(reps);
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("fold") {
+        println!("bench fold_events_per_s {fold:.0}");
+        println!("bench fold_ratio {fold_ratio:.3}");
+        return;
+    }
     let nats = common::Nats::start();
     let url = nats.url();
     let (e2e, e2e_ratio, lost) = bench_e2e(&url, reps.min(3));

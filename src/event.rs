@@ -5,11 +5,12 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::{Fallback, Source, ValueSpec};
+use crate::scan::{self, ScanError};
 
 /// Why an event was not folded. The label values of
 /// `session_exporter_events_rejected_total{reason}`.
@@ -72,123 +73,10 @@ pub struct Event<'a> {
     /// Envelope `namespace`, else `payload.namespace`; never empty.
     pub namespace: Option<Cow<'a, str>>,
     pub timestamp: Option<Cow<'a, str>>,
-    /// `payload.message` as it stands in the JSON: decoded only when a mapping
-    /// reads it, so counters and unmapped events never unescape it.
-    pub message: Option<&'a RawValue>,
+    /// `payload.message` as raw JSON text: decoded only when a mapping reads
+    /// it, so counters and unmapped events never unescape it.
+    pub message: Option<&'a str>,
     pub user_count: Option<usize>,
-}
-
-#[derive(Default)]
-struct Envelope<'a> {
-    id: Option<Text<'a>>,
-    name: Option<Text<'a>>,
-    namespace: Option<Text<'a>>,
-    timestamp: Option<Text<'a>>,
-    payload: Option<Payload<'a>>,
-}
-
-#[derive(Default)]
-struct Payload<'a> {
-    user_ids: Option<Count>,
-    namespace: Option<Text<'a>>,
-    message: Option<&'a RawValue>,
-}
-
-/// The keys we read. Deserialized from raw bytes, which serde_json hands over
-/// without the UTF-8 validation a `&str` key costs; every other key is skipped.
-enum Key {
-    Id,
-    Name,
-    Namespace,
-    Timestamp,
-    Payload,
-    UserIds,
-    Message,
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Key;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Key, E> {
-                Ok(match b {
-                    b"id" => Key::Id,
-                    b"name" => Key::Name,
-                    b"namespace" => Key::Namespace,
-                    b"timestamp" => Key::Timestamp,
-                    b"payload" => Key::Payload,
-                    b"userIds" => Key::UserIds,
-                    b"message" => Key::Message,
-                    _ => Key::Other,
-                })
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key, E> {
-                self.visit_bytes(s.as_bytes())
-            }
-        }
-        d.deserialize_bytes(V)
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Envelope<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an event object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'a>, A::Error> {
-                let mut e = Envelope::default();
-                while let Some(key) = map.next_key::<Key>()? {
-                    match key {
-                        Key::Id => e.id = map.next_value()?,
-                        Key::Name => e.name = map.next_value()?,
-                        Key::Namespace => e.namespace = map.next_value()?,
-                        Key::Timestamp => e.timestamp = map.next_value()?,
-                        Key::Payload => e.payload = map.next_value()?,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(e)
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Payload<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Payload<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a payload object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Payload<'a>, A::Error> {
-                let mut p = Payload::default();
-                while let Some(key) = map.next_key::<Key>()? {
-                    match key {
-                        Key::UserIds => p.user_ids = map.next_value()?,
-                        Key::Namespace => p.namespace = map.next_value()?,
-                        Key::Message => p.message = map.next_value()?,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(p)
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
 }
 
 /// A message object's `value`, the contract's default pointer.
@@ -224,63 +112,31 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
-/// The length of an array, without keeping its elements.
-struct Count(usize);
-
-impl<'de> Deserialize<'de> for Count {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Count;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
-                let mut n = 0;
-                while seq.next_element::<IgnoredAny>()?.is_some() {
-                    n += 1;
-                }
-                Ok(Count(n))
-            }
-        }
-        d.deserialize_seq(V)
-    }
-}
-
 /// Decode one message. The size limit is checked by the caller, which knows it.
 pub fn decode(raw: &[u8]) -> Result<Event<'_>, Reason> {
-    let env: Envelope = serde_json::from_slice(raw).map_err(|e| classify(raw, &e))?;
-    let name = match env.name {
-        Some(Text(n)) if !n.is_empty() => n,
+    let f = scan::envelope(raw).map_err(|e| match e {
+        ScanError::Type => Reason::InvalidType,
+        ScanError::Utf8 => Reason::InvalidUtf8,
+        ScanError::Syntax if std::str::from_utf8(raw).is_err() => Reason::InvalidUtf8,
+        ScanError::Syntax => Reason::InvalidJson,
+    })?;
+    let name = match f.name {
+        Some(n) if !n.is_empty() => n,
         _ => return Err(Reason::MissingName),
     };
-    let (payload_ns, message, user_count) = match env.payload {
-        Some(p) => (p.namespace, p.message, p.user_ids.map(|c| c.0)),
-        None => (None, None, None),
-    };
-    let namespace = [env.namespace, payload_ns]
+    let namespace = [f.namespace, f.payload_namespace]
         .into_iter()
         .flatten()
-        .map(|t| t.0)
         .find(|n| !n.is_empty());
     Ok(Event {
         raw,
-        id: env.id.map(|t| t.0),
+        id: f.id,
         name,
         namespace,
-        timestamp: env.timestamp.map(|t| t.0),
-        message,
-        user_count,
+        timestamp: f.timestamp,
+        message: f.message,
+        user_count: f.user_count,
     })
-}
-
-fn classify(raw: &[u8], e: &serde_json::Error) -> Reason {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Data => Reason::InvalidType,
-        _ if std::str::from_utf8(raw).is_err() => Reason::InvalidUtf8,
-        _ => Reason::InvalidJson,
-    }
 }
 
 impl Event<'_> {
@@ -309,7 +165,6 @@ impl Event<'_> {
         let Some(raw) = self.message else {
             return Ok(None);
         };
-        let raw = raw.get();
         // The seed's string, or (from lenient producers) a bare number or object.
         let text: Cow<str> = if raw.starts_with('"') {
             serde_json::from_str::<Text>(raw)
@@ -574,7 +429,7 @@ mod tests {
         let e = ev(j);
         assert!(matches!(e.name, Cow::Borrowed(_)));
         assert!(matches!(e.namespace, Some(Cow::Borrowed(_))));
-        assert_eq!(e.message.map(RawValue::get), Some("\"12\""));
+        assert_eq!(e.message, Some("\"12\""));
     }
 
     #[test]

@@ -55,25 +55,23 @@ impl Exporter {
         self.subscribed.load(Ordering::Relaxed) && self.stats.nats_connected.get() == 1
     }
 
-    /// Decode a batch of message payloads outside the lock, then fold them under
-    /// one lock. Returns how many were folded (not rejected, not duplicates).
+    /// Decode and fold a batch of message payloads under one lock (a scrape
+    /// waits for at most one batch: 512 messages, well under a millisecond).
+    /// Returns how many were folded (not rejected, not duplicates).
     pub fn ingest<'a>(&self, payloads: impl IntoIterator<Item = &'a [u8]>) -> usize {
         let wall = unix_now();
         let now = Instant::now();
         let max = self.max_message_bytes.load(Ordering::Relaxed);
-        let decoded: Vec<_> = payloads
-            .into_iter()
-            .map(|p| {
-                if p.len() > max {
-                    return Err(Reason::TooLarge);
-                }
-                decode(p)
-            })
-            .collect();
-        let mut folded = 0;
+        let (mut received, mut folded) = (0, 0);
         let mut fold = self.lock();
-        for d in &decoded {
-            let result = d.as_ref().map_err(|r| *r).and_then(|ev| {
+        for p in payloads {
+            received += 1;
+            let decoded = if p.len() > max {
+                Err(Reason::TooLarge)
+            } else {
+                decode(p)
+            };
+            let result = decoded.as_ref().map_err(|r| *r).and_then(|ev| {
                 let stamped = ev.timestamp.as_deref().and_then(parse_rfc3339);
                 let outcome = fold.apply(ev, now, stamped.unwrap_or(wall))?;
                 if let (Some(t), Outcome::Folded | Outcome::Overflowed) = (stamped, outcome) {
@@ -88,15 +86,15 @@ impl Exporter {
                     self.stats.overflow_events.inc();
                 }
                 Ok(Outcome::Duplicate) => self.stats.duplicates.inc(),
-                Err(reason) => self.rejected(reason, d),
+                Err(reason) => self.rejected(reason, &decoded),
             }
         }
         self.stats.namespaces.set(fold.namespace_count() as i64);
         drop(fold);
         // After folding: a scrape that sees a message as received sees its effect.
-        self.stats.events_folded.inc_by(folded as u64);
-        self.stats.messages_received.inc_by(decoded.len() as u64);
-        folded
+        self.stats.events_folded.inc_by(folded);
+        self.stats.messages_received.inc_by(received);
+        folded as usize
     }
 
     fn rejected(&self, reason: Reason, d: &Result<crate::event::Event, Reason>) {
