@@ -412,6 +412,18 @@ mod tests {
     use serde::de::IgnoredAny;
     use serde_json::Value;
 
+    /// name, namespace, payload namespace, user count, message.
+    type Read = std::result::Result<
+        (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<usize>,
+            Option<String>,
+        ),
+        ScanError,
+    >;
+
     /// The same fields, read through serde_json's `Value`.
     fn reference(
         b: &[u8],
