@@ -425,18 +425,7 @@ mod tests {
     >;
 
     /// The same fields, read through serde_json's `Value`.
-    fn reference(
-        b: &[u8],
-    ) -> std::result::Result<
-        (
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<usize>,
-            Option<String>,
-        ),
-        ScanError,
-    > {
+    fn reference(b: &[u8]) -> Read {
         if serde_json::from_slice::<IgnoredAny>(b).is_err() {
             return Err(ScanError::Syntax);
         }
@@ -476,18 +465,7 @@ mod tests {
         Ok((name, ns, pns, count, msg))
     }
 
-    fn ours(
-        b: &[u8],
-    ) -> std::result::Result<
-        (
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<usize>,
-            Option<String>,
-        ),
-        ScanError,
-    > {
+    fn ours(b: &[u8]) -> Read {
         let f = envelope(b)?;
         let msg = f
             .message
