@@ -270,13 +270,19 @@ pub fn parse_rfc3339(s: &str) -> Option<f64> {
     if b[i] == b'.' {
         let start = i + 1;
         i = start;
+        let (mut digits, mut scale) = (0u64, 1u64);
         while i < b.len() && b[i].is_ascii_digit() {
+            // Nanoseconds are the finest a timestamp carries; ignore the rest.
+            if i - start < 9 {
+                digits = digits * 10 + u64::from(b[i] - b'0');
+                scale *= 10;
+            }
             i += 1;
         }
         if i == start {
             return None;
         }
-        frac = s[start - 1..i].parse::<f64>().ok()?;
+        frac = digits as f64 / scale as f64;
     }
     let offset = match b.get(i)? {
         b'Z' | b'z' if i + 1 == b.len() => 0,

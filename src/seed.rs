@@ -58,11 +58,41 @@ pub const EVENT_NAMES: [&str; 40] = [
 /// The label value for names outside the seed.
 pub const OTHER_EVENT: &str = "other";
 
-/// Index into `EVENT_NAMES`, or `EVENT_NAMES.len()` for `other`.
+/// Index into `EVENT_NAMES`, or `EVENT_NAMES.len()` for `other`. Called for
+/// every event: one hash into a fixed table and one comparison.
 pub fn event_index(name: &str) -> usize {
-    EVENT_NAMES
-        .binary_search(&name)
-        .unwrap_or(EVENT_NAMES.len())
+    let table = TABLE.get_or_init(build_table);
+    let mut slot = fnv(name) as usize % TABLE_SIZE;
+    loop {
+        match table[slot] {
+            u8::MAX => return EVENT_NAMES.len(),
+            i if EVENT_NAMES[usize::from(i)] == name => return usize::from(i),
+            _ => slot = (slot + 1) % TABLE_SIZE,
+        }
+    }
+}
+
+/// Open addressing, under a sixth full; `u8::MAX` marks an empty slot.
+const TABLE_SIZE: usize = 256;
+static TABLE: std::sync::OnceLock<[u8; TABLE_SIZE]> = std::sync::OnceLock::new();
+
+fn build_table() -> [u8; TABLE_SIZE] {
+    let mut table = [u8::MAX; TABLE_SIZE];
+    for (i, name) in EVENT_NAMES.iter().enumerate() {
+        let mut slot = fnv(name) as usize % TABLE_SIZE;
+        while table[slot] != u8::MAX {
+            slot = (slot + 1) % TABLE_SIZE;
+        }
+        table[slot] = i as u8;
+    }
+    table
+}
+
+/// FNV-1a: the table holds only the fixed seed names, so no flooding concern.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 pub fn event_label(index: usize) -> &'static str {
@@ -89,5 +119,9 @@ mod tests {
             "MetricAcquiringDsEvent"
         );
         assert_eq!(event_label(event_index("Invented\n")), "other");
+        assert_eq!(event_label(event_index("")), "other");
+        for (i, name) in EVENT_NAMES.iter().enumerate() {
+            assert_eq!(event_index(name), i);
+        }
     }
 }
