@@ -139,7 +139,7 @@ fn nats_config(url: &str) -> NatsConfig {
     NatsConfig {
         url: url.to_string(),
         subjects: seed::default_subjects(),
-        subscription_capacity: 65536,
+        subscription_capacity: source::DEFAULT_SUBSCRIPTION_CAPACITY,
         ..NatsConfig::default()
     }
 }

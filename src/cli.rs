@@ -138,14 +138,12 @@ pub struct RunArgs {
     /// Queue group: replicas in one group each receive a share of the events.
     #[arg(long = "nats.queue-group", env = "SESSION_EXPORTER_NATS_QUEUE_GROUP")]
     pub queue_group: Option<String>,
-    /// Messages the client buffers per subscription before dropping (counted as
-    /// slow-consumer drops). 65536 rides out a multi-second scrape or GC pause at
-    /// tens of thousands of events per second; memory is bounded by it times the
-    /// message size.
+    /// Messages the client buffers per subscription before dropping them
+    /// (counted as slow-consumer drops).
     #[arg(
         long = "nats.subscription-capacity",
         env = "SESSION_EXPORTER_NATS_SUBSCRIPTION_CAPACITY",
-        default_value_t = 65536
+        default_value_t = crate::source::DEFAULT_SUBSCRIPTION_CAPACITY
     )]
     pub subscription_capacity: usize,
     /// Consume this JetStream stream through a durable pull consumer instead of core subjects.
@@ -244,7 +242,7 @@ impl NatsArgs {
             tls_cert_file: self.tls_cert_file.clone(),
             tls_key_file: self.tls_key_file.clone(),
             tls_required: self.tls_required,
-            subscription_capacity: 65536,
+            subscription_capacity: crate::source::DEFAULT_SUBSCRIPTION_CAPACITY,
             ..NatsConfig::default()
         }
     }

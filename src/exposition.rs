@@ -18,6 +18,17 @@ pub fn render(snap: &Snapshot, out: &mut String) {
     for (r, &i) in order.iter().enumerate() {
         rank[i] = r;
     }
+    // Each namespace's label is escaped once per scrape, not once per line.
+    let labels: Vec<String> = snap
+        .namespaces
+        .iter()
+        .map(|n| {
+            let mut l = format!("{LABEL}=\"");
+            escape(&mut l, n, true);
+            l.push('"');
+            l
+        })
+        .collect();
 
     let mut families: Vec<usize> = (0..snap.catalog.metrics.len()).collect();
     families.sort_by(|&a, &b| {
@@ -34,16 +45,18 @@ pub fn render(snap: &Snapshot, out: &mut String) {
         }
         let fam = &snap.families[i];
         header(out, &def.name, &def.help, def.kind.as_str());
+        let les = le_labels(&def.buckets);
         let mut idx: Vec<usize> = (0..fam.samples.len()).collect();
         idx.sort_unstable_by_key(|&s| rank[fam.samples[s].namespace]);
         for s in idx {
-            let ns = &snap.namespaces[fam.samples[s].namespace];
+            let label = &labels[fam.samples[s].namespace];
             match def.kind {
                 Kind::Counter | Kind::Gauge => {
-                    series(out, &def.name, "", ns, None);
-                    value(out, fam.samples[s].value);
+                    series(out, &def.name, "", label, "}");
+                    float(out, fam.samples[s].value);
+                    out.push('\n');
                 }
-                Kind::Histogram => histogram(out, &def.name, &def.buckets, fam, s, ns),
+                Kind::Histogram => histogram(out, &def.name, &les, fam, s, label),
             }
         }
     }
@@ -64,26 +77,67 @@ fn render_events(snap: &Snapshot, out: &mut String) {
     }
 }
 
+/// `,le="0.1"}` for each bound, then `,le="+Inf"}`.
+fn le_labels(bounds: &[f64]) -> Vec<String> {
+    bounds
+        .iter()
+        .copied()
+        .chain([f64::INFINITY])
+        .map(|b| {
+            let mut l = String::from(",le=\"");
+            float(&mut l, b);
+            l.push_str("\"}");
+            l
+        })
+        .collect()
+}
+
 fn histogram(
     out: &mut String,
     name: &str,
-    bounds: &[f64],
+    les: &[String],
     fam: &FamilySnapshot,
     s: usize,
-    ns: &str,
+    label: &str,
 ) {
     let sample = fam.samples[s];
-    let counts = &fam.buckets[s * bounds.len()..(s + 1) * bounds.len()];
-    for (le, n) in bounds.iter().zip(counts) {
-        series(out, name, "_bucket", ns, Some(*le));
-        let _ = writeln!(out, "{n}");
+    let bounds = les.len() - 1;
+    let counts = &fam.buckets[s * bounds..(s + 1) * bounds];
+    for (le, n) in les.iter().zip(counts.iter().chain([&sample.count])) {
+        series(out, name, "_bucket", label, le);
+        int(out, *n);
     }
-    series(out, name, "_bucket", ns, Some(f64::INFINITY));
-    let _ = writeln!(out, "{}", sample.count);
-    series(out, name, "_sum", ns, None);
-    value(out, sample.value);
-    series(out, name, "_count", ns, None);
-    let _ = writeln!(out, "{}", sample.count);
+    series(out, name, "_sum", label, "}");
+    float(out, sample.value);
+    out.push('\n');
+    series(out, name, "_count", label, "}");
+    int(out, sample.count);
+}
+
+/// `name_suffix{label<rest>` and a space; the value follows.
+fn series(out: &mut String, name: &str, suffix: &str, label: &str, rest: &str) {
+    out.push_str(name);
+    out.push_str(suffix);
+    out.push('{');
+    out.push_str(label);
+    out.push_str(rest);
+    out.push(' ');
+}
+
+/// An integer and a newline, without the formatting machinery.
+fn int(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+    out.push('\n');
 }
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
@@ -95,28 +149,6 @@ fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     out.push_str(name);
     out.push(' ');
     out.push_str(kind);
-    out.push('\n');
-}
-
-/// `name{game_namespace="ns",le="b"} ` — the value follows.
-fn series(out: &mut String, name: &str, suffix: &str, ns: &str, le: Option<f64>) {
-    out.push_str(name);
-    out.push_str(suffix);
-    out.push('{');
-    out.push_str(LABEL);
-    out.push_str("=\"");
-    escape(out, ns, true);
-    out.push('"');
-    if let Some(le) = le {
-        out.push_str(",le=\"");
-        float(out, le);
-        out.push('"');
-    }
-    out.push_str("} ");
-}
-
-fn value(out: &mut String, v: f64) {
-    float(out, v);
     out.push('\n');
 }
 
@@ -163,6 +195,15 @@ mod tests {
         let mut s = String::new();
         escape(&mut s, "say \"hi\"\n", false);
         assert_eq!(s, "say \"hi\"\\n");
+    }
+
+    #[test]
+    fn integers_render_exactly() {
+        for n in [0, 7, 10, 1234567890, u64::MAX] {
+            let mut s = String::new();
+            int(&mut s, n);
+            assert_eq!(s, format!("{n}\n"));
+        }
     }
 
     #[test]

@@ -223,12 +223,14 @@ impl Fold {
             .iter()
             .map(|_| FamilySnapshot::default())
             .collect();
+        let bounds: Vec<Vec<u64>> = self.catalog.metrics.iter().map(hdr_bounds).collect();
         for (ni, ns) in self.namespaces.list.iter().enumerate() {
-            for ((slot, def), fam) in ns
+            for (((slot, def), fam), bounds) in ns
                 .slots
                 .iter()
                 .zip(&self.catalog.metrics)
                 .zip(&mut families)
+                .zip(&bounds)
             {
                 match slot {
                     Slot::Empty => continue,
@@ -245,7 +247,7 @@ impl Fold {
                             value: h.sum,
                             count: h.count,
                         });
-                        cumulative_counts(&h.hdr, def, &mut fam.buckets);
+                        cumulative_counts(&h.hdr, bounds, &mut fam.buckets);
                     }
                 }
             }
@@ -311,6 +313,14 @@ fn record(slot: &mut Slot, def: &MetricDef, v: f64, event_time: f64, now: Instan
     }
 }
 
+/// A metric's `le` bounds in HDR units.
+fn hdr_bounds(def: &MetricDef) -> Vec<u64> {
+    def.buckets
+        .iter()
+        .map(|b| (b * def.hdr_scale * (1.0 + 1e-9)).floor() as u64)
+        .collect()
+}
+
 /// `record` grows the histogram to fit; only a full u32 count makes it fail.
 fn record_hdr(hdr: &mut Histogram<u32>, v: f64) {
     let v = v.round() as u64;
@@ -322,14 +332,9 @@ fn record_hdr(hdr: &mut Histogram<u32>, v: f64) {
 /// Cumulative counts at each `le` bound. An HDR bucket counts toward a bound when
 /// its lowest value is within it, so a value exactly on a bound is always inside;
 /// values up to HDR's precision above a bound may be counted in it too.
-fn cumulative_counts(hdr: &Histogram<u32>, def: &MetricDef, out: &mut Vec<u64>) {
+fn cumulative_counts(hdr: &Histogram<u32>, bounds: &[u64], out: &mut Vec<u64>) {
     let start = out.len();
-    out.resize(start + def.buckets.len(), 0);
-    let bounds: Vec<u64> = def
-        .buckets
-        .iter()
-        .map(|b| (b * def.hdr_scale * (1.0 + 1e-9)).floor() as u64)
-        .collect();
+    out.resize(start + bounds.len(), 0);
     let counts = &mut out[start..];
     for it in hdr.iter_recorded() {
         let low = hdr.lowest_equivalent(it.value_iterated_to());

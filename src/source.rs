@@ -18,6 +18,13 @@ use crate::exporter::Exporter;
 /// wait for the lock short.
 const BATCH: usize = 512;
 
+/// Messages buffered per subscription before the client drops (and we count)
+/// them. 131072 seed-sized events are about 64 MiB, what nats-server itself
+/// buffers for a slow client by default (`max_pending`) before cutting it off;
+/// it absorbs a quarter-second burst at 500k events/s (BENCHMARKS.md). Memory
+/// is only used while a backlog exists.
+pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 131_072;
+
 #[derive(Debug, Clone, Default)]
 pub struct NatsConfig {
     pub url: String,
