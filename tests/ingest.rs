@@ -286,3 +286,65 @@ async fn replicas_in_a_queue_group_share_the_stream() {
         "each event folded exactly once across replicas"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespaces_past_the_limit_fold_into_overflow() {
+    let nats = Nats::start();
+    let dir = temp_dir("overflow");
+    let path = dir.join("mapping.yml");
+    let yaml = session_exporter::config::DEFAULT_MAPPING
+        .replace("max_namespaces: 10000", "max_namespaces: 2");
+    std::fs::write(&path, yaml).unwrap();
+    let exporter = Exporter::start(&nats.url(), &["--config.file", path.to_str().unwrap()]);
+    exporter.wait_ready();
+    let events: Vec<_> = ["a", "b", "c", "d", "a"]
+        .iter()
+        .map(|ns| {
+            on(
+                "x",
+                event("MetricAcquiringDsEvent", ns, "", serde_json::json!("")),
+            )
+        })
+        .collect();
+    publish(&nats.url(), &events).await;
+    let m = exporter.wait_received(events.len() as u64);
+    assert_eq!(
+        value(&m, "session_ds_acquisitions_total{game_namespace=\"a\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &m,
+            "session_ds_acquisitions_total{game_namespace=\"__overflow__\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&m, "session_exporter_cardinality_overflow_events_total"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sum(&m, "session_ds_acquisitions_total"),
+        5.0,
+        "totals stay right"
+    );
+    assert_eq!(value(&m, "session_exporter_max_namespaces"), Some(2.0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_consumer_drops_are_counted() {
+    let nats = Nats::start();
+    // A one-message buffer cannot absorb a burst: the client must drop, and say so.
+    let exporter = Exporter::start(&nats.url(), &["--nats.subscription-capacity", "1"]);
+    exporter.wait_ready();
+    let one = load_events(&examples_file());
+    let burst: Vec<_> = one.iter().cycle().take(20_000).cloned().collect();
+    publish(&nats.url(), &burst).await;
+    let m = wait_for(Duration::from_secs(20), "drops counted", || {
+        let m = exporter.metrics();
+        (value(&m, "session_exporter_nats_slow_consumer_drops_total")? > 0.0).then_some(m)
+    });
+    let received = value(&m, "session_exporter_messages_received_total").unwrap();
+    assert!(received < burst.len() as f64, "some messages were dropped");
+    promtool_check(&m);
+}
