@@ -232,6 +232,7 @@ fn run_exporter(
         listener,
         exporter.clone(),
         "/metrics".into(),
+        Default::default(),
         wait(stopped.clone()),
     ));
     let source = rt.spawn({
@@ -348,6 +349,7 @@ fn bench_scrape(namespaces: usize) -> f64 {
         listener,
         exporter.clone(),
         "/metrics".into(),
+        Default::default(),
         async move {
             let _ = rx.wait_for(|s| *s).await;
         },

@@ -176,6 +176,10 @@ pub struct RunArgs {
         default_value = "/metrics"
     )]
     pub telemetry_path: String,
+    /// TLS and basic-auth settings for the HTTP endpoints, in the Prometheus
+    /// exporter-toolkit format (tls_server_config, basic_auth_users).
+    #[arg(long = "web.config.file", env = "SESSION_EXPORTER_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
     /// Mapping file (YAML). Default: the built-in mapping (see print-default-config).
     #[arg(long = "config.file", env = "SESSION_EXPORTER_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,

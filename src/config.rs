@@ -28,6 +28,12 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    pub fn new(msg: impl Into<String>) -> ConfigError {
+        ConfigError(msg.into())
+    }
+}
+
 fn err(key: impl fmt::Display, msg: impl fmt::Display) -> ConfigError {
     ConfigError(format!("{key}: {msg}"))
 }

@@ -5,11 +5,12 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -18,17 +19,30 @@ use tokio::net::TcpListener;
 
 use crate::exporter::Exporter;
 use crate::exposition::CONTENT_TYPE as METRICS_TYPE;
+use crate::web::WebConfig;
 
 type Body = Full<Bytes>;
+
+/// What every connection needs.
+struct Site {
+    exporter: Arc<Exporter>,
+    telemetry_path: String,
+    web: WebConfig,
+}
 
 /// Serve until `shutdown` resolves. In-flight requests finish on their own tasks.
 pub async fn serve(
     listener: TcpListener,
     exporter: Arc<Exporter>,
     telemetry_path: String,
+    web: WebConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let path: Arc<str> = telemetry_path.into();
+    let site = Arc::new(Site {
+        exporter,
+        telemetry_path,
+        web,
+    });
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -37,34 +51,66 @@ pub async fn serve(
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let exporter = exporter.clone();
-        let path = path.clone();
+        let site = site.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let exporter = exporter.clone();
-                let path = path.clone();
-                async move { Ok::<_, Infallible>(handle(req, &exporter, &path).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "http connection ended with an error");
+            match &site.web.tls {
+                None => connection(stream, site.clone()).await,
+                Some(tls) => {
+                    match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
+                        Ok(Ok(stream)) => connection(stream, site.clone()).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    exporter: &Arc<Exporter>,
-    telemetry: &str,
-) -> Response<Body> {
+async fn connection<S>(stream: S, site: Arc<Site>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let site = site.clone();
+        async move { Ok::<_, Infallible>(handle(req, site).await) }
+    });
+    if let Err(e) = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+async fn handle(req: Request<Incoming>, site: Arc<Site>) -> Response<Body> {
+    if site.web.requires_auth() {
+        let header = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned);
+        let check = site.clone();
+        // bcrypt takes tens of milliseconds by design: not on the async workers.
+        let ok = tokio::task::spawn_blocking(move || check.web.authorized(header.as_deref()))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            let mut r = reply(StatusCode::UNAUTHORIZED, TEXT, "Unauthorized\n".into());
+            r.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"session-exporter\""),
+            );
+            return r;
+        }
+    }
+    let exporter = &site.exporter;
+    let telemetry = site.telemetry_path.as_str();
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     match req.uri().path() {
         p if p == telemetry && get => {

@@ -19,6 +19,7 @@ pub mod shutdown;
 pub mod simulate;
 pub mod source;
 pub mod stats;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,11 +44,16 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         args.config_file.clone(),
         args.dedup_window(),
     ));
+    let web = match &args.web_config_file {
+        Some(path) => web::WebConfig::load(path)?,
+        None => web::WebConfig::default(),
+    };
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("--web.listen-address {}: {e}", args.listen))?;
     tracing::info!(
         listen_address = %listener.local_addr()?,
+        web_config = ?args.web_config_file,
         telemetry_path = %args.telemetry_path,
         version = env!("CARGO_PKG_VERSION"),
         "listening"
@@ -62,6 +68,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         listener,
         exporter.clone(),
         args.telemetry_path.clone(),
+        web,
         stopped(stop_rx.clone()),
     ));
     let nats = args.nats_config();

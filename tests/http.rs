@@ -99,3 +99,91 @@ fn sigterm_drains_and_exits_cleanly() {
         "{log}"
     );
 }
+
+fn curl(args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (code.to_string(), body.to_string())
+}
+
+#[test]
+fn tls_and_basic_auth_from_the_web_config_file() {
+    let dir = temp_dir("tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    run_ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+    );
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let web = dir.join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\nbasic_auth_users:\n  alice: '{hash}'\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let nats = Nats::start();
+    let exporter = Exporter::start(&nats.url(), &["--web.config.file", web.to_str().unwrap()]);
+    let url = format!("https://{}/metrics", exporter.addr);
+    let ca = cert.to_str().unwrap();
+
+    let (code, _) = curl(&["--cacert", ca, &url]);
+    assert_eq!(code, "401", "no credentials");
+    let (code, _) = curl(&["--cacert", ca, "-u", "alice:wrong", &url]);
+    assert_eq!(code, "401", "wrong password");
+    let (code, body) = curl(&["--cacert", ca, "-u", "alice:s3cret", &url]);
+    assert_eq!(code, "200");
+    assert!(body.contains("session_exporter_build_info"), "{body}");
+    // Plain HTTP is not served on a TLS port.
+    let (code, _) = curl(&[&format!("http://{}/metrics", exporter.addr)]);
+    assert_ne!(code, "200");
+}
+
+#[test]
+fn a_bad_web_config_is_refused_at_start() {
+    let dir = temp_dir("webbad");
+    let web = dir.join("web.yml");
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: /missing.crt\n  key_file: /missing.key\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(EXPORTER)
+        .args([
+            "--web.config.file",
+            web.to_str().unwrap(),
+            "--web.listen-address",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tls_server_config.cert_file"), "{err}");
+}
