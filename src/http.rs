@@ -10,7 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -115,9 +117,25 @@ async fn handle(req: Request<Incoming>, site: Arc<Site>) -> Response<Body> {
     match req.uri().path() {
         p if p == telemetry && get => {
             let exporter = exporter.clone();
-            // Rendering is CPU work: keep it off the async workers.
-            match tokio::task::spawn_blocking(move || exporter.scrape()).await {
-                Ok(text) => reply(StatusCode::OK, METRICS_TYPE, text),
+            let gzip = accepts_gzip(&req);
+            // Rendering (and compressing) is CPU work: keep it off the async workers.
+            let rendered = tokio::task::spawn_blocking(move || {
+                let text = exporter.scrape();
+                match gzip.then(|| compress(text.as_bytes())).flatten() {
+                    Some(gz) => Ok(Bytes::from(gz)),
+                    None => Err(text),
+                }
+            })
+            .await;
+            match rendered {
+                Ok(Ok(gz)) => {
+                    let mut r = Response::new(Full::new(gz));
+                    let h = r.headers_mut();
+                    h.insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_TYPE));
+                    h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                    r
+                }
+                Ok(Err(text)) => reply(StatusCode::OK, METRICS_TYPE, text),
                 Err(e) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     TEXT,
@@ -168,6 +186,26 @@ async fn handle(req: Request<Incoming>, site: Arc<Site>) -> Response<Body> {
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
+
+/// Prometheus asks for gzip; the text shrinks ~20× (mostly repeated label sets).
+fn accepts_gzip(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| e.split(';').next().is_some_and(|t| t.trim() == "gzip"))
+}
+
+fn compress(text: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(text.len() / 8),
+        flate2::Compression::fast(),
+    );
+    gz.write_all(text).ok()?;
+    gz.finish().ok()
+}
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)));

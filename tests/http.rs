@@ -187,3 +187,24 @@ fn a_bad_web_config_is_refused_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tls_server_config.cert_file"), "{err}");
 }
+
+#[test]
+fn metrics_are_gzipped_when_asked() {
+    let nats = Nats::start();
+    let exporter = Exporter::start(&nats.url(), &[]);
+    let url = format!("http://{}/metrics", exporter.addr);
+    let headers = temp_dir("gzip").join("headers");
+    let (code, body) = curl(&["--compressed", "-D", headers.to_str().unwrap(), &url]);
+    assert_eq!(code, "200");
+    let head = std::fs::read_to_string(&headers).unwrap().to_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(
+        body.contains("session_exporter_build_info"),
+        "decompressed body"
+    );
+    promtool_check(&body);
+    // Without Accept-Encoding: plain text.
+    let (status, plain) = exporter.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(plain.starts_with("# HELP"));
+}
