@@ -211,26 +211,33 @@ impl<'a> Scanner<'a> {
     fn opt_count(&mut self) -> Result<Option<usize>> {
         self.ws();
         match self.peek() {
-            Some(b'[') => {}
-            Some(b'n') => return self.literal(b"null").map(|_| None),
-            _ => return self.skip_wrong_type(2).map(|_| None),
+            Some(b'[') => self.array(2).map(Some),
+            Some(b'n') => self.literal(b"null").map(|_| None),
+            _ => self.skip_wrong_type(2).map(|_| None),
         }
-        self.i += 1;
+    }
+
+    /// `[ value, ... ]`: checks every element and returns how many there were.
+    fn array(&mut self, depth: u32) -> Result<usize> {
+        if depth > MAX_DEPTH {
+            return Err(ScanError::Syntax);
+        }
+        self.eat(b'[')?;
         self.ws();
         if self.peek() == Some(b']') {
             self.i += 1;
-            return Ok(Some(0));
+            return Ok(0);
         }
         let mut n = 0;
         loop {
-            self.skip_value(3)?;
+            self.skip_value(depth + 1)?;
             n += 1;
             self.ws();
             match self.peek() {
                 Some(b',') => self.i += 1,
                 Some(b']') => {
                     self.i += 1;
-                    return Ok(Some(n));
+                    return Ok(n);
                 }
                 _ => return Err(ScanError::Syntax),
             }
@@ -363,29 +370,7 @@ impl<'a> Scanner<'a> {
         match self.peek() {
             Some(b'"') => self.string().map(|_| ()),
             Some(b'{') => self.object(depth, |s, _| s.skip_value(depth + 1)),
-            Some(b'[') => {
-                if depth > MAX_DEPTH {
-                    return Err(ScanError::Syntax);
-                }
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b']') {
-                    self.i += 1;
-                    return Ok(());
-                }
-                loop {
-                    self.skip_value(depth + 1)?;
-                    self.ws();
-                    match self.peek() {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(());
-                        }
-                        _ => return Err(ScanError::Syntax),
-                    }
-                }
-            }
+            Some(b'[') => self.array(depth).map(|_| ()),
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
             Some(b'n') => self.literal(b"null"),
