@@ -104,3 +104,69 @@ fn starts_and_serves_with_nats_down() {
     assert_eq!(exporter.get("/-/healthy").0, 200);
     promtool_check(&m);
 }
+
+#[test]
+fn nats_credentials_are_used() {
+    let nats = Nats::start_with(&["--user", "exporter", "--pass", "hunter2"]);
+    let good = Exporter::start(
+        &nats.url(),
+        &["--nats.user", "exporter", "--nats.password", "hunter2"],
+    );
+    good.wait_ready();
+    let bad = Exporter::start(
+        &nats.url(),
+        &["--nats.user", "exporter", "--nats.password", "wrong"],
+    );
+    // Refused by the server: never connected, still serving, not ready.
+    wait_for(
+        std::time::Duration::from_secs(10),
+        "auth failure logged",
+        || {
+            bad.log()
+                .to_lowercase()
+                .contains("authorization")
+                .then_some(())
+        },
+    );
+    assert_eq!(bad.get("/-/ready").0, 503);
+    assert_eq!(
+        value(&bad.metrics(), "session_exporter_nats_connected"),
+        Some(0.0)
+    );
+
+    let nats = Nats::start_with(&["--auth", "s3cr3t-token"]);
+    let token = Exporter::start(&nats.url(), &["--nats.token", "s3cr3t-token"]);
+    token.wait_ready();
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut child = Command::new(EXPORTER)
+        .args([
+            "--log.format",
+            "json",
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--nats.url",
+            "nats://127.0.0.1:1",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let line = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening"))
+        .expect("a listening line");
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    assert_eq!(v["level"], "INFO");
+    assert!(
+        v["fields"]["listen_address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{line}"
+    );
+}

@@ -79,25 +79,32 @@ pub struct Nats {
     child: Child,
     pub port: u16,
     store: Option<PathBuf>,
+    extra: Vec<String>,
     pub log: Arc<Mutex<String>>,
 }
 
 impl Nats {
     pub fn start() -> Nats {
-        Nats::spawn(None, None)
+        Nats::spawn(None, None, &[])
     }
 
     pub fn start_jetstream() -> Nats {
-        Nats::spawn(None, Some(temp_dir("js")))
+        Nats::spawn(None, Some(temp_dir("js")), &[])
     }
 
-    fn spawn(port: Option<u16>, store: Option<PathBuf>) -> Nats {
+    /// With extra nats-server flags (e.g. `--user u --pass p`).
+    pub fn start_with(extra: &[&str]) -> Nats {
+        Nats::spawn(None, None, extra)
+    }
+
+    fn spawn(port: Option<u16>, store: Option<PathBuf>, extra: &[&str]) -> Nats {
         let mut cmd = Command::new("nats-server");
         cmd.args(["-a", "127.0.0.1", "-p"]);
         cmd.arg(port.map_or("-1".to_string(), |p| p.to_string()));
         if let Some(dir) = &store {
             cmd.arg("-js").arg("-sd").arg(dir);
         }
+        cmd.args(extra);
         let (child, port, log) = spawn_and_find(cmd, |line| {
             line.split("Listening for client connections on ")
                 .nth(1)
@@ -108,6 +115,7 @@ impl Nats {
             child,
             port: port.parse().expect("port"),
             store,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             log,
         }
     }
@@ -126,8 +134,10 @@ impl Nats {
         self.stop();
         let port = self.port;
         let store = self.store.clone();
+        let extra = self.extra.clone();
         *self = wait_for(Duration::from_secs(10), "nats-server restart", || {
-            std::panic::catch_unwind(|| Nats::spawn(Some(port), store.clone())).ok()
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            std::panic::catch_unwind(|| Nats::spawn(Some(port), store.clone(), &extra)).ok()
         });
     }
 }
