@@ -277,7 +277,19 @@ fn run_exporter(
     let _ = rt.block_on(source);
     rt.shutdown_timeout(Duration::from_secs(2));
     let folded = got - base;
-    (folded as f64 / secs, corpus.len() as u64 - folded)
+    let lost = corpus.len() as u64 - folded;
+    if lost > 0 {
+        exporter.scrape();
+        let s = &exporter.stats;
+        eprintln!(
+            "    lost {lost}: client took {} off the wire, {} received, {} slow-consumer events, {} reconnects",
+            s.nats_messages_in.get(),
+            s.messages_received.get(),
+            s.slow_consumer_drops.get(),
+            s.nats_reconnects.get()
+        );
+    }
+    (folded as f64 / secs, lost)
 }
 
 fn get_metrics(addr: &str) -> usize {

@@ -129,11 +129,13 @@ fn on_event(exporter: &Exporter, connected_before: &AtomicBool, event: Event) {
 
 /// Connect; with NATS down this returns at once and keeps retrying in the background.
 pub async fn connect(cfg: &NatsConfig, exporter: Arc<Exporter>) -> Result<Client, SourceError> {
-    let options = cfg.options(exporter).await?;
-    options
+    let options = cfg.options(exporter.clone()).await?;
+    let client = options
         .connect(cfg.url.as_str())
         .await
-        .map_err(|e| SourceError(format!("--nats.url {}: {e}", cfg.url)))
+        .map_err(|e| SourceError(format!("--nats.url {}: {e}", cfg.url)))?;
+    exporter.stats.watch_client(client.statistics());
+    Ok(client)
 }
 
 /// Consume until `shutdown`, then drain what was already delivered.

@@ -6,12 +6,20 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
 use crate::event::Reason;
 
 const P: &str = "session_exporter_";
 
 pub struct Stats {
     registry: Registry,
+    /// The NATS client's own counters, mirrored into `nats_messages_in` at
+    /// each scrape (`synced` is the value already mirrored).
+    client: OnceLock<Arc<async_nats::Statistics>>,
+    synced: AtomicU64,
+    pub nats_messages_in: IntCounter,
     pub messages_received: IntCounter,
     pub events_folded: IntCounter,
     pub events_rejected: IntCounterVec,
@@ -102,6 +110,13 @@ impl Stats {
         .expect("unique metric");
 
         let stats = Stats {
+            client: OnceLock::new(),
+            synced: AtomicU64::new(0),
+            nats_messages_in: counter(
+                &r,
+                "nats_messages_in_total",
+                "Messages the NATS client took off the wire for the subscriptions. Minus messages_received_total: still queued, or dropped as a slow consumer.",
+            ),
             messages_received: counter(&r, "messages_received_total", "NATS messages received."),
             events_folded: counter(
                 &r,
@@ -128,7 +143,7 @@ impl Stats {
             slow_consumer_drops: counter(
                 &r,
                 "nats_slow_consumer_drops_total",
-                "Messages the NATS client dropped because the subscription buffer was full.",
+                "Slow-consumer events from the NATS client: messages dropped because a subscription buffer was full. A lower bound under a drop storm (the client's event queue holds 128); nats_messages_in_total minus messages_received_total is exact once the backlog is empty.",
             ),
             subscriptions: gauge(&r, "nats_subscriptions", "Active NATS subscriptions (or JetStream consumers)."),
             js_acks: counter(&r, "jetstream_acks_total", "JetStream messages acknowledged after folding."),
@@ -158,8 +173,20 @@ impl Stats {
             .inc();
     }
 
+    /// Mirror this client's counters from now on.
+    pub fn watch_client(&self, client: Arc<async_nats::Statistics>) {
+        let _ = self.client.set(client);
+    }
+
     /// Append the self-metrics in text format.
     pub fn render(&self, out: &mut String) {
+        if let Some(c) = self.client.get() {
+            let now = c.in_messages.load(Ordering::Relaxed);
+            let before = self.synced.fetch_max(now, Ordering::Relaxed);
+            if now > before {
+                self.nats_messages_in.inc_by(now - before);
+            }
+        }
         let mut buf = Vec::new();
         if TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)

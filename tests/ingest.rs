@@ -346,5 +346,16 @@ async fn slow_consumer_drops_are_counted() {
     });
     let received = value(&m, "session_exporter_messages_received_total").unwrap();
     assert!(received < burst.len() as f64, "some messages were dropped");
+    // Exact accounting: everything came off the wire; what was not received was dropped.
+    let m = wait_for(Duration::from_secs(20), "all messages off the wire", || {
+        let m = exporter.metrics();
+        (value(&m, "session_exporter_nats_messages_in_total")? == burst.len() as f64).then_some(m)
+    });
+    let received = value(&m, "session_exporter_messages_received_total").unwrap();
+    let events = value(&m, "session_exporter_nats_slow_consumer_drops_total").unwrap();
+    assert!(
+        events <= burst.len() as f64 - received,
+        "drop events never exceed real drops"
+    );
     promtool_check(&m);
 }
