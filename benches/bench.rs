@@ -180,7 +180,8 @@ fn run_baseline(url: &str, corpus: &Arc<Corpus>) -> f64 {
         }
         client.flush().await.unwrap();
         let _ = ready_tx.send(());
-        let mut all = futures_util::stream::select_all(subs);
+        // The same merge as the exporter's, so the two differ only by the fold.
+        let mut all = source::Merged::new(subs);
         let mut stopped = stopped;
         loop {
             tokio::select! {

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use async_nats::{Client, ConnectOptions, Event};
-use futures_util::stream::{self, StreamExt};
+use futures_util::stream::{Stream, StreamExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use crate::exporter::Exporter;
 
@@ -169,7 +171,7 @@ async fn run_core(
     exporter.stats.subscriptions.set(subs.len() as i64);
     exporter.set_subscribed(true);
     tracing::info!(subjects = ?cfg.subjects, queue_group = ?cfg.queue_group, "subscribed");
-    let mut messages = stream::select_all(subs).ready_chunks(BATCH);
+    let mut messages = Merged::new(subs).ready_chunks(BATCH);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -201,6 +203,50 @@ async fn run_core(
     }
     exporter.stats.subscriptions.set(0);
     Ok(())
+}
+
+/// Several subscriptions as one stream, polled round-robin. Unlike
+/// `select_all`, which re-queues a future (an allocation) for every item,
+/// this allocates nothing per message.
+pub struct Merged<S> {
+    streams: Vec<S>,
+    next: usize,
+}
+
+impl<S> Merged<S> {
+    pub fn new(streams: Vec<S>) -> Merged<S> {
+        Merged { streams, next: 0 }
+    }
+}
+
+impl<S: Stream + Unpin> Stream for Merged<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let this = &mut *self;
+        let mut polled = 0;
+        while polled < this.streams.len() {
+            let at = (this.next + polled) % this.streams.len();
+            match Pin::new(&mut this.streams[at]).poll_next(cx) {
+                Poll::Ready(Some(item)) => {
+                    // Start after this one next time, so no subscription starves.
+                    this.next = (at + 1) % this.streams.len();
+                    return Poll::Ready(Some(item));
+                }
+                Poll::Ready(None) => {
+                    this.streams.swap_remove(at);
+                    // Poll every remaining stream again (registers their wakers).
+                    (this.next, polled) = (0, 0);
+                }
+                Poll::Pending => polled += 1,
+            }
+        }
+        if this.streams.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// The stream's own subjects decide what is consumed; `--nats.subject` is not
@@ -285,4 +331,21 @@ async fn run_jetstream(
     exporter.set_subscribed(false);
     exporter.stats.subscriptions.set(0);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+
+    #[tokio::test]
+    async fn merged_takes_turns_and_ends_with_the_last_stream() {
+        let a = stream::iter(vec![1, 2, 3]);
+        let b = stream::iter(vec![10]);
+        let c = stream::iter(Vec::<i32>::new());
+        let got: Vec<i32> = Merged::new(vec![a.boxed(), b.boxed(), c.boxed()])
+            .collect()
+            .await;
+        assert_eq!(got, vec![1, 10, 2, 3]);
+    }
 }
