@@ -87,6 +87,28 @@ struct RawMapping {
     significant_figures: Option<u8>,
     #[serde(default)]
     ttl: Option<String>,
+    #[serde(default)]
+    window: Option<RawWindow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    metric: String,
+    #[serde(default)]
+    help: Option<String>,
+    #[serde(default = "default_window_length")]
+    length: String,
+    #[serde(default = "default_window_quantiles")]
+    quantiles: Vec<f64>,
+}
+
+fn default_window_length() -> String {
+    "5m".into()
+}
+
+fn default_window_quantiles() -> Vec<f64> {
+    vec![0.5, 0.9, 0.99]
 }
 
 #[derive(Deserialize, Default)]
@@ -191,6 +213,19 @@ pub struct MetricDef {
     pub sigfig: u8,
     pub hdr_scale: f64,
     pub ttl: Duration,
+    /// Histograms only: exact quantiles over a sliding window, from HDR.
+    pub window: Option<WindowDef>,
+}
+
+/// A summary family `name{quantile}` with exact quantiles of the last `length`
+/// of a histogram's values, per replica (quantiles do not add up across
+/// replicas: alert on the histogram's buckets, look at these).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowDef {
+    pub name: String,
+    pub help: String,
+    pub length: Duration,
+    pub quantiles: Vec<f64>,
 }
 
 /// What one event does to one metric.
@@ -345,6 +380,12 @@ fn check_mapping(key: &str, m: &RawMapping) -> Result<(MetricDef, Option<ValueSp
         Kind::Histogram,
     )?;
     only("ttl", m.ttl.is_some(), Kind::Gauge)?;
+    only("window", m.window.is_some(), Kind::Histogram)?;
+    let window = m
+        .window
+        .as_ref()
+        .map(|w| check_window(key, m, w))
+        .transpose()?;
 
     let buckets = match (&m.buckets, kind) {
         (Some(b), _) => check_buckets(&format!("{key}.buckets"), b)?,
@@ -398,8 +439,43 @@ fn check_mapping(key: &str, m: &RawMapping) -> Result<(MetricDef, Option<ValueSp
         sigfig,
         hdr_scale: m.unit.hdr_scale(),
         ttl,
+        window,
     };
     Ok((def, value))
+}
+
+fn check_window(key: &str, m: &RawMapping, w: &RawWindow) -> Result<WindowDef, ConfigError> {
+    if !valid_metric_name(&w.metric) || w.metric.starts_with(RESERVED_PREFIX) {
+        return Err(err(
+            format!("{key}.window.metric"),
+            format!("`{}` is not a valid metric name for us", w.metric),
+        ));
+    }
+    let length = parse_duration(&w.length)
+        .filter(|d| *d >= Duration::from_secs(5))
+        .ok_or_else(|| {
+            err(
+                format!("{key}.window.length"),
+                format!("`{}` is not a duration of at least 5s", w.length),
+            )
+        })?;
+    if w.quantiles.is_empty() || w.quantiles.iter().any(|q| !(*q > 0.0 && *q <= 1.0)) {
+        return Err(err(
+            format!("{key}.window.quantiles"),
+            "need one or more quantiles in (0, 1]",
+        ));
+    }
+    Ok(WindowDef {
+        name: w.metric.clone(),
+        help: w.help.clone().unwrap_or_else(|| {
+            format!(
+                "Exact quantiles of {} over the last {}, from this replica's HDR data.",
+                m.metric, w.length
+            )
+        }),
+        length,
+        quantiles: w.quantiles.clone(),
+    })
 }
 
 fn default_buckets() -> Vec<f64> {
@@ -436,7 +512,11 @@ fn check_collisions(metrics: &[MetricDef]) -> Result<(), ConfigError> {
                 .collect(),
             _ => vec![d.name.clone()],
         };
-        for n in names {
+        let window = d
+            .window
+            .iter()
+            .flat_map(|w| ["", "_sum", "_count"].map(|s| format!("{}{s}", w.name)));
+        for n in names.into_iter().chain(window) {
             if let Some(other) = seen.insert(n.clone(), &d.name) {
                 return Err(err(
                     "mappings",
@@ -555,6 +635,10 @@ mod tests {
                 "  - {event: A, metric: session_exporter_x, type: gauge}\n",
                 "mappings[0].metric",
             ),
+            ("  - {event: A, metric: a_total, type: counter, window: {metric: w}}\n", "mappings[0].window"),
+            ("  - {event: A, metric: a, type: histogram, window: {metric: w, quantiles: [1.5]}}\n", "mappings[0].window.quantiles"),
+            ("  - {event: A, metric: a, type: histogram, window: {metric: w, length: 1s}}\n", "mappings[0].window.length"),
+            ("  - {event: A, metric: a, type: histogram, window: {metric: a_sum}}\n", "mappings"),
         ];
         for (yaml, key) in cases {
             let e = one(yaml).unwrap_err().to_string();

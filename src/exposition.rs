@@ -30,38 +30,83 @@ pub fn render(snap: &Snapshot, out: &mut String) {
         })
         .collect();
 
-    let mut families: Vec<usize> = (0..snap.catalog.metrics.len()).collect();
-    families.sort_by(|&a, &b| {
-        snap.catalog.metrics[a]
-            .name
-            .cmp(&snap.catalog.metrics[b].name)
-    });
-    let mut events_done = false;
-    for i in families {
-        let def = &snap.catalog.metrics[i];
-        if !events_done && def.name.as_str() > EVENTS_METRIC {
-            render_events(snap, out);
-            events_done = true;
-        }
-        let fam = &snap.families[i];
-        header(out, &def.name, &def.help, def.kind.as_str());
-        let les = le_labels(&def.buckets);
-        let mut idx: Vec<usize> = (0..fam.samples.len()).collect();
-        idx.sort_unstable_by_key(|&s| rank[fam.samples[s].namespace]);
-        for s in idx {
-            let label = &labels[fam.samples[s].namespace];
-            match def.kind {
-                Kind::Counter | Kind::Gauge => {
-                    series(out, &def.name, "", label, "}");
-                    float(out, fam.samples[s].value);
-                    out.push('\n');
-                }
-                Kind::Histogram => histogram(out, &def.name, &les, fam, s, label),
-            }
+    // Every family by name: the catalog's, their windowed quantiles, events_total.
+    let mut families: Vec<(&str, Family)> = vec![(EVENTS_METRIC, Family::Events)];
+    for (i, def) in snap.catalog.metrics.iter().enumerate() {
+        families.push((&def.name, Family::Metric(i)));
+        if let Some(w) = &def.window {
+            families.push((&w.name, Family::Window(i)));
         }
     }
-    if !events_done {
-        render_events(snap, out);
+    families.sort_by(|a, b| a.0.cmp(b.0));
+    for (_, family) in families {
+        match family {
+            Family::Events => render_events(snap, out),
+            Family::Metric(i) => render_metric(snap, i, &rank, &labels, out),
+            Family::Window(i) => render_window(snap, i, &rank, &labels, out),
+        }
+    }
+}
+
+enum Family {
+    Events,
+    Metric(usize),
+    Window(usize),
+}
+
+fn render_metric(snap: &Snapshot, i: usize, rank: &[usize], labels: &[String], out: &mut String) {
+    let def = &snap.catalog.metrics[i];
+    let fam = &snap.families[i];
+    header(out, &def.name, &def.help, def.kind.as_str());
+    let les = le_labels(&def.buckets);
+    let mut idx: Vec<usize> = (0..fam.samples.len()).collect();
+    idx.sort_unstable_by_key(|&s| rank[fam.samples[s].namespace]);
+    for s in idx {
+        let label = &labels[fam.samples[s].namespace];
+        match def.kind {
+            Kind::Counter | Kind::Gauge => {
+                series(out, &def.name, "", label, "}");
+                float(out, fam.samples[s].value);
+                out.push('\n');
+            }
+            Kind::Histogram => histogram(out, &def.name, &les, fam, s, label),
+        }
+    }
+}
+
+/// A summary: quantiles of the recent window (omitted while it is empty), and
+/// the histogram's cumulative `_sum` and `_count`, as Prometheus client
+/// summaries have them.
+fn render_window(snap: &Snapshot, i: usize, rank: &[usize], labels: &[String], out: &mut String) {
+    let (def, fam) = (&snap.catalog.metrics[i], &snap.families[i]);
+    let Some(w) = &def.window else { return };
+    header(out, &w.name, &w.help, "summary");
+    let quantiles: Vec<String> = w
+        .quantiles
+        .iter()
+        .map(|q| {
+            let mut l = String::from(",quantile=\"");
+            float(&mut l, *q);
+            l.push_str("\"}");
+            l
+        })
+        .collect();
+    let mut idx: Vec<usize> = (0..fam.samples.len()).collect();
+    idx.sort_unstable_by_key(|&s| rank[fam.samples[s].namespace]);
+    for s in idx {
+        let sample = fam.samples[s];
+        let label = &labels[sample.namespace];
+        let values = &fam.window_values[s * quantiles.len()..(s + 1) * quantiles.len()];
+        for (q, v) in quantiles.iter().zip(values).filter(|(_, v)| !v.is_nan()) {
+            series(out, &w.name, "", label, q);
+            float(out, *v);
+            out.push('\n');
+        }
+        series(out, &w.name, "_sum", label, "}");
+        float(out, sample.value);
+        out.push('\n');
+        series(out, &w.name, "_count", label, "}");
+        int(out, sample.count);
     }
 }
 

@@ -45,6 +45,58 @@ struct Hist {
     /// Exact, from the converted values rather than HDR's rounded ones.
     sum: f64,
     count: u64,
+    window: Option<Box<Window>>,
+}
+
+/// Sub-histograms a window rotates through: the window covers the last
+/// `length` in steps of `length / WINDOW_STEPS`.
+const WINDOW_STEPS: usize = 5;
+
+/// The recent values of one histogram, for exact windowed quantiles.
+#[derive(Debug)]
+struct Window {
+    steps: Vec<Histogram<u32>>,
+    /// The step number (time since the fold began / step length) each holds.
+    held: [u64; WINDOW_STEPS],
+}
+
+impl Window {
+    fn new(sigfig: u8) -> Window {
+        Window {
+            steps: (0..WINDOW_STEPS)
+                .map(|_| Histogram::new(sigfig).expect("sigfig validated to 1..=5"))
+                .collect(),
+            held: [0; WINDOW_STEPS],
+        }
+    }
+
+    fn record(&mut self, step: u64, v: f64) {
+        let i = (step % WINDOW_STEPS as u64) as usize;
+        if self.held[i] != step {
+            self.steps[i].reset();
+            self.held[i] = step;
+        }
+        record_hdr(&mut self.steps[i], v);
+    }
+
+    /// Everything recorded in the last `WINDOW_STEPS` steps, into `out`.
+    fn merge_into(&self, step: u64, out: &mut Histogram<u32>) {
+        out.reset();
+        for (h, &held) in self.steps.iter().zip(&self.held) {
+            if step.saturating_sub(held) < WINDOW_STEPS as u64 && !h.is_empty() {
+                let _ = out.add(h);
+            }
+        }
+    }
+}
+
+/// Which window step `now` falls in.
+fn window_step(def: &MetricDef, started: Instant, now: Instant) -> u64 {
+    let step = def
+        .window
+        .as_ref()
+        .map_or(1, |w| (w.length.as_nanos() / WINDOW_STEPS as u128).max(1));
+    (now.saturating_duration_since(started).as_nanos() / step) as u64
 }
 
 struct Namespace {
@@ -122,6 +174,8 @@ pub struct Fold {
     dedup: Option<Dedup>,
     /// Values of one event, checked before any is applied.
     scratch: Vec<f64>,
+    /// Time zero of the windows' steps.
+    started: Instant,
 }
 
 impl Fold {
@@ -132,6 +186,7 @@ impl Fold {
             events: vec![0; seed::EVENT_NAMES.len() + 1],
             dedup: None,
             scratch: Vec::new(),
+            started: Instant::now(),
         }
     }
 
@@ -184,7 +239,8 @@ impl Fold {
         let slots = &mut self.namespaces.list[slot_ns].slots;
         for (rule, &v) in rules.iter().zip(&self.scratch) {
             let def = &self.catalog.metrics[rule.metric];
-            record(&mut slots[rule.metric], def, v, event_time, now);
+            let step = window_step(def, self.started, now);
+            record(&mut slots[rule.metric], def, v, event_time, now, step);
         }
         Ok(outcome)
     }
@@ -202,6 +258,7 @@ impl Fold {
                         && old.kind == new.kind
                         && old.sigfig == new.sigfig
                         && old.hdr_scale == new.hdr_scale
+                        && old.window == new.window
                 })
             })
             .collect();
@@ -224,13 +281,20 @@ impl Fold {
             .map(|_| FamilySnapshot::default())
             .collect();
         let bounds: Vec<Vec<u64>> = self.catalog.metrics.iter().map(hdr_bounds).collect();
+        let mut merged: Vec<Histogram<u32>> = self
+            .catalog
+            .metrics
+            .iter()
+            .map(|d| Histogram::new(d.sigfig).expect("sigfig validated to 1..=5"))
+            .collect();
         for (ni, ns) in self.namespaces.list.iter().enumerate() {
-            for (((slot, def), fam), bounds) in ns
+            for ((((slot, def), fam), bounds), merged) in ns
                 .slots
                 .iter()
                 .zip(&self.catalog.metrics)
                 .zip(&mut families)
                 .zip(&bounds)
+                .zip(&mut merged)
             {
                 match slot {
                     Slot::Empty => continue,
@@ -248,6 +312,18 @@ impl Fold {
                             count: h.count,
                         });
                         cumulative_counts(&h.hdr, bounds, &mut fam.buckets);
+                        if let (Some(w), Some(wd)) = (&h.window, &def.window) {
+                            w.merge_into(window_step(def, self.started, now), merged);
+                            // NaN: nothing recorded within the window.
+                            fam.window_values.extend(wd.quantiles.iter().map(|&q| {
+                                if merged.is_empty() {
+                                    return f64::NAN;
+                                }
+                                // Lowest equivalent, as the buckets count it.
+                                let v = merged.value_at_quantile(q);
+                                merged.lowest_equivalent(v) as f64 / def.hdr_scale
+                            }));
+                        }
                     }
                 }
             }
@@ -273,7 +349,7 @@ impl Fold {
     }
 }
 
-fn record(slot: &mut Slot, def: &MetricDef, v: f64, event_time: f64, now: Instant) {
+fn record(slot: &mut Slot, def: &MetricDef, v: f64, event_time: f64, now: Instant, step: u64) {
     match (slot, def.kind) {
         (Slot::Counter(c), _) => *c += v,
         (
@@ -292,6 +368,9 @@ fn record(slot: &mut Slot, def: &MetricDef, v: f64, event_time: f64, now: Instan
             record_hdr(&mut h.hdr, v * def.hdr_scale);
             h.sum += v;
             h.count += 1;
+            if let Some(w) = &mut h.window {
+                w.record(step, v * def.hdr_scale);
+            }
         }
         (slot @ Slot::Empty, Kind::Counter) => *slot = Slot::Counter(v),
         (slot @ Slot::Empty, Kind::Gauge) => {
@@ -304,10 +383,18 @@ fn record(slot: &mut Slot, def: &MetricDef, v: f64, event_time: f64, now: Instan
         (slot @ Slot::Empty, Kind::Histogram) => {
             let mut hdr = Histogram::<u32>::new(def.sigfig).expect("sigfig validated to 1..=5");
             record_hdr(&mut hdr, v * def.hdr_scale);
+            let mut window = def
+                .window
+                .as_ref()
+                .map(|_| Box::new(Window::new(def.sigfig)));
+            if let Some(w) = &mut window {
+                w.record(step, v * def.hdr_scale);
+            }
             *slot = Slot::Histogram(Box::new(Hist {
                 hdr,
                 sum: v,
                 count: 1,
+                window,
             }));
         }
     }
@@ -373,6 +460,9 @@ pub struct FamilySnapshot {
     pub samples: Vec<Sample>,
     /// Histograms only: `buckets.len()` cumulative counts per sample, in order.
     pub buckets: Vec<u64>,
+    /// Histograms with a window: per sample, one value per configured
+    /// quantile (exposed unit; NaN when the window is empty).
+    pub window_values: Vec<f64>,
 }
 
 /// Everything a scrape renders, detached from the fold.
@@ -521,6 +611,34 @@ mod tests {
             .collect();
         use Outcome::*;
         assert_eq!(got, [Folded, Duplicate, Folded, Folded, Folded]);
+    }
+
+    #[test]
+    fn windowed_quantiles_cover_recent_values_only() {
+        let mut f = fold();
+        let t0 = f.started;
+        for ms in 1..=100 {
+            let e = ev("MetricAcquiringDsWaitTimeEvent", "g", &ms.to_string(), "");
+            apply(&mut f, &e, t0).unwrap();
+        }
+        let window = |s: &Snapshot| {
+            family(s, "session_ds_acquisition_wait_seconds")
+                .window_values
+                .clone()
+        };
+        // p50, p90, p99 of 1..=100 ms, exact at this range.
+        assert_eq!(window(&f.snapshot(t0)), vec![0.05, 0.09, 0.099]);
+        // Six minutes later the window is empty, the histogram still counts all.
+        let later = t0 + Duration::from_secs(360);
+        assert!(window(&f.snapshot(later)).iter().all(|v| v.is_nan()));
+        let e = ev("MetricAcquiringDsWaitTimeEvent", "g", "2000", "");
+        apply(&mut f, &e, later).unwrap();
+        let s = f.snapshot(later);
+        assert_eq!(window(&s), vec![2.0, 2.0, 2.0]);
+        assert_eq!(
+            family(&s, "session_ds_acquisition_wait_seconds").samples[0].count,
+            101
+        );
     }
 
     #[test]
