@@ -90,13 +90,12 @@ impl Window {
     }
 }
 
-/// Which window step `now` falls in.
+/// Which window step `now` falls in (64-bit arithmetic: 584 years of uptime).
 fn window_step(def: &MetricDef, started: Instant, now: Instant) -> u64 {
-    let step = def
-        .window
-        .as_ref()
-        .map_or(1, |w| (w.length.as_nanos() / WINDOW_STEPS as u128).max(1));
-    (now.saturating_duration_since(started).as_nanos() / step) as u64
+    let step = def.window.as_ref().map_or(1, |w| {
+        (w.length.as_nanos() as u64 / WINDOW_STEPS as u64).max(1)
+    });
+    now.saturating_duration_since(started).as_nanos() as u64 / step
 }
 
 struct Namespace {
@@ -239,8 +238,14 @@ impl Fold {
         let slots = &mut self.namespaces.list[slot_ns].slots;
         for (rule, &v) in rules.iter().zip(&self.scratch) {
             let def = &self.catalog.metrics[rule.metric];
-            let step = window_step(def, self.started, now);
-            record(&mut slots[rule.metric], def, v, event_time, now, step);
+            record(
+                &mut slots[rule.metric],
+                def,
+                v,
+                event_time,
+                now,
+                self.started,
+            );
         }
         Ok(outcome)
     }
@@ -349,7 +354,15 @@ impl Fold {
     }
 }
 
-fn record(slot: &mut Slot, def: &MetricDef, v: f64, event_time: f64, now: Instant, step: u64) {
+/// `started` dates the steps of windowed histograms.
+fn record(
+    slot: &mut Slot,
+    def: &MetricDef,
+    v: f64,
+    event_time: f64,
+    now: Instant,
+    started: Instant,
+) {
     match (slot, def.kind) {
         (Slot::Counter(c), _) => *c += v,
         (
@@ -369,7 +382,7 @@ fn record(slot: &mut Slot, def: &MetricDef, v: f64, event_time: f64, now: Instan
             h.sum += v;
             h.count += 1;
             if let Some(w) = &mut h.window {
-                w.record(step, v * def.hdr_scale);
+                w.record(window_step(def, started, now), v * def.hdr_scale);
             }
         }
         (slot @ Slot::Empty, Kind::Counter) => *slot = Slot::Counter(v),
@@ -388,7 +401,7 @@ fn record(slot: &mut Slot, def: &MetricDef, v: f64, event_time: f64, now: Instan
                 .as_ref()
                 .map(|_| Box::new(Window::new(def.sigfig)));
             if let Some(w) = &mut window {
-                w.record(step, v * def.hdr_scale);
+                w.record(window_step(def, started, now), v * def.hdr_scale);
             }
             *slot = Slot::Histogram(Box::new(Hist {
                 hdr,
