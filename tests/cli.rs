@@ -91,18 +91,17 @@ fn a_bad_config_is_refused_naming_the_key() {
 
 #[test]
 fn starts_and_serves_with_nats_down() {
-    // A port that was free a moment ago: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A socket that accepts but never speaks NATS, held for the whole test so
+    // no parallel test's nats-server can take its port.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
     let exporter = Exporter::start(&format!("nats://127.0.0.1:{port}"), &[]);
     let m = exporter.metrics();
     assert_eq!(value(&m, "session_exporter_nats_connected"), Some(0.0));
     assert_eq!(exporter.get("/-/ready").0, 503);
     assert_eq!(exporter.get("/-/healthy").0, 200);
     promtool_check(&m);
+    drop(silent);
 }
 
 #[test]
