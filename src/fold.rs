@@ -498,7 +498,10 @@ impl Snapshot {
                     Kind::Histogram => d.buckets.len() + 3,
                     _ => 1,
                 };
-                f.samples.len() * per_sample
+                // A window adds _sum and _count per sample, and its live quantiles.
+                let window = d.window.as_ref().map_or(0, |_| 2 * f.samples.len());
+                let quantiles = f.window_values.iter().filter(|v| !v.is_nan()).count();
+                f.samples.len() * per_sample + window + quantiles
             })
             .sum();
         domain + self.events.len()
@@ -648,6 +651,8 @@ mod tests {
         apply(&mut f, &e, later).unwrap();
         let s = f.snapshot(later);
         assert_eq!(window(&s), vec![2.0, 2.0, 2.0]);
+        // 12 buckets + Inf + sum + count, then the window's 3 quantiles + sum + count.
+        assert_eq!(s.series(), 15 + 5 + s.events.len());
         assert_eq!(
             family(&s, "session_ds_acquisition_wait_seconds").samples[0].count,
             101

@@ -21,8 +21,15 @@ fn example_events_render_as_the_golden_file() {
         fold.apply(&ev, now, t).unwrap();
     }
     let mut out = String::new();
-    render(&fold.snapshot(now), &mut out);
+    let snap = fold.snapshot(now);
+    render(&snap, &mut out);
     common::promtool_check(&out);
+    let lines = out.lines().filter(|l| !l.starts_with('#')).count();
+    assert_eq!(
+        snap.series(),
+        lines,
+        "session_exporter_series matches what is rendered"
+    );
 
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/examples.prom");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
