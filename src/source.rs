@@ -132,8 +132,15 @@ fn on_event(exporter: &Exporter, connected_before: &AtomicBool, event: Event) {
 /// Connect; with NATS down this returns at once and keeps retrying in the background.
 pub async fn connect(cfg: &NatsConfig, exporter: Arc<Exporter>) -> Result<Client, SourceError> {
     let options = cfg.options(exporter.clone()).await?;
+    // A cluster is given as a comma-separated list.
+    let servers: Vec<&str> = cfg
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     let client = options
-        .connect(cfg.url.as_str())
+        .connect(servers)
         .await
         .map_err(|e| SourceError(format!("--nats.url {}: {e}", cfg.url)))?;
     exporter.stats.watch_client(client.statistics());

@@ -169,3 +169,14 @@ fn json_logs_are_one_object_per_line() {
         "{line}"
     );
 }
+
+#[test]
+fn a_comma_separated_nats_url_lists_a_cluster() {
+    let nats = Nats::start();
+    // The first server is down; the client finds the second.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("nats://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    drop(silent);
+    let exporter = Exporter::start(&format!("{down}, {}", nats.url()), &[]);
+    exporter.wait_ready();
+}
