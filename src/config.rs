@@ -150,13 +150,15 @@ pub enum Unit {
 }
 
 impl Unit {
-    /// Factor from the incoming unit to the exposed one.
-    pub fn factor(self) -> f64 {
+    /// What the incoming value is divided by to get the exposed unit. A
+    /// division, not a multiplication by 1e-3, so `1001 / 1000` is the double
+    /// nearest 1.001 and compares with bucket bounds as written.
+    pub fn divisor(self) -> f64 {
         match self {
             Unit::None | Unit::Seconds => 1.0,
-            Unit::Milliseconds => 1e-3,
-            Unit::Microseconds => 1e-6,
-            Unit::Nanoseconds => 1e-9,
+            Unit::Milliseconds => 1e3,
+            Unit::Microseconds => 1e6,
+            Unit::Nanoseconds => 1e9,
         }
     }
 
@@ -199,7 +201,7 @@ pub struct ValueSpec {
     /// `None` means the contract's default: a bare number, or the object's `/value`.
     pub pointer: Option<String>,
     pub fallback: Fallback,
-    pub factor: f64,
+    pub divisor: f64,
     pub max_value: f64,
 }
 
@@ -425,7 +427,7 @@ fn check_mapping(key: &str, m: &RawMapping) -> Result<(MetricDef, Option<ValueSp
         source: m.value.source,
         pointer: m.value.pointer.clone(),
         fallback: m.value.fallback,
-        factor: m.unit.factor(),
+        divisor: m.unit.divisor(),
         max_value,
     });
     let def = MetricDef {
@@ -569,7 +571,7 @@ mod tests {
         assert_eq!(names.len(), 8);
         assert!(names.contains(&"session_ds_acquisition_wait_seconds"));
         let ds = &c.rules_for("MetricAcquiringDsWaitTimeEvent")[0];
-        assert_eq!(ds.value.as_ref().map(|v| v.factor), Some(1e-3));
+        assert_eq!(ds.value.as_ref().map(|v| v.divisor), Some(1e3));
         assert!(c.rules_for("MetricAcquiringDsEvent")[0].value.is_none());
         assert_eq!(c.limits.max_namespaces, 10_000);
     }

@@ -154,7 +154,7 @@ impl Event<'_> {
         if !v.is_finite() || v < 0.0 {
             return Err(Reason::InvalidValue);
         }
-        let v = v * spec.factor;
+        let v = v / spec.divisor;
         if v > spec.max_value {
             return Err(Reason::ValueOutOfRange);
         }
@@ -322,7 +322,7 @@ mod tests {
             source: Source::Message,
             pointer: pointer.map(str::to_owned),
             fallback,
-            factor: 1e-3,
+            divisor: 1e3,
             max_value: 1000.0,
         }
     }
@@ -377,7 +377,7 @@ mod tests {
     #[test]
     fn players_fall_back_to_user_count() {
         let mut s = spec(None, Fallback::UserCount);
-        s.factor = 1.0;
+        s.divisor = 1.0;
         let j = r#"{"name":"X","namespace":"g","payload":{"userIds":["a","b","c"],"message":""}}"#;
         assert_eq!(ev(j).value(&s), Ok(3.0));
         let j = r#"{"name":"X","namespace":"g","payload":{"userIds":["a"],"message":"8"}}"#;

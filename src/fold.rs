@@ -41,11 +41,63 @@ enum Slot {
 
 #[derive(Debug)]
 struct Hist {
+    /// Every value at 1% precision: re-buckets when the bounds change on
+    /// reload, and feeds nothing else.
     hdr: Histogram<u32>,
+    /// Exact counts per configured `le` bound (not cumulative; values above
+    /// the last bound are `count` minus their sum), compared as written.
+    buckets: Vec<u64>,
     /// Exact, from the converted values rather than HDR's rounded ones.
     sum: f64,
     count: u64,
     window: Option<Box<Window>>,
+}
+
+impl Hist {
+    fn new(def: &MetricDef) -> Hist {
+        Hist {
+            hdr: Histogram::new(def.sigfig).expect("sigfig validated to 1..=5"),
+            buckets: vec![0; def.buckets.len()],
+            sum: 0.0,
+            count: 0,
+            window: def
+                .window
+                .as_ref()
+                .map(|_| Box::new(Window::new(def.sigfig))),
+        }
+    }
+
+    fn record(&mut self, def: &MetricDef, v: f64, step: impl FnOnce() -> u64) {
+        let scaled = v * def.hdr_scale;
+        record_hdr(&mut self.hdr, scaled);
+        if let Some(c) = self
+            .buckets
+            .get_mut(def.buckets.partition_point(|&b| b < v))
+        {
+            *c += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+        if let Some(w) = &mut self.window {
+            w.record(step(), scaled);
+        }
+    }
+
+    /// New bounds: count the values recorded so far from HDR (within its
+    /// precision; exact again for everything recorded from now on).
+    fn rebucket(&mut self, def: &MetricDef) {
+        let mut cumulative = Vec::new();
+        cumulative_counts(&self.hdr, &hdr_bounds(def), &mut cumulative);
+        let mut below = 0;
+        self.buckets = cumulative
+            .into_iter()
+            .map(|c| {
+                let n = c - below;
+                below = c;
+                n
+            })
+            .collect();
+    }
 }
 
 /// Sub-histograms a window rotates through: the window covers the last
@@ -273,6 +325,13 @@ impl Fold {
                 .iter()
                 .map(|c| c.map_or(Slot::Empty, |i| std::mem::replace(&mut old[i], Slot::Empty)))
                 .collect();
+            for (slot, (def, c)) in ns.slots.iter_mut().zip(catalog.metrics.iter().zip(&carry)) {
+                if let (Slot::Histogram(h), Some(i)) = (slot, c) {
+                    if self.catalog.metrics[*i].buckets != def.buckets {
+                        h.rebucket(def);
+                    }
+                }
+            }
         }
         self.catalog = catalog;
     }
@@ -285,7 +344,6 @@ impl Fold {
             .iter()
             .map(|_| FamilySnapshot::default())
             .collect();
-        let bounds: Vec<Vec<u64>> = self.catalog.metrics.iter().map(hdr_bounds).collect();
         let mut merged: Vec<Histogram<u32>> = self
             .catalog
             .metrics
@@ -293,12 +351,11 @@ impl Fold {
             .map(|d| Histogram::new(d.sigfig).expect("sigfig validated to 1..=5"))
             .collect();
         for (ni, ns) in self.namespaces.list.iter().enumerate() {
-            for ((((slot, def), fam), bounds), merged) in ns
+            for (((slot, def), fam), merged) in ns
                 .slots
                 .iter()
                 .zip(&self.catalog.metrics)
                 .zip(&mut families)
-                .zip(&bounds)
                 .zip(&mut merged)
             {
                 match slot {
@@ -316,7 +373,11 @@ impl Fold {
                             value: h.sum,
                             count: h.count,
                         });
-                        cumulative_counts(&h.hdr, bounds, &mut fam.buckets);
+                        let mut below = 0;
+                        fam.buckets.extend(h.buckets.iter().map(|c| {
+                            below += c;
+                            below
+                        }));
                         if let (Some(w), Some(wd)) = (&h.window, &def.window) {
                             w.merge_into(window_step(def, self.started, now), merged);
                             // NaN: nothing recorded within the window.
@@ -377,14 +438,7 @@ fn record(
                 (*value, *t, *seen) = (v, event_time, now);
             }
         }
-        (Slot::Histogram(h), _) => {
-            record_hdr(&mut h.hdr, v * def.hdr_scale);
-            h.sum += v;
-            h.count += 1;
-            if let Some(w) = &mut h.window {
-                w.record(window_step(def, started, now), v * def.hdr_scale);
-            }
-        }
+        (Slot::Histogram(h), _) => h.record(def, v, || window_step(def, started, now)),
         (slot @ Slot::Empty, Kind::Counter) => *slot = Slot::Counter(v),
         (slot @ Slot::Empty, Kind::Gauge) => {
             *slot = Slot::Gauge {
@@ -394,21 +448,9 @@ fn record(
             }
         }
         (slot @ Slot::Empty, Kind::Histogram) => {
-            let mut hdr = Histogram::<u32>::new(def.sigfig).expect("sigfig validated to 1..=5");
-            record_hdr(&mut hdr, v * def.hdr_scale);
-            let mut window = def
-                .window
-                .as_ref()
-                .map(|_| Box::new(Window::new(def.sigfig)));
-            if let Some(w) = &mut window {
-                w.record(window_step(def, started, now), v * def.hdr_scale);
-            }
-            *slot = Slot::Histogram(Box::new(Hist {
-                hdr,
-                sum: v,
-                count: 1,
-                window,
-            }));
+            let mut h = Box::new(Hist::new(def));
+            h.record(def, v, || window_step(def, started, now));
+            *slot = Slot::Histogram(h);
         }
     }
 }
@@ -562,6 +604,26 @@ mod tests {
         assert!((h.samples[0].value - 302.502).abs() < 1e-9);
         // bounds 0.1 0.25 0.5 1 2 5 10 20 30 60 120 300
         assert_eq!(h.buckets, vec![1, 1, 1, 2, 3, 3, 3, 3, 3, 3, 3, 4]);
+    }
+
+    #[test]
+    fn bucket_bounds_are_exact() {
+        let mut f = fold();
+        let now = Instant::now();
+        // Within HDR's 1% of a bound, on each side of it.
+        for ms in ["1000", "1001", "2000", "2005", "299999", "300000", "300001"] {
+            apply(
+                &mut f,
+                &ev("MetricAcquiringDsWaitTimeEvent", "g", ms, ""),
+                now,
+            )
+            .unwrap();
+        }
+        let s = f.snapshot(now);
+        let h = family(&s, "session_ds_acquisition_wait_seconds");
+        // bounds 0.1 0.25 0.5 1 2 5 10 20 30 60 120 300
+        assert_eq!(h.buckets, vec![0, 0, 0, 1, 3, 4, 4, 4, 4, 4, 4, 6]);
+        assert_eq!(h.samples[0].count, 7);
     }
 
     #[test]
