@@ -586,44 +586,35 @@ mod tests {
         &s.families[i]
     }
 
-    #[test]
-    fn histogram_sum_count_and_buckets() {
+    /// DS wait values in ms → (cumulative bucket counts, count, sum).
+    fn ds_wait(values: &[&str]) -> (Vec<u64>, u64, f64) {
         let mut f = fold();
         let now = Instant::now();
-        for ms in ["100", "1532", "870", "300000"] {
-            apply(
-                &mut f,
-                &ev("MetricAcquiringDsWaitTimeEvent", "g", ms, ""),
-                now,
-            )
-            .unwrap();
+        for ms in values {
+            let e = ev("MetricAcquiringDsWaitTimeEvent", "g", ms, "");
+            apply(&mut f, &e, now).unwrap();
         }
         let s = f.snapshot(now);
         let h = family(&s, "session_ds_acquisition_wait_seconds");
-        assert_eq!(h.samples[0].count, 4);
-        assert!((h.samples[0].value - 302.502).abs() < 1e-9);
+        (h.buckets.clone(), h.samples[0].count, h.samples[0].value)
+    }
+
+    #[test]
+    fn histogram_sum_count_and_buckets() {
         // bounds 0.1 0.25 0.5 1 2 5 10 20 30 60 120 300
-        assert_eq!(h.buckets, vec![1, 1, 1, 2, 3, 3, 3, 3, 3, 3, 3, 4]);
+        let (buckets, count, sum) = ds_wait(&["100", "1532", "870", "300000"]);
+        assert_eq!(buckets, vec![1, 1, 1, 2, 3, 3, 3, 3, 3, 3, 3, 4]);
+        assert_eq!(count, 4);
+        assert!((sum - 302.502).abs() < 1e-9);
     }
 
     #[test]
     fn bucket_bounds_are_exact() {
-        let mut f = fold();
-        let now = Instant::now();
         // Within HDR's 1% of a bound, on each side of it.
-        for ms in ["1000", "1001", "2000", "2005", "299999", "300000", "300001"] {
-            apply(
-                &mut f,
-                &ev("MetricAcquiringDsWaitTimeEvent", "g", ms, ""),
-                now,
-            )
-            .unwrap();
-        }
-        let s = f.snapshot(now);
-        let h = family(&s, "session_ds_acquisition_wait_seconds");
-        // bounds 0.1 0.25 0.5 1 2 5 10 20 30 60 120 300
-        assert_eq!(h.buckets, vec![0, 0, 0, 1, 3, 4, 4, 4, 4, 4, 4, 6]);
-        assert_eq!(h.samples[0].count, 7);
+        let values = ["1000", "1001", "2000", "2005", "299999", "300000", "300001"];
+        let (buckets, count, _) = ds_wait(&values);
+        assert_eq!(buckets, vec![0, 0, 0, 1, 3, 4, 4, 4, 4, 4, 4, 6]);
+        assert_eq!(count, 7);
     }
 
     #[test]
