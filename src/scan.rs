@@ -118,13 +118,7 @@ impl<'a> Scanner<'a> {
         depth: u32,
         mut field: impl FnMut(&mut Self, &[u8]) -> Result<()>,
     ) -> Result<()> {
-        if depth > MAX_DEPTH {
-            return Err(ScanError::Syntax);
-        }
-        self.eat(b'{')?;
-        self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
+        if self.open(depth, b'{', b'}')? {
             return Ok(());
         }
         loop {
@@ -217,15 +211,24 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// `[ value, ... ]`: checks every element and returns how many there were.
-    fn array(&mut self, depth: u32) -> Result<usize> {
+    /// Enter an object or array (within the nesting limit); true if it is
+    /// empty and already closed.
+    fn open(&mut self, depth: u32, open: u8, close: u8) -> Result<bool> {
         if depth > MAX_DEPTH {
             return Err(ScanError::Syntax);
         }
-        self.eat(b'[')?;
+        self.eat(open)?;
         self.ws();
-        if self.peek() == Some(b']') {
+        let empty = self.peek() == Some(close);
+        if empty {
             self.i += 1;
+        }
+        Ok(empty)
+    }
+
+    /// `[ value, ... ]`: checks every element and returns how many there were.
+    fn array(&mut self, depth: u32) -> Result<usize> {
+        if self.open(depth, b'[', b']')? {
             return Ok(0);
         }
         let mut n = 0;

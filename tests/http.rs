@@ -35,9 +35,7 @@ fn endpoints_answer_as_exporters_do() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reload_changes_buckets_keeps_data_and_refuses_bad_files() {
     let nats = Nats::start();
-    let dir = temp_dir("reload");
-    let path = dir.join("mapping.yml");
-    std::fs::write(&path, mapping(BUCKETS)).unwrap();
+    let path = mapping_file("reload", BUCKETS, BUCKETS);
     let exporter = Exporter::start(&nats.url(), &["--config.file", path.to_str().unwrap()]);
     exporter.wait_ready();
     let events = load_events(&examples_file());

@@ -290,11 +290,7 @@ async fn replicas_in_a_queue_group_share_the_stream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn namespaces_past_the_limit_fold_into_overflow() {
     let nats = Nats::start();
-    let dir = temp_dir("overflow");
-    let path = dir.join("mapping.yml");
-    let yaml = session_exporter::config::DEFAULT_MAPPING
-        .replace("max_namespaces: 10000", "max_namespaces: 2");
-    std::fs::write(&path, yaml).unwrap();
+    let path = mapping_file("overflow", "max_namespaces: 10000", "max_namespaces: 2");
     let exporter = Exporter::start(&nats.url(), &["--config.file", path.to_str().unwrap()]);
     exporter.wait_ready();
     let events: Vec<_> = ["a", "b", "c", "d", "a"]

@@ -59,6 +59,15 @@ fn spawn_and_find(
     }
 }
 
+/// The built-in mapping with `from` replaced by `to`, written to a fresh file.
+pub fn mapping_file(tag: &str, from: &str, to: &str) -> PathBuf {
+    let default = session_exporter::config::DEFAULT_MAPPING;
+    assert!(default.contains(from), "the default mapping has `{from}`");
+    let path = temp_dir(tag).join("mapping.yml");
+    std::fs::write(&path, default.replace(from, to)).unwrap();
+    path
+}
+
 pub fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "session-exporter-{tag}-{}-{}",
