@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::seed;
+use crate::source::state::{valid_key, OnInvalid, StateConfig};
 use crate::source::{JetStreamConfig, NatsConfig};
 
 #[derive(Parser, Debug)]
@@ -146,6 +147,17 @@ pub struct RunArgs {
         default_value_t = crate::source::DEFAULT_SUBSCRIPTION_CAPACITY
     )]
     pub subscription_capacity: usize,
+    /// Subjects every replica receives in full, besides its share (repeat or
+    /// comma-separate; empty turns it off): their gauge events are folded by
+    /// all replicas, so `max by` over replicas is the latest value. Used with
+    /// --nats.queue-group and in JetStream mode.
+    #[arg(
+        long = "nats.broadcast-subject",
+        env = "SESSION_EXPORTER_NATS_BROADCAST_SUBJECTS",
+        value_delimiter = ',',
+        default_value = "mpv2SessionHistory.MetricTotalActiveSessionEvent"
+    )]
+    pub broadcast_subjects: Vec<String>,
     /// Consume this JetStream stream through a durable pull consumer instead of core subjects.
     #[arg(
         long = "nats.jetstream.stream",
@@ -166,6 +178,53 @@ pub struct RunArgs {
         default_value_t = 100_000
     )]
     pub js_dedup_window: usize,
+    /// How long the server waits for an ack before redelivering. Keep it well
+    /// above --state.interval (acks wait for a checkpoint).
+    #[arg(long = "nats.jetstream.ack-wait", env = "SESSION_EXPORTER_NATS_JETSTREAM_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub js_ack_wait: std::time::Duration,
+    /// Messages delivered and not yet acked, across all replicas of the
+    /// consumer. With a state store, a checkpoint is stored whenever a replica
+    /// holds a quarter of this unacked.
+    #[arg(
+        long = "nats.jetstream.max-ack-pending",
+        env = "SESSION_EXPORTER_NATS_JETSTREAM_MAX_ACK_PENDING",
+        default_value_t = 200_000
+    )]
+    pub js_max_ack_pending: i64,
+    /// Messages asked for per pull request.
+    #[arg(
+        long = "nats.jetstream.pull-batch",
+        env = "SESSION_EXPORTER_NATS_JETSTREAM_PULL_BATCH",
+        default_value_t = 1024
+    )]
+    pub js_pull_batch: usize,
+    /// Keep the fold state in this NATS KV bucket (created if missing):
+    /// restored on start, checkpointed every --state.interval and on SIGTERM.
+    /// /metrics then serves the last stored checkpoint.
+    #[arg(long = "state.bucket", env = "SESSION_EXPORTER_STATE_BUCKET")]
+    pub state_bucket: Option<String>,
+    /// This replica's key in the bucket. Default: the host name (a
+    /// StatefulSet pod's name is stable across restarts).
+    #[arg(long = "state.key", env = "SESSION_EXPORTER_STATE_KEY")]
+    pub state_key: Option<String>,
+    /// Time between checkpoints.
+    #[arg(long = "state.interval", env = "SESSION_EXPORTER_STATE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub state_interval: std::time::Duration,
+    /// Replicas of the bucket's stream when the exporter creates it (1, 3 or 5).
+    #[arg(
+        long = "state.replicas",
+        env = "SESSION_EXPORTER_STATE_REPLICAS",
+        default_value_t = 1
+    )]
+    pub state_replicas: usize,
+    /// What to do with a stored checkpoint that cannot be read.
+    #[arg(
+        long = "state.on-invalid",
+        env = "SESSION_EXPORTER_STATE_ON_INVALID",
+        value_enum,
+        default_value = "refuse"
+    )]
+    pub state_on_invalid: OnInvalid,
     /// Address to serve /metrics on (`:9750` means all interfaces).
     #[arg(long = "web.listen-address", env = "SESSION_EXPORTER_WEB_LISTEN_ADDRESS", default_value = ":9750", value_parser = parse_listen)]
     pub listen: SocketAddr,
@@ -253,22 +312,69 @@ impl NatsArgs {
 }
 
 impl RunArgs {
-    pub fn nats_config(&self) -> NatsConfig {
+    pub fn nats_config(&self) -> Result<NatsConfig, String> {
         let subjects = if self.subjects.is_empty() {
             seed::default_subjects()
         } else {
             self.subjects.clone()
         };
-        NatsConfig {
+        Ok(NatsConfig {
             subjects,
             queue_group: self.queue_group.clone(),
             subscription_capacity: self.subscription_capacity.max(1),
+            broadcast_subjects: self
+                .broadcast_subjects
+                .iter()
+                .filter(|s| !s.trim().is_empty())
+                .cloned()
+                .collect(),
             jetstream: self.js_stream.as_ref().map(|stream| JetStreamConfig {
                 stream: stream.clone(),
                 consumer: self.js_consumer.clone(),
+                filter_subjects: self.subjects.clone(),
+                ack_wait: self.js_ack_wait.max(std::time::Duration::from_secs(1)),
+                max_ack_pending: self.js_max_ack_pending.max(1),
+                pull_batch: self.js_pull_batch.clamp(1, 100_000),
             }),
+            state: self.state_config()?,
             ..self.nats.config()
+        })
+    }
+
+    fn state_config(&self) -> Result<Option<StateConfig>, String> {
+        let Some(bucket) = &self.state_bucket else {
+            return Ok(None);
+        };
+        let key = match &self.state_key {
+            Some(k) => k.clone(),
+            None => host_name().ok_or(
+                "--state.key: no host name to default to (HOSTNAME unset, /proc/sys/kernel/hostname unreadable); set --state.key",
+            )?,
+        };
+        if !valid_key(&key) {
+            return Err(format!(
+                "--state.key {key:?}: a NATS KV key is letters, digits and - / _ = . (no empty dot-separated part)"
+            ));
         }
+        let bucket_ok = !bucket.is_empty()
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !bucket_ok {
+            return Err(format!(
+                "--state.bucket {bucket:?}: a NATS KV bucket name is letters, digits, - and _"
+            ));
+        }
+        if self.state_interval.is_zero() {
+            return Err("--state.interval must be above 0".into());
+        }
+        Ok(Some(StateConfig {
+            bucket: bucket.clone(),
+            key,
+            interval: self.state_interval,
+            replicas: self.state_replicas.max(1),
+            on_invalid: self.state_on_invalid,
+        }))
     }
 
     pub fn dedup_window(&self) -> usize {
@@ -278,6 +384,15 @@ impl RunArgs {
             0
         }
     }
+}
+
+/// The pod name under Kubernetes (its `HOSTNAME`), else the kernel's.
+fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]
@@ -299,9 +414,32 @@ mod tests {
     #[test]
     fn defaults_subscribe_to_every_channel() {
         let cli = Cli::try_parse_from(["session-exporter"]).unwrap();
-        let cfg = cli.run.nats_config();
+        let cfg = cli.run.nats_config().unwrap();
         assert_eq!(cfg.subjects.len(), 8);
         assert!(cfg.subjects.contains(&"mpv2SessionHistory.>".to_string()));
         assert!(cfg.jetstream.is_none());
+        assert!(cfg.state.is_none());
+        assert_eq!(
+            cfg.broadcast_subjects,
+            ["mpv2SessionHistory.MetricTotalActiveSessionEvent"]
+        );
+    }
+
+    #[test]
+    fn state_flags_are_checked() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["session-exporter"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().run.nats_config()
+        };
+        let cfg = parse(&["--state.bucket", "b", "--state.key", "pod-0"]).unwrap();
+        let state = cfg.state.unwrap();
+        assert_eq!((state.bucket.as_str(), state.key.as_str()), ("b", "pod-0"));
+        let err = parse(&["--state.bucket", "b", "--state.key", "a b"]).unwrap_err();
+        assert!(err.contains("--state.key"), "{err}");
+        let err = parse(&["--state.bucket", "b.c", "--state.key", "k"]).unwrap_err();
+        assert!(err.contains("--state.bucket"), "{err}");
+        let off = parse(&["--nats.broadcast-subject", ""]).unwrap();
+        assert!(off.broadcast_subjects.is_empty());
     }
 }

@@ -2,14 +2,14 @@
 //! mutex, the self-metrics, readiness, and the mapping source for reloads.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Catalog, ConfigError};
 use crate::event::{decode, parse_rfc3339, Reason};
 use crate::exposition;
-use crate::fold::{Fold, Outcome};
+use crate::fold::{CheckpointError, Fold, Outcome, Restored, Resume, Snapshot};
 use crate::stats::Stats;
 
 pub struct Exporter {
@@ -22,6 +22,22 @@ pub struct Exporter {
     max_message_bytes: AtomicUsize,
     mapping_file: Option<PathBuf>,
     reject_log: Mutex<RateLimit>,
+    /// Bumped by every ingest that may have changed the fold, so a checkpoint
+    /// can tell whether there is anything new to store.
+    changes: AtomicU64,
+    /// With a state store, `/metrics` serves the fold as of the last stored
+    /// checkpoint (`None` until the first), so that no value it serves can be
+    /// lost by a crash: a restart never shows a counter lower than before.
+    published: Option<Mutex<Option<Arc<Snapshot>>>>,
+}
+
+/// One checkpoint, taken under the fold lock: the encoded state and the
+/// snapshot to serve once it is stored.
+pub struct Checkpoint {
+    pub bytes: Vec<u8>,
+    pub snapshot: Snapshot,
+    /// [`Exporter::changes`] at the moment it was taken.
+    pub changes: u64,
 }
 
 impl Exporter {
@@ -38,7 +54,71 @@ impl Exporter {
             max_message_bytes: AtomicUsize::new(max),
             mapping_file,
             reject_log: Mutex::new(RateLimit::new(10, Duration::from_secs(1))),
+            changes: AtomicU64::new(0),
+            published: None,
         }
+    }
+
+    /// Serve only checkpointed state (see `published`): for a state store.
+    pub fn serving_checkpoints(mut self) -> Exporter {
+        self.published = Some(Mutex::new(None));
+        self
+    }
+
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    /// The whole fold, encoded, with the snapshot it stands for.
+    pub fn checkpoint(&self, resume: &Resume) -> Checkpoint {
+        let now = Instant::now();
+        let fold = self.lock();
+        // Read under the lock: every ingest counted here is in the bytes.
+        let changes = self.changes();
+        Checkpoint {
+            bytes: fold.encode(now, unix_now(), resume),
+            snapshot: fold.snapshot(now),
+            changes,
+        }
+    }
+
+    /// From now on serve `snapshot` (a stored checkpoint's).
+    pub fn publish(&self, snapshot: Snapshot) {
+        if let Some(p) = &self.published {
+            *p.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(snapshot));
+        }
+    }
+
+    /// Load a stored checkpoint into the (still empty) fold, and serve it.
+    pub fn restore(&self, bytes: &[u8]) -> Result<Restored, CheckpointError> {
+        let now = Instant::now();
+        let mut fold = self.lock();
+        let restored = fold.restore(bytes, now, unix_now())?;
+        self.stats.namespaces.set(fold.namespace_count() as i64);
+        let snapshot = fold.snapshot(now);
+        drop(fold);
+        self.publish(snapshot);
+        Ok(restored)
+    }
+
+    /// Fold only the gauges of events that every replica receives.
+    pub fn ingest_gauges<'a>(&self, payloads: impl IntoIterator<Item = &'a [u8]>) {
+        let wall = unix_now();
+        let now = Instant::now();
+        let max = self.max_message_bytes.load(Ordering::Relaxed);
+        let mut n = 0;
+        let mut fold = self.lock();
+        for p in payloads {
+            n += 1;
+            if let Some(ev) = (p.len() <= max).then(|| decode(p).ok()).flatten() {
+                let stamped = ev.timestamp.as_deref().and_then(parse_rfc3339);
+                fold.apply_gauges(&ev, now, stamped.unwrap_or(wall));
+            }
+        }
+        self.stats.namespaces.set(fold.namespace_count() as i64);
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        drop(fold);
+        self.stats.broadcast_messages.inc_by(n);
     }
 
     fn lock(&self) -> MutexGuard<'_, Fold> {
@@ -92,6 +172,7 @@ impl Exporter {
             }
         }
         self.stats.namespaces.set(fold.namespace_count() as i64);
+        self.changes.fetch_add(1, Ordering::Relaxed);
         drop(fold);
         lag.flush();
         // After folding: a scrape that sees a message as received sees its effect.
@@ -120,11 +201,19 @@ impl Exporter {
         // already in the snapshot (ingest counts it after folding).
         let mut stats = String::new();
         self.stats.render(&mut stats);
-        let snap = self.lock().snapshot(start);
-        let mut out = String::with_capacity(stats.len() + 4096 + snap.namespaces.len() * 4096);
-        exposition::render(&snap, &mut out);
+        let snap = match &self.published {
+            Some(p) => p.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            None => Some(Arc::new(self.lock().snapshot(start))),
+        };
+        if let Some(s) = &snap {
+            self.stats.series.set(s.series() as i64);
+        }
+        let live = snap.as_ref().map_or(0, |s| s.namespaces.len());
+        let mut out = String::with_capacity(stats.len() + 4096 + live * 4096);
+        if let Some(s) = &snap {
+            exposition::render(s, &mut out);
+        }
         out.push_str(&stats);
-        self.stats.series.set(snap.series() as i64);
         self.stats
             .scrape_duration
             .observe(start.elapsed().as_secs_f64());

@@ -39,11 +39,12 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         Some(path) => Catalog::from_file(path)?,
         None => Catalog::default_mapping(),
     };
-    let exporter = Arc::new(Exporter::new(
-        catalog,
-        args.config_file.clone(),
-        args.dedup_window(),
-    ));
+    let nats = args.nats_config()?;
+    let mut exporter = Exporter::new(catalog, args.config_file.clone(), args.dedup_window());
+    if nats.state.is_some() {
+        exporter = exporter.serving_checkpoints();
+    }
+    let exporter = Arc::new(exporter);
     let web = match &args.web_config_file {
         Some(path) => web::WebConfig::load(path)?,
         None => web::WebConfig::default(),
@@ -71,7 +72,6 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         web,
         stopped(stop_rx.clone()),
     ));
-    let nats = args.nats_config();
     let source = async {
         let client = source::connect(&nats, exporter.clone()).await?;
         source::run(client, &nats, exporter.clone(), stopped(stop_rx.clone())).await

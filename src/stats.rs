@@ -35,6 +35,14 @@ pub struct Stats {
     pub js_acks: IntCounter,
     pub js_redeliveries: IntCounter,
     pub duplicates: IntCounter,
+    pub broadcast_messages: IntCounter,
+    pub js_unacked: IntGauge,
+    pub checkpoints: IntCounter,
+    pub checkpoint_failures: IntCounter,
+    pub checkpoint_duration: Histogram,
+    pub checkpoint_bytes: IntGauge,
+    pub checkpoint_last_success: IntGauge,
+    pub restores: IntCounterVec,
     pub reloads: IntCounterVec,
     pub reload_success: IntGauge,
     pub scrape_duration: Histogram,
@@ -90,6 +98,15 @@ impl Stats {
         );
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
+        }
+        let restores = counter_vec(
+            &r,
+            "state_restores_total",
+            "Start-ups with a state store, by what was found: restored, empty (no checkpoint yet), invalid (started empty with --state.on-invalid=start-empty).",
+            "result",
+        );
+        for result in ["restored", "empty", "invalid"] {
+            restores.with_label_values(&[result]);
         }
         let build = IntGaugeVec::new(
             Opts::new(name("build_info"), "Build information; always 1."),
@@ -153,6 +170,35 @@ impl Stats {
                 "JetStream messages received with a delivery count above 1.",
             ),
             duplicates: counter(&r, "events_duplicate_total", "Events dropped because their id was seen recently."),
+            broadcast_messages: counter(
+                &r,
+                "gauge_broadcast_messages_total",
+                "Messages of the broadcast subjects (gauge events every replica folds), outside messages_received_total.",
+            ),
+            js_unacked: gauge(
+                &r,
+                "jetstream_unacked_messages",
+                "JetStream messages folded and waiting for a stored checkpoint before they are acknowledged.",
+            ),
+            checkpoints: counter(&r, "state_checkpoints_total", "Checkpoints stored in the state bucket."),
+            checkpoint_failures: counter(
+                &r,
+                "state_checkpoint_failures_total",
+                "Checkpoints that could not be stored (their messages stay unacknowledged and go into the next one).",
+            ),
+            checkpoint_duration: histogram(
+                &r,
+                "state_checkpoint_duration_seconds",
+                "Time to encode, compress and store one checkpoint.",
+                vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+            ),
+            checkpoint_bytes: gauge(&r, "state_checkpoint_size_bytes", "Compressed size of the last stored checkpoint."),
+            checkpoint_last_success: gauge(
+                &r,
+                "state_checkpoint_last_success_timestamp_seconds",
+                "Unix time of the last stored checkpoint.",
+            ),
+            restores,
             reloads,
             reload_success: gauge(&r, "config_last_reload_successful", "1 if the last mapping reload succeeded."),
             scrape_duration: histogram(

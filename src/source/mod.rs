@@ -1,5 +1,18 @@
-//! NATS in: connect (surviving outages), subscribe to core subjects or pull
-//! from a JetStream durable consumer, and feed message batches to the exporter.
+//! NATS in: connect (surviving outages), subscribe to core subjects (`core`)
+//! or pull from a JetStream durable consumer (`jetstream`), feed message
+//! batches to the exporter, and acknowledge or checkpoint what was folded
+//! (`progress`, `state`).
+//!
+//! Replicas split the events through a queue group or a shared durable
+//! consumer. The gauge is the exception: each replica also receives every
+//! message of the *broadcast subjects* (by default the active-sessions
+//! event's), on a plain subscription or an ordered consumer of its own, and
+//! folds only their gauges, so `max by` over replicas is the latest value.
+
+mod core;
+mod jetstream;
+mod progress;
+pub mod state;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -7,13 +20,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use async_nats::{Client, ConnectOptions, Event};
-use futures_util::stream::{Stream, StreamExt};
+use futures_util::stream::Stream;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::exporter::Exporter;
+use crate::fold::Resume;
+use progress::Progress;
+use state::{LoadError, OnInvalid, StateConfig, StateStore};
 
 /// Messages folded under one lock at most. Large enough to amortise the lock
 /// and the syscall-sized bursts NATS delivers, small enough to keep a scrape's
@@ -42,13 +57,23 @@ pub struct NatsConfig {
     pub tls_key_file: Option<PathBuf>,
     pub tls_required: bool,
     pub subscription_capacity: usize,
+    /// Subjects every replica receives in full (only their gauges are folded).
+    pub broadcast_subjects: Vec<String>,
     pub jetstream: Option<JetStreamConfig>,
+    pub state: Option<StateConfig>,
 }
 
 #[derive(Debug, Clone)]
 pub struct JetStreamConfig {
     pub stream: String,
     pub consumer: String,
+    /// Filter the consumer on these subjects (servers 2.10+, or one subject
+    /// on 2.9); empty: everything the stream holds.
+    pub filter_subjects: Vec<String>,
+    pub ack_wait: Duration,
+    pub max_ack_pending: i64,
+    /// Messages asked for per pull request.
+    pub pull_batch: usize,
 }
 
 #[derive(Debug)]
@@ -147,69 +172,111 @@ pub async fn connect(cfg: &NatsConfig, exporter: Arc<Exporter>) -> Result<Client
     Ok(client)
 }
 
-/// Consume until `shutdown`, then drain what was already delivered.
+/// Restore the state (if any), consume until `shutdown`, then drain what was
+/// already delivered and store a last checkpoint.
 pub async fn run(
     client: Client,
     cfg: &NatsConfig,
     exporter: Arc<Exporter>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SourceError> {
+    tokio::pin!(shutdown);
+    let (store, resume) = match &cfg.state {
+        None => (None, Resume::default()),
+        Some(state) => {
+            let restored = tokio::select! {
+                r = restore(&client, state, &exporter) => r?,
+                _ = &mut shutdown => return Ok(()),
+            };
+            (Some(Arc::new(restored.0)), restored.1)
+        }
+    };
+    // Acks a crashed predecessor stored but may not have sent.
+    for reply in &resume.acks {
+        let _ = client.publish(reply.clone(), bytes::Bytes::new()).await;
+    }
+    let threshold = cfg
+        .jetstream
+        .as_ref()
+        .map_or(usize::MAX, |js| (js.max_ack_pending.max(4) / 4) as usize);
+    let mut progress = Progress::new(client.clone(), exporter.clone(), store, threshold);
+    progress.broadcast_seq = resume.broadcast_seq;
+    let interval = cfg.state.as_ref().map(|s| s.interval);
     match &cfg.jetstream {
-        None => run_core(client, cfg, exporter, shutdown).await,
-        Some(js) => run_jetstream(client, js, exporter, shutdown).await,
+        None => core::run(client, cfg, exporter, progress, interval, shutdown).await,
+        Some(js) => jetstream::run(client, cfg, js, exporter, progress, interval, shutdown).await,
     }
 }
 
-async fn run_core(
-    client: Client,
-    cfg: &NatsConfig,
-    exporter: Arc<Exporter>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), SourceError> {
-    let mut subs = Vec::new();
-    for subject in &cfg.subjects {
-        let sub = match &cfg.queue_group {
-            Some(q) => client.queue_subscribe(subject.clone(), q.clone()).await,
-            None => client.subscribe(subject.clone()).await,
-        }
-        .map_err(|e| SourceError(format!("subscribe {subject}: {e}")))?;
-        subs.push(sub);
-    }
-    exporter.stats.subscriptions.set(subs.len() as i64);
-    exporter.set_subscribed(true);
-    tracing::info!(subjects = ?cfg.subjects, queue_group = ?cfg.queue_group, "subscribed");
-    let mut messages = Merged::new(subs).ready_chunks(BATCH);
-    tokio::pin!(shutdown);
+/// Open the store and load its checkpoint into the exporter, retrying while
+/// NATS or the bucket cannot be reached.
+async fn restore(
+    client: &Client,
+    cfg: &StateConfig,
+    exporter: &Exporter,
+) -> Result<(StateStore, Resume), SourceError> {
+    let mut delay = Duration::from_millis(100);
+    let where_ = format!("state bucket {} key {}", cfg.bucket, cfg.key);
     loop {
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            batch = messages.next() => match batch {
-                Some(batch) => {
-                    exporter.ingest(batch.iter().map(|m| m.payload.as_ref()));
+        let store = match StateStore::open(client, cfg).await {
+            Ok(store) => store,
+            Err(e) => {
+                tracing::warn!(state = %where_, error = %e, "state store not available; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let reason = match store.load().await {
+            Ok(None) => {
+                exporter.stats.restores.with_label_values(&["empty"]).inc();
+                tracing::info!(state = %where_, "no checkpoint yet; starting empty");
+                return Ok((store, Resume::default()));
+            }
+            Ok(Some(bytes)) => match exporter.restore(&bytes) {
+                Ok(r) => {
+                    exporter
+                        .stats
+                        .restores
+                        .with_label_values(&["restored"])
+                        .inc();
+                    tracing::info!(
+                        state = %where_,
+                        namespaces = r.namespaces,
+                        bytes = bytes.len(),
+                        age_seconds = r.age_seconds,
+                        unacked = r.resume.acks.len(),
+                        rebucketed = ?r.rebucketed,
+                        dropped_metrics = ?r.dropped_metrics,
+                        "state restored"
+                    );
+                    return Ok((store, r.resume));
                 }
-                None => break,
+                Err(e) => e.to_string(),
             },
+            Err(LoadError::Invalid(e)) => e,
+            Err(LoadError::Unreachable(e)) => {
+                tracing::warn!(state = %where_, error = %e, "state store not available; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        match cfg.on_invalid {
+            OnInvalid::Refuse => {
+                return Err(SourceError(format!(
+                    "{where_}: unreadable checkpoint: {reason}. Nothing was overwritten; delete the key \
+                     (nats kv del {} {}), choose another --state.key, or start with --state.on-invalid=start-empty",
+                    cfg.bucket, cfg.key
+                )))
+            }
+            OnInvalid::StartEmpty => {
+                exporter.stats.restores.with_label_values(&["invalid"]).inc();
+                tracing::error!(state = %where_, error = %reason, "unreadable checkpoint; starting empty (--state.on-invalid=start-empty), the next checkpoint replaces it");
+                return Ok((store, Resume::default()));
+            }
         }
     }
-    exporter.set_subscribed(false);
-    // Drain: stop interest, then fold what the client already holds.
-    if let Err(e) = client.drain().await {
-        tracing::warn!(error = %e, "NATS drain failed");
-    }
-    let rest = async {
-        while let Some(batch) = messages.next().await {
-            exporter.ingest(batch.iter().map(|m| m.payload.as_ref()));
-        }
-    };
-    if tokio::time::timeout(Duration::from_secs(5), rest)
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain did not finish within 5s");
-    }
-    exporter.stats.subscriptions.set(0);
-    Ok(())
 }
 
 /// Several subscriptions as one stream, polled round-robin. Unlike
@@ -224,6 +291,19 @@ impl<S> Merged<S> {
     pub fn new(streams: Vec<S>) -> Merged<S> {
         Merged { streams, next: 0 }
     }
+
+    pub fn streams_mut(&mut self) -> &mut [S] {
+        &mut self.streams
+    }
+}
+
+/// Ticks every `interval`, or never.
+fn ticker(interval: Option<Duration>) -> tokio::time::Interval {
+    // A year stands in for never: `interval` takes no infinity.
+    let every = interval.unwrap_or(Duration::from_secs(365 * 86400));
+    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
 }
 
 impl<S: Stream + Unpin> Stream for Merged<S> {
@@ -256,94 +336,10 @@ impl<S: Stream + Unpin> Stream for Merged<S> {
     }
 }
 
-/// The stream's own subjects decide what is consumed; `--nats.subject` is not
-/// used here (nats-server 2.9 allows one filter subject per consumer).
-async fn run_jetstream(
-    client: Client,
-    js_cfg: &JetStreamConfig,
-    exporter: Arc<Exporter>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), SourceError> {
-    let js = jetstream::new(client.clone());
-    tokio::pin!(shutdown);
-    // The stream may not be reachable yet (NATS down): retry with backoff.
-    let mut delay = Duration::from_millis(100);
-    let consumer = loop {
-        let attempt = async {
-            let stream = js
-                .get_stream(&js_cfg.stream)
-                .await
-                .map_err(|e| e.to_string())?;
-            let config = pull::Config {
-                durable_name: Some(js_cfg.consumer.clone()),
-                ack_policy: AckPolicy::Explicit,
-                ..Default::default()
-            };
-            stream
-                .get_or_create_consumer::<pull::Config>(&js_cfg.consumer, config)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match attempt.await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(stream = %js_cfg.stream, error = %e, "JetStream consumer not available; retrying");
-                tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    };
-    let messages = consumer
-        .messages()
-        .await
-        .map_err(|e| SourceError(format!("JetStream consumer {}: {e}", js_cfg.consumer)))?;
-    exporter.stats.subscriptions.set(1);
-    exporter.set_subscribed(true);
-    tracing::info!(stream = %js_cfg.stream, consumer = %js_cfg.consumer, "consuming JetStream");
-    let mut messages = messages.ready_chunks(BATCH);
-    loop {
-        let batch = tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            batch = messages.next() => match batch {
-                Some(b) => b,
-                None => break,
-            },
-        };
-        let batch: Vec<_> = batch
-            .into_iter()
-            .filter_map(|m| {
-                m.map_err(|e| tracing::debug!(error = %e, "JetStream pull error"))
-                    .ok()
-            })
-            .collect();
-        for m in &batch {
-            if m.info().is_ok_and(|i| i.delivered > 1) {
-                exporter.stats.js_redeliveries.inc();
-            }
-        }
-        exporter.ingest(batch.iter().map(|m| m.payload.as_ref()));
-        // Ack after folding: a crash before this line means redelivery, and
-        // the event-id window drops what was folded already.
-        for m in &batch {
-            match m.ack().await {
-                Ok(()) => exporter.stats.js_acks.inc(),
-                Err(e) => tracing::debug!(error = %e, "JetStream ack failed"),
-            }
-        }
-    }
-    exporter.set_subscribed(false);
-    exporter.stats.subscriptions.set(0);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::stream;
+    use futures_util::stream::{self, StreamExt};
 
     #[tokio::test]
     async fn merged_takes_turns_and_ends_with_the_last_stream() {

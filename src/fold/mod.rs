@@ -1,5 +1,9 @@
 //! Per-namespace metric state. Pure and synchronous: the ingest loop is its only
-//! writer, a scrape takes a compact [`Snapshot`] and renders it unlocked.
+//! writer, a scrape takes a compact [`Snapshot`] and renders it unlocked, and a
+//! checkpoint ([`checkpoint`]) writes the whole state out and reads it back.
+
+mod checkpoint;
+pub use checkpoint::{CheckpointError, Restored, Resume};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -142,12 +146,20 @@ impl Window {
     }
 }
 
+/// Step numbers start here rather than at 0, so a restored step that is
+/// older than the process (`now - age`) is still a positive number.
+const STEP_ORIGIN: u64 = 5 << 32;
+
+/// A window step's length in nanoseconds (1 for histograms without a window).
+fn step_nanos(def: &MetricDef) -> u64 {
+    def.window.as_ref().map_or(1, |w| {
+        (w.length.as_nanos() as u64 / WINDOW_STEPS as u64).max(1)
+    })
+}
+
 /// Which window step `now` falls in (64-bit arithmetic: 584 years of uptime).
 fn window_step(def: &MetricDef, started: Instant, now: Instant) -> u64 {
-    let step = def.window.as_ref().map_or(1, |w| {
-        (w.length.as_nanos() as u64 / WINDOW_STEPS as u64).max(1)
-    });
-    now.saturating_duration_since(started).as_nanos() as u64 / step
+    now.saturating_duration_since(started).as_nanos() as u64 / step_nanos(def) + STEP_ORIGIN
 }
 
 struct Namespace {
@@ -155,19 +167,34 @@ struct Namespace {
     slots: Vec<Slot>,
 }
 
-/// Remembers the last `cap` event ids, by hash.
+/// Remembers the last `cap` event ids, by a 64-bit hash keyed with a random
+/// `key`. The key travels in checkpoints, so a restored window still matches
+/// the ids it remembers; producers cannot aim collisions at an unknown key.
 struct Dedup {
-    hasher: RandomState,
+    key: u64,
     seen: HashSet<u64>,
     order: VecDeque<u64>,
     cap: usize,
 }
 
 impl Dedup {
+    fn new(cap: usize, key: u64) -> Dedup {
+        Dedup {
+            key,
+            seen: HashSet::with_capacity(cap),
+            order: VecDeque::with_capacity(cap),
+            cap,
+        }
+    }
+
     fn is_duplicate(&mut self, id: &str) -> bool {
-        let h = self.hasher.hash_one(id);
+        !self.remember(keyed_hash(self.key, id))
+    }
+
+    /// False when `h` was already remembered.
+    fn remember(&mut self, h: u64) -> bool {
         if !self.seen.insert(h) {
-            return true;
+            return false;
         }
         self.order.push_back(h);
         if self.order.len() > self.cap {
@@ -175,8 +202,22 @@ impl Dedup {
                 self.seen.remove(&old);
             }
         }
-        false
+        true
     }
+}
+
+/// FNV-1a over the key and the id, then a SplitMix64 finaliser to spread the bits.
+fn keyed_hash(key: u64, id: &str) -> u64 {
+    let h = key
+        .to_le_bytes()
+        .iter()
+        .chain(id.as_bytes())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 /// Namespaces by name, in arrival order.
@@ -243,12 +284,8 @@ impl Fold {
 
     /// Drop events whose `id` was among the last `window` seen (0 turns it off).
     pub fn with_dedup(mut self, window: usize) -> Fold {
-        self.dedup = (window > 0).then(|| Dedup {
-            hasher: RandomState::new(),
-            seen: HashSet::with_capacity(window),
-            order: VecDeque::with_capacity(window),
-            cap: window,
-        });
+        let key = RandomState::new().hash_one(0x5e55_1011_u64);
+        self.dedup = (window > 0).then(|| Dedup::new(window, key));
         self
     }
 
@@ -300,6 +337,31 @@ impl Fold {
             );
         }
         Ok(outcome)
+    }
+
+    /// Fold only the gauge mappings of an event, and nothing else: not the
+    /// event count, not the de-duplication window, no reject. For the events
+    /// every replica receives (see `source`), whose other effects are counted
+    /// by whichever replica the shared subscription gives them to. Applying a
+    /// gauge twice is harmless: the latest event time wins either way.
+    pub fn apply_gauges(&mut self, ev: &Event, now: Instant, event_time: f64) {
+        let index = seed::event_index(&ev.name);
+        let Some(ns) = ev.namespace.as_deref() else {
+            return;
+        };
+        if ns.len() > self.catalog.limits.max_namespace_length {
+            return;
+        }
+        for rule in self.catalog.rules_at(index, &ev.name) {
+            let def = &self.catalog.metrics[rule.metric];
+            let (Kind::Gauge, Some(spec)) = (def.kind, &rule.value) else {
+                continue;
+            };
+            let Ok(v) = ev.value(spec) else { continue };
+            let (slot_ns, _) = self.namespaces.find_or_insert(ns, &self.catalog);
+            let slot = &mut self.namespaces.list[slot_ns].slots[rule.metric];
+            record(slot, def, v, event_time, now, self.started);
+        }
     }
 
     /// Swap in a new mapping. State of a metric survives when its name, type and
@@ -434,7 +496,9 @@ fn record(
             },
             _,
         ) => {
-            if event_time >= *t {
+            // Ties go to the larger value, so replicas that receive two
+            // updates with one timestamp in different orders agree.
+            if event_time > *t || (event_time == *t && v >= *value) {
                 (*value, *t, *seen) = (v, event_time, now);
             }
         }

@@ -1,0 +1,648 @@
+//! The fold's whole state as bytes, and back: what the state store keeps.
+//!
+//! A compact binary layout (varints, little-endian floats), versioned by a
+//! leading magic and format number. Metrics are stored by name with the HDR
+//! layout they were recorded in, so a checkpoint restores into a changed
+//! mapping the way a reload does: unchanged metrics keep their state, changed
+//! bucket bounds are re-counted from HDR, anything else is dropped and
+//! reported. Times are stored as ages, so gauge expiry and windowed quantiles
+//! carry on across a restart.
+//!
+//! Format 1, in order: magic `SXST`, format, checkpoint wall time, the
+//! `session_events_total` counts by label, the metric table, the namespaces
+//! with one slot per table entry, the de-duplication window, and the source's
+//! [`Resume`] (acks to send, the broadcast consumer's position).
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::{step_nanos, window_step, Dedup, Fold, Hist, Namespace, Slot, Window, WINDOW_STEPS};
+use crate::config::{Kind, MetricDef};
+use crate::seed;
+
+const MAGIC: &[u8; 4] = b"SXST";
+pub const FORMAT: u64 = 1;
+
+/// What the source needs to carry on where the checkpoint left off.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Resume {
+    /// Reply subjects of JetStream messages folded into this checkpoint that
+    /// may not have been acknowledged yet: acked again on restore.
+    pub acks: Vec<String>,
+    /// Stream sequence of the last broadcast (gauge) message folded.
+    pub broadcast_seq: u64,
+}
+
+/// What a restore found, for the log and the self-metrics.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub resume: Resume,
+    pub namespaces: usize,
+    /// Metrics in the checkpoint that the current mapping has not (or has with
+    /// another type or HDR layout): their state was dropped.
+    pub dropped_metrics: Vec<String>,
+    /// Metrics whose bucket bounds changed: re-counted from HDR.
+    pub rebucketed: Vec<String>,
+    /// Seconds between the checkpoint and the restore, by the wall clock.
+    pub age_seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointError(pub String);
+
+impl std::fmt::Display for CheckpointError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CheckpointError {}
+
+impl Fold {
+    /// The whole state at `now` (`wall`: the same moment as Unix seconds).
+    pub fn encode(&self, now: Instant, wall: f64, resume: &Resume) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(4096 + self.namespaces.list.len() * 1024));
+        w.0.extend_from_slice(MAGIC);
+        w.varint(FORMAT);
+        w.f64(wall);
+        let events: Vec<(usize, u64)> = self
+            .events
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        w.varint(events.len() as u64);
+        for (i, n) in events {
+            w.str(seed::event_label(i));
+            w.varint(n);
+        }
+        let metrics = &self.catalog.metrics;
+        w.varint(metrics.len() as u64);
+        for def in metrics.iter() {
+            w.str(&def.name);
+            w.varint(kind_code(def.kind));
+            w.varint(u64::from(def.sigfig));
+            w.f64(def.hdr_scale);
+            w.varint(def.buckets.len() as u64);
+            def.buckets.iter().for_each(|&b| w.f64(b));
+            w.varint(def.window.as_ref().map_or(0, |_| step_nanos(def)));
+        }
+        w.varint(self.namespaces.list.len() as u64);
+        for ns in &self.namespaces.list {
+            w.str(&ns.name);
+            for (slot, def) in ns.slots.iter().zip(metrics.iter()) {
+                self.encode_slot(&mut w, slot, def, now);
+            }
+        }
+        match &self.dedup {
+            Some(d) => {
+                w.u64(d.key);
+                w.varint(d.order.len() as u64);
+                d.order.iter().for_each(|&h| w.u64(h));
+            }
+            None => {
+                w.u64(0);
+                w.varint(0);
+            }
+        }
+        w.varint(resume.acks.len() as u64);
+        resume.acks.iter().for_each(|a| w.str(a));
+        w.varint(resume.broadcast_seq);
+        w.0
+    }
+
+    fn encode_slot(&self, w: &mut Writer, slot: &Slot, def: &MetricDef, now: Instant) {
+        match slot {
+            Slot::Empty => w.varint(0),
+            Slot::Counter(v) => {
+                w.varint(1);
+                w.f64(*v);
+            }
+            Slot::Gauge {
+                value,
+                event_time,
+                seen,
+            } => {
+                w.varint(2);
+                w.f64(*value);
+                w.f64(*event_time);
+                w.f64(now.saturating_duration_since(*seen).as_secs_f64());
+            }
+            Slot::Histogram(h) => {
+                w.varint(3);
+                w.f64(h.sum);
+                w.varint(h.count);
+                h.buckets.iter().for_each(|&c| w.varint(c));
+                w.hdr(&h.hdr);
+                let Some(win) = &h.window else {
+                    w.varint(0);
+                    return;
+                };
+                let step = window_step(def, self.started, now);
+                let live: Vec<(u64, &Histogram<u32>)> = win
+                    .steps
+                    .iter()
+                    .zip(&win.held)
+                    .map(|(h, &held)| (step.saturating_sub(held), h))
+                    .filter(|&(age, h)| age < WINDOW_STEPS as u64 && !h.is_empty())
+                    .collect();
+                w.varint(live.len() as u64);
+                for (age, h) in live {
+                    w.varint(age);
+                    w.hdr(h);
+                }
+            }
+        }
+    }
+
+    /// Load a checkpoint into this fold, which must be empty (just built with
+    /// the current mapping). On error the fold is left empty.
+    pub fn restore(
+        &mut self,
+        bytes: &[u8],
+        now: Instant,
+        wall: f64,
+    ) -> Result<Restored, CheckpointError> {
+        let result = self.restore_inner(bytes, now, wall);
+        if result.is_err() {
+            self.namespaces = Default::default();
+            self.events.iter_mut().for_each(|n| *n = 0);
+            if let Some(d) = &mut self.dedup {
+                *d = Dedup::new(d.cap, d.key);
+            }
+        }
+        result
+    }
+
+    fn restore_inner(
+        &mut self,
+        bytes: &[u8],
+        now: Instant,
+        wall: f64,
+    ) -> Result<Restored, CheckpointError> {
+        let mut r = Reader { buf: bytes, at: 0 };
+        if r.take(4).ok() != Some(MAGIC.as_slice()) {
+            return Err(CheckpointError(
+                "not a session-exporter checkpoint (no SXST magic)".into(),
+            ));
+        }
+        let format = r.varint()?;
+        if format != FORMAT {
+            return Err(CheckpointError(format!(
+                "checkpoint format {format} is not one this build reads (format {FORMAT})"
+            )));
+        }
+        let written = r.f64()?;
+        let age = (wall - written).max(0.0);
+        let mut out = Restored {
+            age_seconds: age,
+            ..Restored::default()
+        };
+        for _ in 0..r.count(2)? {
+            let label = r.str()?;
+            let n = r.varint()?;
+            self.events[seed::event_index(label)] += n;
+        }
+        let catalog = self.catalog.clone();
+        let stored = r.count(8)?;
+        let mut table = Vec::with_capacity(stored);
+        for _ in 0..stored {
+            let name = r.str()?.to_string();
+            let kind = kind_from(r.varint()?)?;
+            let sigfig = r.varint()?;
+            let hdr_scale = r.f64()?;
+            let buckets: Vec<f64> = (0..r.count(8)?)
+                .map(|_| r.f64())
+                .collect::<Result<_, _>>()?;
+            let step = r.varint()?;
+            let target = catalog.metrics.iter().position(|d| {
+                d.name == name
+                    && d.kind == kind
+                    && u64::from(d.sigfig) == sigfig
+                    && d.hdr_scale == hdr_scale
+                    && d.window.as_ref().map_or(0, |_| step_nanos(d)) == step
+            });
+            match target {
+                Some(i) if catalog.metrics[i].buckets != buckets => out.rebucketed.push(name),
+                Some(_) => {}
+                None => out.dropped_metrics.push(name),
+            }
+            if !(1..=5).contains(&sigfig) {
+                return Err(CheckpointError(format!(
+                    "metric {:?}: significant figures {sigfig} out of range",
+                    table.len()
+                )));
+            }
+            table.push(StoredMetric {
+                kind,
+                sigfig: sigfig as u8,
+                buckets: buckets.len(),
+                windowed: step > 0,
+                step_nanos: step.max(1),
+                target,
+            });
+        }
+        let namespaces = r.count(2)?;
+        for _ in 0..namespaces {
+            let name = r.str()?;
+            let mut slots: Vec<Slot> = catalog.metrics.iter().map(|_| Slot::Empty).collect();
+            for m in &table {
+                let slot = self.decode_slot(&mut r, m, now, age)?;
+                if let Some(i) = m.target {
+                    slots[i] = slot;
+                }
+            }
+            if self.namespaces.index.contains_key(name) {
+                return Err(CheckpointError(format!("namespace {name:?} appears twice")));
+            }
+            let i = self.namespaces.insert(name, &catalog);
+            self.namespaces.list[i] = Namespace {
+                name: self.namespaces.list[i].name.clone(),
+                slots,
+            };
+        }
+        for ns in &mut self.namespaces.list {
+            for (slot, def) in ns.slots.iter_mut().zip(catalog.metrics.iter()) {
+                if let Slot::Histogram(h) = slot {
+                    if out.rebucketed.contains(&def.name) {
+                        h.rebucket(def);
+                    }
+                }
+            }
+        }
+        out.namespaces = namespaces;
+        let key = r.u64()?;
+        let remembered = r.count(8)?;
+        let ids: Vec<u64> = (0..remembered).map(|_| r.u64()).collect::<Result<_, _>>()?;
+        if let Some(d) = &mut self.dedup {
+            *d = Dedup::new(d.cap, if remembered > 0 { key } else { d.key });
+            for h in ids {
+                d.remember(h);
+            }
+        }
+        out.resume.acks = (0..r.count(1)?)
+            .map(|_| r.str().map(str::to_string))
+            .collect::<Result<_, _>>()?;
+        out.resume.broadcast_seq = r.varint()?;
+        if r.at != bytes.len() {
+            return Err(CheckpointError(format!(
+                "{} bytes after the end of the checkpoint",
+                bytes.len() - r.at
+            )));
+        }
+        Ok(out)
+    }
+
+    fn decode_slot(
+        &self,
+        r: &mut Reader,
+        m: &StoredMetric,
+        now: Instant,
+        age: f64,
+    ) -> Result<Slot, CheckpointError> {
+        let tag = r.varint()?;
+        let mismatch = || CheckpointError(format!("slot of type {tag} in a {:?} metric", m.kind));
+        Ok(match tag {
+            0 => Slot::Empty,
+            1 if m.kind == Kind::Counter => Slot::Counter(r.f64()?),
+            2 if m.kind == Kind::Gauge => {
+                let value = r.f64()?;
+                let event_time = r.f64()?;
+                let since = Duration::try_from_secs_f64(r.f64()? + age)
+                    .map_err(|_| CheckpointError("gauge age is not a duration".into()))?;
+                // A gauge older than the process clock can date is at least
+                // as old as the process: it has expired, or is about to.
+                let seen = now.checked_sub(since).unwrap_or(now);
+                Slot::Gauge {
+                    value,
+                    event_time,
+                    seen,
+                }
+            }
+            3 if m.kind == Kind::Histogram => {
+                let sum = r.f64()?;
+                let count = r.varint()?;
+                let buckets = (0..m.buckets)
+                    .map(|_| r.varint())
+                    .collect::<Result<Vec<_>, _>>()?;
+                let hdr = r.hdr(m.sigfig)?;
+                let steps = r.count(2)?;
+                let mut window = m.windowed.then(|| Box::new(Window::new(m.sigfig)));
+                for _ in 0..steps {
+                    let step_age = r.varint()?;
+                    let h = r.hdr(m.sigfig)?;
+                    let (Some(w), Some(i)) = (&mut window, m.target) else {
+                        continue;
+                    };
+                    let gap = (age * 1e9 / m.step_nanos as f64) as u64;
+                    let total = step_age.saturating_add(gap);
+                    if total < WINDOW_STEPS as u64 {
+                        let held = window_step(&self.catalog.metrics[i], self.started, now) - total;
+                        let at = (held % WINDOW_STEPS as u64) as usize;
+                        w.steps[at] = h;
+                        w.held[at] = held;
+                    }
+                }
+                Slot::Histogram(Box::new(Hist {
+                    hdr,
+                    buckets,
+                    sum,
+                    count,
+                    window,
+                }))
+            }
+            _ => return Err(mismatch()),
+        })
+    }
+}
+
+struct StoredMetric {
+    kind: Kind,
+    sigfig: u8,
+    buckets: usize,
+    windowed: bool,
+    step_nanos: u64,
+    /// Index in the current mapping, if the state carries over.
+    target: Option<usize>,
+}
+
+fn kind_code(k: Kind) -> u64 {
+    match k {
+        Kind::Counter => 1,
+        Kind::Gauge => 2,
+        Kind::Histogram => 3,
+    }
+}
+
+fn kind_from(code: u64) -> Result<Kind, CheckpointError> {
+    match code {
+        1 => Ok(Kind::Counter),
+        2 => Ok(Kind::Gauge),
+        3 => Ok(Kind::Histogram),
+        _ => Err(CheckpointError(format!("unknown metric type {code}"))),
+    }
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn f64(&mut self, v: f64) {
+        self.u64(v.to_bits());
+    }
+
+    fn str(&mut self, s: &str) {
+        self.varint(s.len() as u64);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    /// Recorded cells as (lowest value, ascending, as a delta; count).
+    fn hdr(&mut self, h: &Histogram<u32>) {
+        let cells: Vec<(u64, u64)> = h
+            .iter_recorded()
+            .map(|it| {
+                (
+                    h.lowest_equivalent(it.value_iterated_to()),
+                    it.count_at_value().into(),
+                )
+            })
+            .collect();
+        self.varint(cells.len() as u64);
+        let mut prev = 0;
+        for (v, n) in cells {
+            self.varint(v - prev);
+            self.varint(n);
+            prev = v;
+        }
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn truncated(&self) -> CheckpointError {
+        CheckpointError(format!("checkpoint truncated at byte {}", self.at))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CheckpointError> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.buf.len());
+        let end = end.ok_or_else(|| self.truncated())?;
+        let s = &self.buf[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn varint(&mut self) -> Result<u64, CheckpointError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.take(1)?[0];
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(CheckpointError(format!("bad varint at byte {}", self.at)))
+    }
+
+    /// A count of items at least `min_bytes` long each: never more than the
+    /// bytes left could hold, so a corrupt count cannot reserve memory.
+    fn count(&mut self, min_bytes: usize) -> Result<usize, CheckpointError> {
+        let n = self.varint()?;
+        let left = (self.buf.len() - self.at) / min_bytes.max(1);
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= left)
+            .ok_or_else(|| {
+                CheckpointError(format!("count {n} at byte {} is past the end", self.at))
+            })
+    }
+
+    fn u64(&mut self) -> Result<u64, CheckpointError> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    fn f64(&mut self) -> Result<f64, CheckpointError> {
+        self.u64().map(f64::from_bits)
+    }
+
+    fn str(&mut self) -> Result<&'a str, CheckpointError> {
+        let n = self.count(1)?;
+        let at = self.at;
+        std::str::from_utf8(self.take(n)?)
+            .map_err(|_| CheckpointError(format!("string at byte {at} is not UTF-8")))
+    }
+
+    fn hdr(&mut self, sigfig: u8) -> Result<Histogram<u32>, CheckpointError> {
+        let mut h = Histogram::new(sigfig).expect("sigfig checked to 1..=5");
+        let mut v = 0u64;
+        for _ in 0..self.count(2)? {
+            v = v
+                .checked_add(self.varint()?)
+                .ok_or_else(|| CheckpointError("HDR value overflows".into()))?;
+            let n = u32::try_from(self.varint()?).unwrap_or(u32::MAX);
+            if h.record_n(v, n).is_err() {
+                return Err(CheckpointError(format!("HDR value {v} out of range")));
+            }
+        }
+        Ok(h)
+    }
+}
+
+/// Shared by the tests of this module and of the store.
+#[cfg(test)]
+pub(crate) fn sample_fold() -> (Fold, Instant) {
+    let mut f = Fold::new(std::sync::Arc::new(
+        crate::config::Catalog::default_mapping(),
+    ))
+    .with_dedup(10);
+    let now = Instant::now();
+    let events = [
+        r#"{"id":"1","name":"MetricAcquiringDsWaitTimeEvent","namespace":"g","timestamp":"2026-11-22T10:00:00Z","payload":{"message":"1532"}}"#,
+        r#"{"id":"2","name":"MetricAcquiringDsWaitTimeEvent","namespace":"g","payload":{"message":"{\"value\":870}"}}"#,
+        r#"{"id":"3","name":"MetricAcquiringDsEvent","namespace":"g\"\n"}"#,
+        r#"{"id":"4","name":"MetricTotalActiveSessionEvent","namespace":"g","timestamp":"2026-11-22T10:00:02Z","payload":{"message":"42"}}"#,
+        r#"{"id":"5","name":"MetricTotalPlayerPersessionEvent","namespace":"h","payload":{"userIds":["a","b","c"],"message":""}}"#,
+        r#"{"id":"6","name":"onPartyCreated","namespace":"h"}"#,
+    ];
+    for e in events {
+        let ev = crate::event::decode(e.as_bytes()).unwrap();
+        let t = ev
+            .timestamp
+            .as_deref()
+            .and_then(crate::event::parse_rfc3339)
+            .unwrap_or(1.7e9);
+        f.apply(&ev, now, t).unwrap();
+    }
+    (f, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Catalog;
+    use crate::exposition;
+    use std::sync::Arc;
+
+    fn render(f: &Fold, now: Instant) -> String {
+        let mut out = String::new();
+        exposition::render(&f.snapshot(now), &mut out);
+        out
+    }
+
+    fn empty() -> Fold {
+        Fold::new(Arc::new(Catalog::default_mapping())).with_dedup(10)
+    }
+
+    #[test]
+    fn round_trip_renders_the_same() {
+        let (f, now) = sample_fold();
+        let resume = Resume {
+            acks: vec!["$JS.ACK.S.c.1.7.7.0.0".into()],
+            broadcast_seq: 9,
+        };
+        let bytes = f.encode(now, 1.7e9, &resume);
+        let mut g = empty();
+        let restored = g.restore(&bytes, now, 1.7e9).unwrap();
+        assert_eq!(restored.resume, resume);
+        assert_eq!(restored.namespaces, 3);
+        assert!(restored.dropped_metrics.is_empty() && restored.rebucketed.is_empty());
+        assert_eq!(render(&g, now), render(&f, now));
+        // The de-duplication window came along, key and all.
+        let dup =
+            crate::event::decode(br#"{"id":"3","name":"MetricAcquiringDsEvent","namespace":"g"}"#)
+                .unwrap();
+        assert_eq!(
+            g.apply(&dup, now, 1.7e9),
+            Ok(super::super::Outcome::Duplicate)
+        );
+        // And a second round trip is byte-identical.
+        assert_eq!(g.encode(now, 1.7e9, &resume), bytes);
+    }
+
+    #[test]
+    fn gauges_keep_aging_across_the_gap() {
+        let (f, now) = sample_fold();
+        let bytes = f.encode(now, 1.7e9, &Resume::default());
+        let mut g = empty();
+        // Restored 11 minutes later: the 10-minute gauge has expired.
+        g.restore(&bytes, now, 1.7e9 + 660.0).unwrap();
+        assert!(!render(&g, now).contains("session_active_sessions{"));
+        assert!(render(&f, now).contains("session_active_sessions{game_namespace=\"g\"} 42"));
+    }
+
+    #[test]
+    fn changed_buckets_rebucket_and_unknown_metrics_drop() {
+        let (f, now) = sample_fold();
+        let bytes = f.encode(now, 1.7e9, &Resume::default());
+        let yaml = crate::config::DEFAULT_MAPPING
+            .replace(
+                "[0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300]",
+                "[1, 2]",
+            )
+            .replace("session_ds_acquisitions_total", "session_ds_acquired_total");
+        let mut g = Fold::new(Arc::new(Catalog::from_yaml(&yaml).unwrap()));
+        let restored = g.restore(&bytes, now, 1.7e9).unwrap();
+        assert_eq!(restored.rebucketed, ["session_ds_acquisition_wait_seconds"]);
+        assert_eq!(restored.dropped_metrics, ["session_ds_acquisitions_total"]);
+        let text = render(&g, now);
+        assert!(text.contains(
+            "session_ds_acquisition_wait_seconds_bucket{game_namespace=\"g\",le=\"1\"} 1\n"
+        ));
+        assert!(text.contains(
+            "session_ds_acquisition_wait_seconds_bucket{game_namespace=\"g\",le=\"2\"} 2\n"
+        ));
+        assert!(!text.contains("session_ds_acquisitions_total{"));
+    }
+
+    #[test]
+    fn every_truncation_and_corruption_is_an_error_not_a_panic() {
+        let (f, now) = sample_fold();
+        let bytes = f.encode(now, 1.7e9, &Resume::default());
+        for len in 0..bytes.len() {
+            let mut g = empty();
+            assert!(
+                g.restore(&bytes[..len], now, 1.7e9).is_err(),
+                "prefix {len}"
+            );
+            assert_eq!(g.namespace_count(), 0);
+        }
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..3000 {
+            let mut b = bytes.clone();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let at = (x % b.len() as u64) as usize;
+            b[at] ^= (x >> 32) as u8 | 1;
+            let mut g = empty();
+            let _ = g.restore(&b, now, 1.7e9);
+        }
+        let mut g = empty();
+        let err = g.restore(b"{\"json\":1}", now, 1.7e9).unwrap_err();
+        assert!(err.0.contains("not a session-exporter checkpoint"), "{err}");
+        let mut future = bytes.clone();
+        future[4] = 9;
+        assert!(g
+            .restore(&future, now, 1.7e9)
+            .unwrap_err()
+            .0
+            .contains("format 9"));
+    }
+}

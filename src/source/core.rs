@@ -1,0 +1,100 @@
+//! Core NATS subjects: plain subscriptions, or a queue group shared by
+//! replicas plus a plain subscription to the broadcast subjects.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Client;
+use futures_util::StreamExt;
+
+use super::progress::Progress;
+use super::{ticker, Merged, NatsConfig, SourceError, BATCH};
+use crate::exporter::Exporter;
+
+pub(super) async fn run(
+    client: Client,
+    cfg: &NatsConfig,
+    exporter: Arc<Exporter>,
+    mut progress: Progress,
+    interval: Option<Duration>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SourceError> {
+    let mut subs = Vec::new();
+    for subject in &cfg.subjects {
+        let sub = match &cfg.queue_group {
+            Some(q) => client.queue_subscribe(subject.clone(), q.clone()).await,
+            None => client.subscribe(subject.clone()).await,
+        }
+        .map_err(|e| SourceError(format!("subscribe {subject}: {e}")))?;
+        subs.push(sub);
+    }
+    // Without a queue group this replica sees every event already.
+    let mut broadcast = Vec::new();
+    if cfg.queue_group.is_some() {
+        for subject in &cfg.broadcast_subjects {
+            let sub = client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|e| SourceError(format!("subscribe {subject}: {e}")))?;
+            broadcast.push(sub);
+        }
+    }
+    let broadcasting = !broadcast.is_empty();
+    exporter
+        .stats
+        .subscriptions
+        .set((subs.len() + broadcast.len()) as i64);
+    exporter.set_subscribed(true);
+    tracing::info!(
+        subjects = ?cfg.subjects,
+        queue_group = ?cfg.queue_group,
+        broadcast = ?broadcasting.then_some(&cfg.broadcast_subjects),
+        "subscribed"
+    );
+    let mut messages = Merged::new(subs).ready_chunks(BATCH);
+    let mut gauges = Merged::new(broadcast).ready_chunks(BATCH);
+    let mut tick = ticker(interval);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            stored = progress.stored() => progress.settle(stored).await,
+            batch = messages.next() => match batch {
+                Some(batch) => {
+                    exporter.ingest(batch.iter().map(|m| m.payload.as_ref()));
+                }
+                None => break,
+            },
+            Some(batch) = gauges.next(), if broadcasting => {
+                exporter.ingest_gauges(batch.iter().map(|m| m.payload.as_ref()));
+            }
+            _ = tick.tick() => progress.tick(),
+        }
+    }
+    exporter.set_subscribed(false);
+    // Drain: stop interest, then fold what the client already holds.
+    for sub in messages.get_mut().streams_mut() {
+        if let Err(e) = sub.drain().await {
+            tracing::warn!(error = %e, "NATS drain failed");
+        }
+    }
+    let rest = async {
+        while let Some(batch) = messages.next().await {
+            exporter.ingest(batch.iter().map(|m| m.payload.as_ref()));
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), rest)
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain did not finish within 5s");
+    }
+    exporter.stats.subscriptions.set(0);
+    progress.finish(Duration::from_secs(10)).await;
+    if let Err(e) = client.drain().await {
+        tracing::warn!(error = %e, "NATS drain failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! A JetStream durable pull consumer, shared by replicas, and an ordered
+//! consumer of the broadcast subjects of each replica's own.
+//!
+//! Acks are sent (not awaited: an ack is a publish) for each batch once it is
+//! folded, or, with a state store, once a checkpoint that includes it is
+//! stored. Never `AckAll`: on a consumer shared by replicas it would
+//! acknowledge other replicas' messages in flight.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::{self, stream::Stream};
+use async_nats::Client;
+use futures_util::{FutureExt, StreamExt};
+
+use super::progress::Progress;
+use super::{ticker, JetStreamConfig, NatsConfig, SourceError, BATCH};
+use crate::exporter::Exporter;
+
+pub(super) async fn run(
+    client: Client,
+    cfg: &NatsConfig,
+    js_cfg: &JetStreamConfig,
+    exporter: Arc<Exporter>,
+    mut progress: Progress,
+    interval: Option<Duration>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SourceError> {
+    let js = jetstream::new(client.clone());
+    tokio::pin!(shutdown);
+    // The stream may not be reachable yet (NATS down): retry with backoff.
+    let mut delay = Duration::from_millis(100);
+    let (stream, consumer) = loop {
+        let attempt = async {
+            let stream = js
+                .get_stream(&js_cfg.stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            let consumer = durable(&client, &stream, js_cfg).await?;
+            Ok::<_, String>((stream, consumer))
+        };
+        match attempt.await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(stream = %js_cfg.stream, error = %e, "JetStream consumer not available; retrying");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(js_cfg.pull_batch)
+        .messages()
+        .await
+        .map_err(|e| SourceError(format!("JetStream consumer {}: {e}", js_cfg.consumer)))?;
+    let mut messages = messages.ready_chunks(BATCH);
+    let broadcast = broadcast(&stream, &cfg.broadcast_subjects, progress.broadcast_seq).await;
+    let broadcasting = broadcast.is_some();
+    let mut gauges = futures_util::stream::iter(broadcast)
+        .flatten()
+        .ready_chunks(BATCH);
+    exporter
+        .stats
+        .subscriptions
+        .set(1 + i64::from(broadcasting));
+    exporter.set_subscribed(true);
+    tracing::info!(
+        stream = %js_cfg.stream,
+        consumer = %js_cfg.consumer,
+        pull_batch = js_cfg.pull_batch,
+        ack_wait = ?js_cfg.ack_wait,
+        max_ack_pending = js_cfg.max_ack_pending,
+        broadcast = ?broadcasting.then_some(&cfg.broadcast_subjects),
+        "consuming JetStream"
+    );
+    let mut tick = ticker(interval);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            stored = progress.stored() => progress.settle(stored).await,
+            batch = messages.next() => match batch {
+                Some(batch) => fold(&exporter, &mut progress, batch).await,
+                None => break,
+            },
+            Some(batch) = gauges.next(), if broadcasting => {
+                let batch: Vec<_> = batch.into_iter().filter_map(Result::ok).collect();
+                exporter.ingest_gauges(batch.iter().map(|m| m.payload.as_ref()));
+                if let Some(seq) = batch.iter().filter_map(|m| m.info().ok()).map(|i| i.stream_sequence).max() {
+                    progress.broadcast_seq = progress.broadcast_seq.max(seq);
+                }
+            }
+            _ = tick.tick() => progress.tick(),
+        }
+    }
+    exporter.set_subscribed(false);
+    // Fold what was already delivered rather than leave it to redelivery.
+    while let Some(Some(batch)) = messages.next().now_or_never() {
+        fold(&exporter, &mut progress, batch).await;
+    }
+    progress.finish(Duration::from_secs(10)).await;
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "NATS flush of the last acks failed");
+    }
+    exporter.stats.subscriptions.set(0);
+    Ok(())
+}
+
+type Pulled = Result<jetstream::Message, pull::MessagesError>;
+
+async fn fold(exporter: &Exporter, progress: &mut Progress, batch: Vec<Pulled>) {
+    let batch: Vec<_> = batch
+        .into_iter()
+        .filter_map(|m| {
+            m.map_err(|e| tracing::debug!(error = %e, "JetStream pull error"))
+                .ok()
+        })
+        .collect();
+    let redelivered = batch
+        .iter()
+        .filter(|m| m.info().is_ok_and(|i| i.delivered > 1))
+        .count();
+    exporter.stats.js_redeliveries.inc_by(redelivered as u64);
+    exporter.ingest(batch.iter().map(|m| m.payload.as_ref()));
+    // After folding: a crash before the ack means redelivery, and the
+    // event-id window drops what was folded already.
+    progress
+        .folded(
+            batch
+                .iter()
+                .filter_map(|m| m.reply.as_ref().map(|r| r.to_string())),
+        )
+        .await;
+}
+
+/// The server's (major, minor) version, e.g. (2, 9).
+fn server_version(client: &Client) -> (u32, u32) {
+    let v = client.server_info().version;
+    let mut parts = v
+        .trim_start_matches('v')
+        .split('.')
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Create the durable consumer, or update it to this configuration.
+async fn durable(
+    client: &Client,
+    stream: &Stream,
+    js_cfg: &JetStreamConfig,
+) -> Result<PullConsumer, String> {
+    let mut config = pull::Config {
+        durable_name: Some(js_cfg.consumer.clone()),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: js_cfg.ack_wait,
+        max_ack_pending: js_cfg.max_ack_pending,
+        ..Default::default()
+    };
+    let version = server_version(client);
+    match js_cfg.filter_subjects.as_slice() {
+        [] => {}
+        [one] => config.filter_subject = one.clone(),
+        many if version >= (2, 10) => config.filter_subjects = many.to_vec(),
+        many => tracing::warn!(
+            subjects = ?many,
+            server = %client.server_info().version,
+            "this nats-server allows one filter subject per consumer (2.10+ allow several): consuming every subject of the stream"
+        ),
+    }
+    match stream.create_consumer(config).await {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            // An existing durable this server cannot change (e.g. its filter on 2.9).
+            let existing = stream
+                .get_consumer(&js_cfg.consumer)
+                .await
+                .map_err(|_| e.to_string())?;
+            tracing::warn!(consumer = %js_cfg.consumer, error = %e, "could not update the existing durable consumer; using it as it is");
+            Ok(existing)
+        }
+    }
+}
+
+/// This replica's own ordered consumer of the broadcast subjects, from just
+/// after `after` (a checkpoint's position), else from the stream's start.
+async fn broadcast(stream: &Stream, subjects: &[String], after: u64) -> Option<pull::Ordered> {
+    if subjects.is_empty() {
+        return None;
+    }
+    let mut config = pull::OrderedConfig {
+        deliver_policy: if after > 0 {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            }
+        } else {
+            DeliverPolicy::All
+        },
+        ..Default::default()
+    };
+    match subjects {
+        [one] => config.filter_subject = one.clone(),
+        many => config.filter_subjects = many.to_vec(),
+    }
+    let made = async {
+        stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| e.to_string())?
+            .messages()
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match made.await {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(subjects = ?subjects, error = %e, "no broadcast consumer: each replica's gauge shows only the updates it was given");
+            None
+        }
+    }
+}
