@@ -293,6 +293,182 @@ fn run_exporter(
     (folded as f64 / secs, lost)
 }
 
+/// The corpus stored in a fresh JetStream stream (acks awaited in windows).
+fn fill_stream(url: &str, name: &str, corpus: &Corpus) {
+    let rt = runtime();
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let _ = js.delete_stream(name).await;
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.to_string(),
+            subjects: seed::CHANNELS.iter().map(|c| format!("{c}.>")).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        for window in corpus.chunks(4096) {
+            let mut acks = Vec::with_capacity(window.len());
+            for (subject, body) in window {
+                acks.push(
+                    js.publish(subject.clone(), body.clone().into())
+                        .await
+                        .unwrap(),
+                );
+            }
+            for a in acks {
+                a.await.unwrap();
+            }
+        }
+    });
+}
+
+/// A bare async-nats pull consumer of the stream that acks every message
+/// (sent per ready batch, as the exporter does) and only counts.
+fn run_bare_jetstream(url: &str, stream: &str, n: usize) -> f64 {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
+    let rt = runtime();
+    let t = Instant::now();
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let consumer: PullConsumer = js
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .create_consumer(pull::Config {
+                durable_name: Some("bare".into()),
+                ack_policy: AckPolicy::Explicit,
+                max_ack_pending: JS_MAX_ACK_PENDING,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut batches = consumer
+            .stream()
+            .max_messages_per_batch(JS_PULL_BATCH)
+            .messages()
+            .await
+            .unwrap()
+            .ready_chunks(512);
+        let mut count = 0;
+        while count < n {
+            for m in batches.next().await.unwrap() {
+                let reply = m.unwrap().message.reply.unwrap();
+                client.publish(reply, bytes::Bytes::new()).await.unwrap();
+                count += 1;
+            }
+        }
+        client.flush().await.unwrap();
+    });
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// The exporter in JetStream mode consuming a stream that already holds the
+/// corpus (filled untimed), until every event is folded. Returns (events/s, lost).
+fn run_jetstream(url: &str, name: &str, corpus: &Arc<Corpus>) -> (f64, u64) {
+    let rt = runtime();
+    let exporter = Arc::new(Exporter::new(Catalog::default_mapping(), None, 100_000));
+    let (stop, stopped) = watch::channel(false);
+    let mut cfg = nats_config(url);
+    cfg.jetstream = Some(source::JetStreamConfig {
+        stream: name.to_string(),
+        consumer: "bench".into(),
+        filter_subjects: Vec::new(),
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: JS_MAX_ACK_PENDING,
+        pull_batch: JS_PULL_BATCH,
+    });
+    let e = exporter.clone();
+    let start = Instant::now();
+    // As the binary runs it: the source loop in `block_on` on its own thread.
+    let handle = rt.handle().clone();
+    let source = thread::spawn(move || {
+        handle.block_on(async move {
+            let client = source::connect(&cfg, e.clone()).await.unwrap();
+            let mut rx = stopped;
+            source::run(client, &cfg, e, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+            .unwrap();
+        })
+    });
+    let (secs, got) = wait_count(start, corpus.len() as u64, || {
+        exporter.stats.events_folded.get()
+    });
+    let _ = stop.send(true);
+    source.join().unwrap();
+    rt.shutdown_timeout(Duration::from_secs(2));
+    let acked = exporter.stats.js_acks.get();
+    if acked != got {
+        eprintln!("    folded {got}, acked {acked}");
+    }
+    (got as f64 / secs, corpus.len() as u64 - got)
+}
+
+const JS_MAX_ACK_PENDING: i64 = 200_000;
+const JS_PULL_BATCH: usize = 1024;
+
+/// Returns medians of (exporter JetStream events/s, ÷ exporter core, ÷ bare
+/// JetStream consumer, bare events/s) and the events lost.
+fn bench_jetstream(url: &str, reps: usize) -> ([f64; 4], u64) {
+    let corpus = Arc::new(corpus(300_000, 1000, 4));
+    eprintln!(
+        "jetstream: {} events read from a stream (filled untimed) vs the same events live on core NATS, {reps} repetitions",
+        corpus.len()
+    );
+    let (mut js, mut core, mut bare, mut lost) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for rep in 0..reps {
+        let (c, l) = run_exporter(url, &corpus, &[], None);
+        // The stream is only there while it is read: on core runs it would
+        // store what they publish.
+        fill_stream(url, "BENCH", &corpus);
+        let b = run_bare_jetstream(url, "BENCH", corpus.len());
+        let (j, jl) = run_jetstream(url, "BENCH", &corpus);
+        delete_stream(url, "BENCH");
+        eprintln!(
+            "  rep {rep}: core {c:.0}/s, jetstream {j:.0}/s, bare jetstream consumer {b:.0}/s, lost {l} / {jl}"
+        );
+        core.push(c);
+        js.push(j);
+        bare.push(b);
+        lost += l + jl;
+    }
+    let ratio =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
+    let (to_core, to_bare) = (ratio(&js, &core), ratio(&js, &bare));
+    eprintln!("  core:            {}", spread(&core));
+    eprintln!("  jetstream:       {}", spread(&js));
+    eprintln!("  bare jetstream:  {}", spread(&bare));
+    eprintln!("  ÷ core:          {}", spread(&to_core));
+    eprintln!("  ÷ bare:          {}", spread(&to_bare));
+    (
+        [
+            median(&js),
+            median(&to_core),
+            median(&to_bare),
+            median(&bare),
+        ],
+        lost,
+    )
+}
+
+fn delete_stream(url: &str, name: &str) {
+    runtime().block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let _ = async_nats::jetstream::new(client).delete_stream(name).await;
+    });
+}
+
+fn print_jetstream(figures: [f64; 4], lost: u64) {
+    println!("bench js_events_per_s {:.0}", figures[0]);
+    println!("bench js_ratio {:.3}", figures[1]);
+    println!("bench js_bare_ratio {:.3}", figures[2]);
+    println!("bench js_bare_events_per_s {:.0}", figures[3]);
+    println!("bench js_lost {lost}");
+}
+
 fn get_metrics(addr: &str) -> usize {
     let mut s = TcpStream::connect(addr).unwrap();
     write!(s, "GET /metrics HTTP/1.0\r\nHost: b\r\n\r\n").unwrap();
@@ -420,15 +596,23 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     let t = Instant::now();
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only == "jetstream" {
+        let nats = common::Nats::start_jetstream();
+        let (figures, lost) = bench_jetstream(&nats.url(), reps.min(3));
+        print_jetstream(figures, lost);
+        return;
+    }
     let (fold, fold_ratio) = bench_fold(reps);
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("fold") {
+    if only == "fold" {
         println!("bench fold_events_per_s {fold:.0}");
         println!("bench fold_ratio {fold_ratio:.3}");
         return;
     }
-    let nats = common::Nats::start();
+    let nats = common::Nats::start_jetstream();
     let url = nats.url();
     let (e2e, e2e_ratio, lost) = bench_e2e(&url, reps.min(3));
+    let (js, js_lost) = bench_jetstream(&url, reps.min(3));
     let scrape_1k = bench_scrape(1_000);
     let scrape_10k = bench_scrape(10_000);
     let scrape_ingest = bench_scrape_ingest(&url, reps.min(3));
@@ -439,6 +623,7 @@ fn main() {
     println!("bench e2e_events_per_s {e2e:.0}");
     println!("bench e2e_ratio {e2e_ratio:.3}");
     println!("bench e2e_lost {lost}");
+    print_jetstream(js, js_lost);
     println!("bench scrape_ms_1k {scrape_1k:.2}");
     println!("bench scrape_ms_10k {scrape_10k:.2}");
     println!("bench scrape_ingest_ratio {scrape_ingest:.3}");

@@ -172,7 +172,7 @@ impl Stats {
             duplicates: counter(&r, "events_duplicate_total", "Events dropped because their id was seen recently."),
             broadcast_messages: counter(
                 &r,
-                "gauge_broadcast_messages_total",
+                "broadcast_messages_total",
                 "Messages of the broadcast subjects (gauge events every replica folds), outside messages_received_total.",
             ),
             js_unacked: gauge(

@@ -6,7 +6,7 @@ mod checkpoint;
 pub use checkpoint::{CheckpointError, Restored, Resume};
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -172,7 +172,7 @@ struct Namespace {
 /// the ids it remembers; producers cannot aim collisions at an unknown key.
 struct Dedup {
     key: u64,
-    seen: HashSet<u64>,
+    seen: HashSet<u64, BuildHasherDefault<Prehashed>>,
     order: VecDeque<u64>,
     cap: usize,
 }
@@ -181,7 +181,7 @@ impl Dedup {
     fn new(cap: usize, key: u64) -> Dedup {
         Dedup {
             key,
-            seen: HashSet::with_capacity(cap),
+            seen: HashSet::with_capacity_and_hasher(cap, Default::default()),
             order: VecDeque::with_capacity(cap),
             cap,
         }
@@ -203,6 +203,27 @@ impl Dedup {
             }
         }
         true
+    }
+}
+
+/// The set's keys are already keyed hashes: hashing them again is waste.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; fold anything else in rather than panic.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
     }
 }
 

@@ -131,11 +131,7 @@ async fn fold(exporter: &Exporter, progress: &mut Progress, batch: Vec<Pulled>) 
     // After folding: a crash before the ack means redelivery, and the
     // event-id window drops what was folded already.
     progress
-        .folded(
-            batch
-                .iter()
-                .filter_map(|m| m.reply.as_ref().map(|r| r.to_string())),
-        )
+        .folded(batch.into_iter().filter_map(|m| m.message.reply))
         .await;
 }
 

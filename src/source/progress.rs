@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::Client;
+use async_nats::{Client, Subject};
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
@@ -22,7 +22,7 @@ pub struct Progress {
     exporter: Arc<Exporter>,
     store: Option<Arc<StateStore>>,
     /// Reply subjects of folded messages not yet covered by a stored checkpoint.
-    unacked: Vec<String>,
+    unacked: Vec<Subject>,
     /// A checkpoint past this many unacked messages, not only on the timer:
     /// the consumer's `max_ack_pending` would otherwise stall delivery.
     ack_threshold: usize,
@@ -52,7 +52,7 @@ impl Progress {
     }
 
     /// A batch was folded; `replies` are its JetStream reply subjects.
-    pub async fn folded(&mut self, replies: impl Iterator<Item = String>) {
+    pub async fn folded(&mut self, replies: impl Iterator<Item = Subject>) {
         if self.store.is_none() {
             let mut n = 0;
             for r in replies {
@@ -98,7 +98,7 @@ impl Progress {
         }
         let acks = std::mem::take(&mut self.unacked);
         let resume = Resume {
-            acks,
+            acks: acks.iter().map(|s| s.to_string()).collect(),
             broadcast_seq: self.broadcast_seq,
         };
         let started = Instant::now();
@@ -107,7 +107,7 @@ impl Progress {
             let result = store.save(cp.bytes).await.map_err(|e| e.to_string());
             Stored {
                 result,
-                acks: resume.acks,
+                acks,
                 snapshot: Some(cp.snapshot),
                 changes: cp.changes,
                 started,
@@ -190,7 +190,7 @@ impl Progress {
         }
     }
 
-    async fn ack(&self, reply: String) {
+    async fn ack(&self, reply: Subject) {
         if let Err(e) = self.client.publish(reply, Bytes::new()).await {
             tracing::debug!(error = %e, "JetStream ack not sent");
         }
@@ -199,7 +199,7 @@ impl Progress {
 
 pub struct Stored {
     result: Result<usize, String>,
-    acks: Vec<String>,
+    acks: Vec<Subject>,
     snapshot: Option<Snapshot>,
     changes: u64,
     started: Instant,
