@@ -22,9 +22,11 @@ pub struct Exporter {
     max_message_bytes: AtomicUsize,
     mapping_file: Option<PathBuf>,
     reject_log: Mutex<RateLimit>,
-    /// Bumped by every ingest that may have changed the fold, so a checkpoint
-    /// can tell whether there is anything new to store.
+    /// Messages ingested so far (folded or not: a rejected event still counts
+    /// in `session_events_total`), so a checkpoint can tell what it holds.
     changes: AtomicU64,
+    /// `changes` as of the stored checkpoint being served.
+    stored_changes: AtomicU64,
     /// With a state store, `/metrics` serves the fold as of the last stored
     /// checkpoint (`None` until the first), so that no value it serves can be
     /// lost by a crash: a restart never shows a counter lower than before.
@@ -55,6 +57,7 @@ impl Exporter {
             mapping_file,
             reject_log: Mutex::new(RateLimit::new(10, Duration::from_secs(1))),
             changes: AtomicU64::new(0),
+            stored_changes: AtomicU64::new(0),
             published: None,
         }
     }
@@ -82,10 +85,12 @@ impl Exporter {
         }
     }
 
-    /// From now on serve `snapshot` (a stored checkpoint's).
-    pub fn publish(&self, snapshot: Snapshot) {
+    /// From now on serve `snapshot`, of a stored checkpoint that holds the
+    /// first `changes` messages.
+    pub fn publish(&self, snapshot: Snapshot, changes: u64) {
         if let Some(p) = &self.published {
             *p.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(snapshot));
+            self.stored_changes.store(changes, Ordering::Relaxed);
         }
     }
 
@@ -97,7 +102,7 @@ impl Exporter {
         self.stats.namespaces.set(fold.namespace_count() as i64);
         let snapshot = fold.snapshot(now);
         drop(fold);
-        self.publish(snapshot);
+        self.publish(snapshot, self.changes());
         Ok(restored)
     }
 
@@ -116,7 +121,7 @@ impl Exporter {
             }
         }
         self.stats.namespaces.set(fold.namespace_count() as i64);
-        self.changes.fetch_add(1, Ordering::Relaxed);
+        self.changes.fetch_add(n, Ordering::Relaxed);
         drop(fold);
         self.stats.broadcast_messages.inc_by(n);
     }
@@ -172,7 +177,7 @@ impl Exporter {
             }
         }
         self.stats.namespaces.set(fold.namespace_count() as i64);
-        self.changes.fetch_add(1, Ordering::Relaxed);
+        self.changes.fetch_add(received, Ordering::Relaxed);
         drop(fold);
         lag.flush();
         // After folding: a scrape that sees a message as received sees its effect.
@@ -199,6 +204,12 @@ impl Exporter {
         let start = Instant::now();
         // Self-metrics first: a message they count as received is then
         // already in the snapshot (ingest counts it after folding).
+        if self.published.is_some() {
+            let pending = self
+                .changes()
+                .saturating_sub(self.stored_changes.load(Ordering::Relaxed));
+            self.stats.state_pending.set(pending as i64);
+        }
         let mut stats = String::new();
         self.stats.render(&mut stats);
         let snap = match &self.published {

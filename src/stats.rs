@@ -38,6 +38,7 @@ pub struct Stats {
     pub broadcast_messages: IntCounter,
     pub js_unacked: IntGauge,
     pub checkpoints: IntCounter,
+    pub state_pending: IntGauge,
     pub checkpoint_failures: IntCounter,
     pub checkpoint_duration: Histogram,
     pub checkpoint_bytes: IntGauge,
@@ -181,6 +182,11 @@ impl Stats {
                 "JetStream messages folded and waiting for a stored checkpoint before they are acknowledged.",
             ),
             checkpoints: counter(&r, "state_checkpoints_total", "Checkpoints stored in the state bucket."),
+            state_pending: gauge(
+                &r,
+                "state_pending_messages",
+                "Messages ingested since the last stored checkpoint: not yet on /metrics, which serves the checkpointed state.",
+            ),
             checkpoint_failures: counter(
                 &r,
                 "state_checkpoint_failures_total",

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::{step_nanos, window_step, Dedup, Fold, Hist, Namespace, Slot, Window, WINDOW_STEPS};
+use super::{
+    step_nanos, window_step, Dedup, Exact, Fold, Hist, Namespace, Slot, Window, WINDOW_STEPS,
+};
 use crate::config::{Kind, MetricDef};
 use crate::seed;
 
@@ -118,7 +120,7 @@ impl Fold {
             Slot::Empty => w.varint(0),
             Slot::Counter(v) => {
                 w.varint(1);
-                w.f64(*v);
+                w.exact(*v);
             }
             Slot::Gauge {
                 value,
@@ -132,7 +134,7 @@ impl Fold {
             }
             Slot::Histogram(h) => {
                 w.varint(3);
-                w.f64(h.sum);
+                w.exact(h.sum);
                 w.varint(h.count);
                 h.buckets.iter().for_each(|&c| w.varint(c));
                 w.hdr(&h.hdr);
@@ -306,7 +308,7 @@ impl Fold {
         let mismatch = || CheckpointError(format!("slot of type {tag} in a {:?} metric", m.kind));
         Ok(match tag {
             0 => Slot::Empty,
-            1 if m.kind == Kind::Counter => Slot::Counter(r.f64()?),
+            1 if m.kind == Kind::Counter => Slot::Counter(r.exact()?),
             2 if m.kind == Kind::Gauge => {
                 let value = r.f64()?;
                 let event_time = r.f64()?;
@@ -322,7 +324,7 @@ impl Fold {
                 }
             }
             3 if m.kind == Kind::Histogram => {
-                let sum = r.f64()?;
+                let sum = r.exact()?;
                 let count = r.varint()?;
                 let buckets = (0..m.buckets)
                     .map(|_| r.varint())
@@ -404,6 +406,10 @@ impl Writer {
         self.u64(v.to_bits());
     }
 
+    fn exact(&mut self, v: Exact) {
+        self.0.extend_from_slice(&v.0.to_le_bytes());
+    }
+
     fn str(&mut self, s: &str) {
         self.varint(s.len() as u64);
         self.0.extend_from_slice(s.as_bytes());
@@ -480,6 +486,11 @@ impl<'a> Reader<'a> {
 
     fn f64(&mut self) -> Result<f64, CheckpointError> {
         self.u64().map(f64::from_bits)
+    }
+
+    fn exact(&mut self) -> Result<Exact, CheckpointError> {
+        let b = self.take(16)?;
+        Ok(Exact(i128::from_le_bytes(b.try_into().expect("16 bytes"))))
     }
 
     fn str(&mut self) -> Result<&'a str, CheckpointError> {

@@ -33,7 +33,7 @@ pub enum Outcome {
 #[derive(Debug)]
 enum Slot {
     Empty,
-    Counter(f64),
+    Counter(Exact),
     Gauge {
         value: f64,
         /// Event time (Unix seconds) of the value, so late events do not win.
@@ -41,6 +41,29 @@ enum Slot {
         seen: Instant,
     },
     Histogram(Box<Hist>),
+}
+
+/// A sum in billionths, as an integer: the same whatever order the values
+/// arrive in (an `f64` sum is not, and a replica or a restarted exporter folds
+/// redelivered events in another order than one that never died). Values are
+/// kept to 1e-9 of their unit, far below what any Prometheus query resolves.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Exact(i128);
+
+const EXACT_SCALE: f64 = 1e9;
+
+impl Exact {
+    fn add(&mut self, v: f64) {
+        // `as` saturates: a value beyond ±1.7e29 cannot wrap the sum.
+        self.0 = self.0.saturating_add((v * EXACT_SCALE).round() as i128);
+    }
+
+    fn get(self) -> f64 {
+        // Whole units and the fraction apart, so that integers stay exact.
+        let whole = self.0 / 1_000_000_000;
+        let frac = self.0 % 1_000_000_000;
+        whole as f64 + frac as f64 / EXACT_SCALE
+    }
 }
 
 #[derive(Debug)]
@@ -52,7 +75,7 @@ struct Hist {
     /// the last bound are `count` minus their sum), compared as written.
     buckets: Vec<u64>,
     /// Exact, from the converted values rather than HDR's rounded ones.
-    sum: f64,
+    sum: Exact,
     count: u64,
     window: Option<Box<Window>>,
 }
@@ -62,7 +85,7 @@ impl Hist {
         Hist {
             hdr: Histogram::new(def.sigfig).expect("sigfig validated to 1..=5"),
             buckets: vec![0; def.buckets.len()],
-            sum: 0.0,
+            sum: Exact::default(),
             count: 0,
             window: def
                 .window
@@ -80,7 +103,7 @@ impl Hist {
         {
             *c += 1;
         }
-        self.sum += v;
+        self.sum.add(v);
         self.count += 1;
         if let Some(w) = &mut self.window {
             w.record(step(), scaled);
@@ -443,7 +466,7 @@ impl Fold {
             {
                 match slot {
                     Slot::Empty => continue,
-                    Slot::Counter(v) => fam.samples.push(Sample::value(ni, *v)),
+                    Slot::Counter(v) => fam.samples.push(Sample::value(ni, v.get())),
                     Slot::Gauge { value, seen, .. } => {
                         if now.saturating_duration_since(*seen) > def.ttl {
                             continue;
@@ -453,7 +476,7 @@ impl Fold {
                     Slot::Histogram(h) => {
                         fam.samples.push(Sample {
                             namespace: ni,
-                            value: h.sum,
+                            value: h.sum.get(),
                             count: h.count,
                         });
                         let mut below = 0;
@@ -508,7 +531,7 @@ fn record(
     started: Instant,
 ) {
     match (slot, def.kind) {
-        (Slot::Counter(c), _) => *c += v,
+        (Slot::Counter(c), _) => c.add(v),
         (
             Slot::Gauge {
                 value,
@@ -524,7 +547,11 @@ fn record(
             }
         }
         (Slot::Histogram(h), _) => h.record(def, v, || window_step(def, started, now)),
-        (slot @ Slot::Empty, Kind::Counter) => *slot = Slot::Counter(v),
+        (slot @ Slot::Empty, Kind::Counter) => {
+            let mut c = Exact::default();
+            c.add(v);
+            *slot = Slot::Counter(c);
+        }
         (slot @ Slot::Empty, Kind::Gauge) => {
             *slot = Slot::Gauge {
                 value: v,
@@ -691,6 +718,18 @@ mod tests {
         assert_eq!(buckets, vec![1, 1, 1, 2, 3, 3, 3, 3, 3, 3, 3, 4]);
         assert_eq!(count, 4);
         assert!((sum - 302.502).abs() < 1e-9);
+    }
+
+    #[test]
+    fn sums_do_not_depend_on_arrival_order() {
+        let values = [32.622, 0.1, 1e-9, 15664.145, 0.3, 86399.999, 2.5e-3];
+        let (mut a, mut b) = (Exact::default(), Exact::default());
+        values.iter().for_each(|&v| a.add(v));
+        values.iter().rev().for_each(|&v| b.add(v));
+        assert_eq!(a.get().to_bits(), b.get().to_bits());
+        let mut whole = Exact::default();
+        (0..1000).for_each(|_| whole.add(1.0));
+        assert_eq!(whole.get(), 1000.0);
     }
 
     #[test]

@@ -47,7 +47,7 @@ impl Progress {
             ack_threshold: ack_threshold.max(1),
             broadcast_seq: 0,
             inflight: None,
-            stored_changes: u64::MAX,
+            stored_changes: 0,
         }
     }
 
@@ -84,7 +84,7 @@ impl Progress {
             // still expire and windows still slide.
             let cp = self.exporter.checkpoint(&Resume::default());
             if cp.changes == self.stored_changes {
-                self.exporter.publish(cp.snapshot);
+                self.exporter.publish(cp.snapshot, cp.changes);
             }
         }
     }
@@ -148,8 +148,9 @@ impl Progress {
                 stats.checkpoint_last_success.set(unix_secs());
                 self.stored_changes = stored.changes;
                 if let Some(s) = stored.snapshot {
-                    self.exporter.publish(s);
+                    self.exporter.publish(s, stored.changes);
                 }
+                super::state::failpoint("checkpoint-before-acks");
                 let n = stored.acks.len() as u64;
                 for r in stored.acks {
                     self.ack(r).await;

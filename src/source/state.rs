@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +57,25 @@ pub struct StateStore {
     current: Mutex<(u64, u8)>,
 }
 
+/// A KV bucket's stream, as the KV clients make it, keeping one value per key.
+fn kv_stream(bucket: &str, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some("session-exporter checkpoints".into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_bytes: -1,
+        max_message_size: -1,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: replicas.max(1),
+        ..Default::default()
+    }
+}
+
 /// A KV key: NATS subject tokens of `[-/_=.a-zA-Z0-9]`, no empty token.
 pub fn valid_key(key: &str) -> bool {
     !key.is_empty()
@@ -77,17 +96,17 @@ impl StateStore {
         let js = jetstream::new(client.clone());
         let kv = match js.get_key_value(&cfg.bucket).await {
             Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: cfg.bucket.clone(),
-                    description: "session-exporter checkpoints".into(),
-                    history: 1,
-                    num_replicas: cfg.replicas,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("state bucket {}: {e}", cfg.bucket))?,
+            Err(_) => {
+                // The stream a KV bucket is, made directly: async-nats's
+                // `create_key_value` first asks for account info in a shape
+                // nats-server 2.9 does not answer with.
+                js.create_stream(kv_stream(&cfg.bucket, cfg.replicas))
+                    .await
+                    .map_err(|e| format!("state bucket {}: {e}", cfg.bucket))?;
+                js.get_key_value(&cfg.bucket)
+                    .await
+                    .map_err(|e| format!("state bucket {}: {e}", cfg.bucket))?
+            }
         };
         // Headers and the subject ride along with each chunk.
         let max = client.server_info().max_payload.max(64 * 1024);
@@ -168,6 +187,7 @@ impl StateStore {
                 .await
                 .map_err(|e| SourceError(format!("checkpoint chunk {i}: {e}")))?;
         }
+        failpoint("checkpoint-before-manifest");
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             generation: generation + 1,
@@ -182,6 +202,26 @@ impl StateStore {
             .map_err(|e| SourceError(format!("checkpoint manifest: {e}")))?;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = (generation + 1, slot);
         Ok(compressed.len())
+    }
+}
+
+/// Crash points for the crash tests: with `SESSION_EXPORTER_FAILPOINT=NAME:N`
+/// the process aborts (as if SIGKILLed) the Nth time it passes `NAME`.
+pub(crate) fn failpoint(name: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static POINT: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static PASSED: AtomicU64 = AtomicU64::new(0);
+    let point = POINT.get_or_init(|| {
+        let v = std::env::var("SESSION_EXPORTER_FAILPOINT").ok()?;
+        let (n, count) = v.split_once(':').unwrap_or((&v, "1"));
+        Some((n.to_string(), count.parse().unwrap_or(1)))
+    });
+    if let Some((n, count)) = point {
+        if n == name && PASSED.fetch_add(1, Ordering::Relaxed) + 1 == *count {
+            eprintln!("failpoint {name}:{count} reached; aborting");
+            std::process::abort();
+        }
     }
 }
 

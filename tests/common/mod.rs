@@ -84,9 +84,37 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The nats-server binaries every JetStream test runs against: Debian's
+/// (2.9) and the pinned current release `scripts/setup` puts under `.tools/`.
+pub fn nats_servers() -> Vec<PathBuf> {
+    let tools = repo_path(".tools");
+    let current = std::fs::read_dir(&tools)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin/nats-server"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no current nats-server under {}: run scripts/setup",
+                tools.display()
+            )
+        });
+    vec![PathBuf::from("nats-server"), current]
+}
+
+/// `nats-server --version`, e.g. `nats-server: v2.9.10`.
+pub fn nats_version(bin: &Path) -> String {
+    run_ok(bin.to_str().unwrap(), &["--version"])
+        .trim()
+        .to_string()
+}
+
 pub struct Nats {
     child: Child,
     pub port: u16,
+    bin: PathBuf,
     store: Option<PathBuf>,
     extra: Vec<String>,
     pub log: Arc<Mutex<String>>,
@@ -94,20 +122,25 @@ pub struct Nats {
 
 impl Nats {
     pub fn start() -> Nats {
-        Nats::spawn(None, None, &[])
+        Nats::spawn(Path::new("nats-server"), None, None, &[])
     }
 
     pub fn start_jetstream() -> Nats {
-        Nats::spawn(None, Some(temp_dir("js")), &[])
+        Nats::spawn(Path::new("nats-server"), None, Some(temp_dir("js")), &[])
+    }
+
+    /// A JetStream server from the binary `bin` (see [`nats_servers`]).
+    pub fn start_jetstream_on(bin: &Path) -> Nats {
+        Nats::spawn(bin, None, Some(temp_dir("js")), &[])
     }
 
     /// With extra nats-server flags (e.g. `--user u --pass p`).
     pub fn start_with(extra: &[&str]) -> Nats {
-        Nats::spawn(None, None, extra)
+        Nats::spawn(Path::new("nats-server"), None, None, extra)
     }
 
-    fn spawn(port: Option<u16>, store: Option<PathBuf>, extra: &[&str]) -> Nats {
-        let mut cmd = Command::new("nats-server");
+    fn spawn(bin: &Path, port: Option<u16>, store: Option<PathBuf>, extra: &[&str]) -> Nats {
+        let mut cmd = Command::new(bin);
         cmd.args(["-a", "127.0.0.1", "-p"]);
         cmd.arg(port.map_or("-1".to_string(), |p| p.to_string()));
         if let Some(dir) = &store {
@@ -123,6 +156,7 @@ impl Nats {
         Nats {
             child,
             port: port.parse().expect("port"),
+            bin: bin.to_path_buf(),
             store,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log,
@@ -142,11 +176,12 @@ impl Nats {
     pub fn restart(&mut self) {
         self.stop();
         let port = self.port;
-        let store = self.store.clone();
+        let bin = self.bin.clone();
+        let store = self.store.take();
         let extra = self.extra.clone();
         *self = wait_for(Duration::from_secs(10), "nats-server restart", || {
             let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-            std::panic::catch_unwind(|| Nats::spawn(Some(port), store.clone(), &extra)).ok()
+            std::panic::catch_unwind(|| Nats::spawn(&bin, Some(port), store.clone(), &extra)).ok()
         });
     }
 }
@@ -168,23 +203,7 @@ pub struct Exporter {
 
 impl Exporter {
     pub fn start(nats_url: &str, extra: &[&str]) -> Exporter {
-        let mut cmd = Command::new(EXPORTER);
-        cmd.args([
-            "--nats.url",
-            nats_url,
-            "--web.listen-address",
-            "127.0.0.1:0",
-            "--log.level",
-            "debug",
-        ]);
-        cmd.args(extra);
-        let (child, addr, log) = spawn_and_find(cmd, |line| {
-            line.split("listen_address=")
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .map(str::to_string)
-        });
-        Exporter { child, addr, log }
+        Exporter::start_env(nats_url, extra, &[])
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
@@ -235,6 +254,65 @@ impl Exporter {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+}
+
+impl Exporter {
+    /// SIGKILL: no drain, no last checkpoint.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start with extra environment variables.
+    pub fn start_env(nats_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Exporter {
+        let mut cmd = Command::new(EXPORTER);
+        cmd.args([
+            "--nats.url",
+            nats_url,
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--log.level",
+            "debug",
+        ]);
+        cmd.args(extra);
+        cmd.envs(env.iter().copied());
+        let (child, addr, log) = spawn_and_find(cmd, |line| {
+            line.split("listen_address=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .map(str::to_string)
+        });
+        Exporter { child, addr, log }
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+/// The domain series of a `/metrics` text (no comments, self-metrics or
+/// `process_*`), sorted.
+pub fn domain(metrics: &str) -> Vec<String> {
+    let mut v: Vec<String> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter(|l| !l.starts_with("session_exporter_") && !l.starts_with("process_"))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// (series, value) of each line.
+pub fn series(lines: &[String]) -> Vec<(String, f64)> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
 }
 
 impl Drop for Exporter {

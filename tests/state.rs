@@ -1,0 +1,359 @@
+//! The state store: an exporter killed at any moment (SIGKILL between
+//! checkpoints, aborted mid-checkpoint, aborted between a stored checkpoint
+//! and its acks) ends with exactly the values of one that never died, and
+//! never serves a counter lower than it served before. Against Debian's
+//! nats-server 2.9 and the pinned current release.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use common::*;
+use session_exporter::seed;
+use session_exporter::simulate::{unix_ms, Generator, Profile};
+
+type Events = Vec<(String, Vec<u8>)>;
+
+/// Every kind of event over six namespaces, 1% malformed, timestamps out of
+/// order (so gauge updates arrive out of order), every 40th event published
+/// twice (a publisher retry: same id).
+fn corpus(n: usize) -> Events {
+    let mut g = Generator::new(Profile {
+        namespaces: 6,
+        seed: 11,
+        invalid_ratio: 0.01,
+        ..Profile::default()
+    });
+    let base = unix_ms() - 120_000;
+    let mut out = Vec::new();
+    for i in 0..n as u64 {
+        let e = g.next_event(base + (i * 7919) % 60_000);
+        if i % 40 == 0 {
+            out.push(e.clone());
+        }
+        out.push(e);
+    }
+    out
+}
+
+async fn js(url: &str) -> jetstream::Context {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    js.create_stream(jetstream::stream::Config {
+        name: "SESSIONS".into(),
+        subjects: seed::CHANNELS.iter().map(|c| format!("{c}.>")).collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js
+}
+
+async fn js_publish(js: &jetstream::Context, events: &[(String, Vec<u8>)]) {
+    let mut acks = Vec::new();
+    for (subject, body) in events {
+        acks.push(
+            js.publish(subject.clone(), body.clone().into())
+                .await
+                .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
+/// Counter-like series must never go down: a reset to Prometheus.
+fn assert_not_lower(before: &[String], after: &[String], when: &str) {
+    let after: std::collections::HashMap<String, f64> = series(after).into_iter().collect();
+    for (k, v) in series(before) {
+        let counter =
+            ["_total", "_count", "_sum"].iter().any(|s| k.contains(s)) || k.contains("_bucket{");
+        if counter && !k.contains("_window_") {
+            let now = after.get(&k).copied().unwrap_or(0.0);
+            assert!(now >= v, "{when}: {k} went from {v} to {now}");
+        }
+    }
+}
+
+/// The first page once the checkpoint is restored (before that, the domain
+/// series are absent: stale to Prometheus, never lower).
+fn first_page(e: &Exporter) -> Vec<String> {
+    wait_for(Duration::from_secs(20), "restored", || {
+        let (status, body) = e.get("/metrics");
+        let restored = sum(&body, "session_exporter_state_restores_total");
+        (status == 200 && restored >= 1.0).then(|| domain(&body))
+    })
+}
+
+/// What the exporter serves now, if it answers.
+fn served(e: &Exporter) -> Option<Vec<String>> {
+    let (status, body) = std::panic::catch_unwind(|| e.get("/metrics")).ok()?;
+    (status == 200).then(|| domain(&body))
+}
+
+fn crash_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "--nats.jetstream.stream",
+        "SESSIONS",
+        "--nats.jetstream.consumer",
+        "crashy",
+        "--nats.jetstream.ack-wait",
+        "2s",
+        "--nats.jetstream.max-ack-pending",
+        "2000",
+        "--state.bucket",
+        "STATE",
+        "--state.key",
+        "crashy-0",
+        "--state.interval",
+        "100ms",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// How the exporter dies in one phase.
+enum Death {
+    /// SIGKILL once it has folded at least this many messages.
+    KillAfter(u64),
+    /// Abort at a failpoint of the checkpoint path.
+    Failpoint(&'static str),
+}
+
+fn crash_and_compare(bin: &Path) {
+    let version = nats_version(bin);
+    let nats = Nats::start_jetstream_on(bin);
+    let url = nats.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let events = corpus(3000);
+    let context = rt.block_on(js(&url));
+    let parts: Vec<&[(String, Vec<u8>)]> = events.chunks(events.len() / 6 + 1).collect();
+    rt.block_on(js_publish(&context, parts[0]));
+
+    let reference = Exporter::start(
+        &url,
+        &[
+            "--nats.jetstream.stream",
+            "SESSIONS",
+            "--nats.jetstream.consumer",
+            "reference",
+        ],
+    );
+    let deaths = [
+        Death::KillAfter(200),
+        Death::Failpoint("checkpoint-before-manifest:1"),
+        Death::KillAfter(50),
+        Death::Failpoint("checkpoint-before-acks:1"),
+        Death::KillAfter(1),
+    ];
+    let mut last_served: Vec<String> = Vec::new();
+    for (i, death) in deaths.iter().enumerate() {
+        let env: Vec<(&str, &str)> = match death {
+            Death::Failpoint(p) => vec![("SESSION_EXPORTER_FAILPOINT", *p)],
+            Death::KillAfter(_) => vec![],
+        };
+        if let Death::Failpoint(_) = death {
+            rt.block_on(js_publish(&context, parts[i + 1]));
+        }
+        let mut e = Exporter::start_env(&url, &crash_args(&[]), &env);
+        // The first page after a restart continues from the last one served.
+        let first = first_page(&e);
+        assert_not_lower(&last_served, &first, &format!("{version}: restart {i}"));
+        last_served = first;
+        match death {
+            Death::KillAfter(n) => {
+                rt.block_on(js_publish(&context, parts[i + 1]));
+                wait_for(Duration::from_secs(20), "messages folded", || {
+                    assert!(e.exited().is_none(), "exporter died:\n{}", e.log());
+                    let m = e.metrics();
+                    last_served = domain(&m);
+                    (value(&m, "session_exporter_messages_received_total")? >= *n as f64)
+                        .then_some(())
+                });
+                if let Some(m) = served(&e) {
+                    last_served = m;
+                }
+                e.kill();
+            }
+            Death::Failpoint(p) => {
+                wait_for(Duration::from_secs(30), p, || {
+                    if let Some(m) = served(&e) {
+                        last_served = m;
+                    }
+                    e.exited()
+                });
+                assert!(e.log().contains("failpoint"), "{}", e.log());
+            }
+        }
+    }
+    rt.block_on(js_publish(
+        &context,
+        parts[deaths.len() + 1..].concat().as_slice(),
+    ));
+    let survivor = Exporter::start(&url, &crash_args(&[]));
+    let first = first_page(&survivor);
+    assert_not_lower(&last_served, &first, &format!("{version}: last restart"));
+
+    reference.wait_received(events.len() as u64);
+    let want = domain(&reference.metrics());
+    assert!(
+        want.len() > 100,
+        "the reference folded the corpus: {want:?}"
+    );
+    // Once caught up (redeliveries come after the 2 s ack wait) and
+    // checkpointed, line for line what the immortal reference shows.
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let mut got = Vec::new();
+    while std::time::Instant::now() < deadline {
+        got = served(&survivor).unwrap_or_default();
+        if got == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let missing: Vec<_> = want.iter().filter(|l| !got.contains(l)).collect();
+    let extra: Vec<_> = got.iter().filter(|l| !want.contains(l)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{version}: reference only {missing:#?}\nsurvivor only {extra:#?}\n{}",
+        survivor.metrics()
+    );
+    let m = survivor.metrics();
+    assert!(
+        value(
+            &m,
+            "session_exporter_state_restores_total{result=\"restored\"}"
+        ) == Some(1.0)
+    );
+    assert!(value(&m, "session_exporter_state_checkpoints_total").unwrap() >= 1.0);
+}
+
+#[test]
+fn killed_at_any_moment_ends_exactly_like_an_exporter_that_never_died() {
+    for bin in nats_servers() {
+        crash_and_compare(&bin);
+    }
+}
+
+#[test]
+fn an_unreadable_checkpoint_is_refused_or_replaced_as_asked() {
+    let nats = Nats::start_jetstream();
+    let url = nats.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(&url).await.unwrap();
+        let js = jetstream::new(client);
+        js.create_stream(jetstream::stream::Config {
+            name: "KV_STATE".into(),
+            subjects: vec!["$KV.STATE.>".into()],
+            max_messages_per_subject: 1,
+            allow_direct: true,
+            allow_rollup: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let kv = js.get_key_value("STATE").await.unwrap();
+        kv.put(
+            "bad",
+            r#"{"format":1,"generation":3,"slot":"a","chunks":1,"bytes":4}"#.into(),
+        )
+        .await
+        .unwrap();
+        kv.put("bad.a.0", "nope".into()).await.unwrap();
+        kv.put("foreign", "{\"hello\":1}".into()).await.unwrap();
+    });
+    for (key, says) in [
+        ("bad", "does not decompress"),
+        ("foreign", "manifest at key foreign"),
+    ] {
+        let args = ["--state.bucket", "STATE", "--state.key", key];
+        let mut e = Exporter::start(&url, &args);
+        assert_eq!(e.wait_exit(), Some(1), "{key}");
+        let log = e.log();
+        assert!(
+            log.contains("unreadable checkpoint") && log.contains(says),
+            "{log}"
+        );
+    }
+    let args = [
+        "--state.bucket",
+        "STATE",
+        "--state.key",
+        "bad",
+        "--state.on-invalid",
+        "start-empty",
+    ];
+    let e = Exporter::start(&url, &args);
+    e.wait_ready();
+    let m = e.metrics();
+    assert_eq!(
+        value(
+            &m,
+            "session_exporter_state_restores_total{result=\"invalid\"}"
+        ),
+        Some(1.0)
+    );
+    // It replaces the bad checkpoint with a good one.
+    publish_sync(&url, &load_events(&examples_file()));
+    wait_for(Duration::from_secs(20), "a checkpoint", || {
+        let m = e.metrics();
+        (value(&m, "session_exporter_state_checkpoints_total")? >= 1.0).then_some(())
+    });
+}
+
+fn publish_sync(url: &str, events: &[(String, Vec<u8>)]) {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(publish(url, events));
+}
+
+#[test]
+fn core_nats_keeps_counters_across_restarts() {
+    let nats = Nats::start_jetstream();
+    let url = nats.url();
+    let events = load_events(&examples_file());
+    let args = [
+        "--state.bucket",
+        "CORE",
+        "--state.key",
+        "core-0",
+        "--state.interval",
+        "100ms",
+    ];
+    let mut e = Exporter::start(&url, &args);
+    e.wait_ready();
+    publish_sync(&url, &events);
+    let before = wait_for(
+        Duration::from_secs(20),
+        "a checkpoint with everything",
+        || {
+            let m = e.metrics();
+            let n = value(&m, "session_exporter_messages_received_total")?;
+            let pending = value(&m, "session_exporter_state_pending_messages")?;
+            (n >= events.len() as f64 && pending == 0.0).then(|| domain(&m))
+        },
+    );
+    let acquisitions = "session_ds_acquisitions_total{game_namespace=\"mygame\"}";
+    assert_eq!(value(&before.join("\n"), acquisitions), Some(1.0));
+    // A clean stop stores a last checkpoint; a restart serves it at once.
+    e.signal("TERM");
+    assert_eq!(e.wait_exit(), Some(0));
+    let mut e = Exporter::start(&url, &args);
+    e.wait_ready();
+    assert_eq!(domain(&e.metrics()), before);
+    // More events, then a SIGKILL: nothing served is lost.
+    publish_sync(&url, &events);
+    let served_now = wait_for(Duration::from_secs(20), "second batch served", || {
+        let m = e.metrics();
+        (value(&m, acquisitions)? == 2.0).then(|| domain(&m))
+    });
+    e.kill();
+    let e = Exporter::start(&url, &args);
+    e.wait_ready();
+    assert_not_lower(&served_now, &domain(&e.metrics()), "core restart");
+    assert_eq!(value(&e.metrics(), acquisitions), Some(2.0));
+}
