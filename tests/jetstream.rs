@@ -18,16 +18,6 @@ async fn stream(url: &str) -> jetstream::Context {
     js
 }
 
-async fn js_publish(js: &jetstream::Context, events: &[(String, Vec<u8>)]) {
-    for (subject, body) in events {
-        js.publish(subject.clone(), body.clone().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
-}
-
 /// The same events with fresh ids.
 fn renamed(events: &[(String, Vec<u8>)], tag: &str) -> Vec<(String, Vec<u8>)> {
     events

@@ -51,20 +51,6 @@ async fn js(url: &str) -> jetstream::Context {
     js
 }
 
-async fn js_publish(js: &jetstream::Context, events: &[(String, Vec<u8>)]) {
-    let mut acks = Vec::new();
-    for (subject, body) in events {
-        acks.push(
-            js.publish(subject.clone(), body.clone().into())
-                .await
-                .unwrap(),
-        );
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
-}
-
 /// Counter-like series must never go down: a reset to Prometheus.
 fn assert_not_lower(before: &[String], after: &[String], when: &str) {
     let after: std::collections::HashMap<String, f64> = series(after).into_iter().collect();
