@@ -134,6 +134,47 @@ impl Nats {
         Nats::spawn(bin, None, Some(temp_dir("js")), &[])
     }
 
+    /// A JetStream cluster of `n` nodes on loopback (`--routes` between them).
+    pub fn start_cluster(bin: &Path, n: usize) -> Vec<Nats> {
+        // Route ports must be known before the nodes start: take free ones
+        // from the kernel (a node that loses its port to a race fails to start
+        // and the test says so).
+        let ports: Vec<u16> = (0..n)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            })
+            .collect();
+        let route = |p: &u16| format!("nats://127.0.0.1:{p}");
+        (0..n)
+            .map(|i| {
+                let routes: Vec<String> = ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| route(p))
+                    .collect();
+                let name = format!("n{i}");
+                let cluster = route(&ports[i]);
+                let routes = routes.join(",");
+                let extra = [
+                    "--name",
+                    &name,
+                    "--cluster_name",
+                    "test",
+                    "--cluster",
+                    &cluster,
+                    "--routes",
+                    &routes,
+                ];
+                Nats::spawn(bin, None, Some(temp_dir("cluster")), &extra)
+            })
+            .collect()
+    }
+
     /// With extra nats-server flags (e.g. `--user u --pass p`).
     pub fn start_with(extra: &[&str]) -> Nats {
         Nats::spawn(Path::new("nats-server"), None, None, extra)
