@@ -91,8 +91,7 @@ fn failover(bin: &Path) {
     reference.wait_received(first.len() as u64);
     wait_for(Duration::from_secs(30), "first half folded", || {
         let m = exporter.metrics();
-        (value(&m, "session_exporter_messages_received_total")? >= first.len() as f64)
-            .then_some(())
+        (value(&m, "session_exporter_messages_received_total")? >= first.len() as f64).then_some(())
     });
 
     nodes[0].stop();
@@ -104,7 +103,10 @@ fn failover(bin: &Path) {
         back.then(|| killed.elapsed())
     });
     eprintln!("{version}: reconnected {reconnect:?} after its node was killed");
-    assert!(reconnect <= Duration::from_secs(2), "{version}: reconnect took {reconnect:?}");
+    assert!(
+        reconnect <= Duration::from_secs(2),
+        "{version}: reconnect took {reconnect:?}"
+    );
 
     let second = events(2000, 2);
     rt.block_on(publish_when_ready(&urls[1], &second));

@@ -105,3 +105,67 @@ async fn durable_consumer_acks_and_drops_duplicates() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// `--nats.subject` filters the durable consumer on servers that allow
+/// several filter subjects (2.10+); 2.9 says so at start and consumes the
+/// whole stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn subjects_filter_the_consumer_where_the_server_allows() {
+    let events = load_events(&examples_file());
+    let on = |prefix: &str| events.iter().filter(|e| e.0.starts_with(prefix)).count();
+    let wanted = on("mpv2SessionHistory.MetricAcquiringDsWaitTimeEvent") + on("session.");
+    assert!(wanted > 0 && wanted < events.len());
+    for bin in nats_servers() {
+        let version = nats_version(&bin);
+        let old = version.contains("v2.9.");
+        let nats = Nats::start_jetstream_on(&bin);
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        js.create_stream(jetstream::stream::Config {
+            name: "ALL".into(),
+            subjects: session_exporter::seed::CHANNELS
+                .iter()
+                .map(|c| format!("{c}.>"))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        js_publish(&js, &events).await;
+        let args = [
+            "--nats.jetstream.stream",
+            "ALL",
+            "--nats.subject",
+            "mpv2SessionHistory.MetricAcquiringDsWaitTimeEvent,session.>",
+        ];
+        let mut exporter = Exporter::start(&nats.url(), &args);
+        let expected = if old { events.len() } else { wanted };
+        exporter.wait_received(expected as u64);
+        // Nothing more is coming: the consumer has delivered and seen acked
+        // everything it matches.
+        let mut consumer: jetstream::consumer::PullConsumer = js
+            .get_stream("ALL")
+            .await
+            .unwrap()
+            .get_consumer("session-exporter")
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let info = consumer.info().await.unwrap();
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{info:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let m = exporter.metrics();
+        let received = value(&m, "session_exporter_messages_received_total").unwrap();
+        assert_eq!(received as usize, expected, "{version}");
+        let warned = exporter
+            .log()
+            .contains("allows one filter subject per consumer");
+        assert_eq!(warned, old, "{version}: {}", exporter.log());
+        exporter.signal("TERM");
+        assert_eq!(exporter.wait_exit(), Some(0));
+    }
+}

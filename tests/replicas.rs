@@ -41,7 +41,13 @@ fn received(e: &Exporter) -> (f64, f64) {
 
 /// Wait until the replicas hold every event between them and each has every
 /// gauge event, then compare each series with the reference.
-fn assert_replicas_add_up(what: &str, reference: &Exporter, replicas: &[Exporter], n: usize, gauges: usize) {
+fn assert_replicas_add_up(
+    what: &str,
+    reference: &Exporter,
+    replicas: &[Exporter],
+    n: usize,
+    gauges: usize,
+) {
     reference.wait_received(n as u64);
     wait_for(Duration::from_secs(30), "replicas caught up", || {
         let counts: Vec<(f64, f64)> = replicas.iter().map(received).collect();
@@ -67,9 +73,15 @@ fn assert_replicas_add_up(what: &str, reference: &Exporter, replicas: &[Exporter
             (values.iter().sum(), "sum")
         };
         let close = (got - v).abs() <= 1e-9 * v.abs().max(1.0);
-        assert!(close, "{what}: {how} over replicas of {key} is {got}, the reference has {v}");
+        assert!(
+            close,
+            "{what}: {how} over replicas of {key} is {got}, the reference has {v}"
+        );
     }
-    assert!(compared.0 > 500 && compared.1 == 20, "{what}: compared {compared:?}");
+    assert!(
+        compared.0 > 500 && compared.1 == 20,
+        "{what}: compared {compared:?}"
+    );
     // Every replica really took a share.
     for r in replicas {
         assert!(received(r).0 > 0.0, "{what}: a replica got nothing");

@@ -446,14 +446,15 @@ pub fn load_events(path: &Path) -> Vec<(String, Vec<u8>)> {
 
 /// Into JetStream, acks awaited a window at a time (the client bounds the
 /// acks in flight, so collecting them all would stall it).
-pub async fn js_publish(
-    js: &async_nats::jetstream::Context,
-    events: &[(String, Vec<u8>)],
-) {
+pub async fn js_publish(js: &async_nats::jetstream::Context, events: &[(String, Vec<u8>)]) {
     for window in events.chunks(1000) {
         let mut acks = Vec::with_capacity(window.len());
         for (subject, body) in window {
-            acks.push(js.publish(subject.clone(), body.clone().into()).await.unwrap());
+            acks.push(
+                js.publish(subject.clone(), body.clone().into())
+                    .await
+                    .unwrap(),
+            );
         }
         for a in acks {
             a.await.unwrap();
