@@ -587,6 +587,29 @@ mod tests {
         assert_eq!(g.encode(now, 1.7e9, &resume), bytes);
     }
 
+    /// A format-1 checkpoint as the first release with a state store wrote
+    /// it (`sample_fold().encode` at wall time 1.7e9). Never regenerate it:
+    /// later releases must go on loading exactly these bytes.
+    const FORMAT_1: &[u8] = include_bytes!("../../tests/data/checkpoint-format-1.bin");
+
+    #[test]
+    fn format_1_checkpoints_load() {
+        let mut g = empty();
+        let now = Instant::now();
+        let restored = g.restore(FORMAT_1, now, 1.7e9 + 60.0).unwrap();
+        assert_eq!(restored.namespaces, 3);
+        let text = render(&g, now);
+        for line in [
+            "session_ds_acquisition_wait_seconds_count{game_namespace=\"g\"} 2",
+            "session_ds_acquisition_wait_seconds_sum{game_namespace=\"g\"} 2.402",
+            "session_active_sessions{game_namespace=\"g\"} 42",
+            "session_players_per_session_count{game_namespace=\"h\"} 1",
+            "session_events_total{event=\"onPartyCreated\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+    }
+
     #[test]
     fn gauges_keep_aging_across_the_gap() {
         let (f, now) = sample_fold();
