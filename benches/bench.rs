@@ -366,9 +366,13 @@ fn run_bare_jetstream(url: &str, stream: &str, n: usize) -> f64 {
 
 /// The exporter in JetStream mode consuming a stream that already holds the
 /// corpus (filled untimed), until every event is folded. Returns (events/s, lost).
-fn run_jetstream(url: &str, name: &str, corpus: &Arc<Corpus>) -> (f64, u64) {
+fn run_jetstream(url: &str, name: &str, corpus: &Arc<Corpus>, state: bool) -> (f64, u64) {
     let rt = runtime();
-    let exporter = Arc::new(Exporter::new(Catalog::default_mapping(), None, 100_000));
+    let mut exporter = Exporter::new(Catalog::default_mapping(), None, 100_000);
+    if state {
+        exporter = exporter.serving_checkpoints();
+    }
+    let exporter = Arc::new(exporter);
     let (stop, stopped) = watch::channel(false);
     let mut cfg = nats_config(url);
     cfg.jetstream = Some(source::JetStreamConfig {
@@ -378,6 +382,13 @@ fn run_jetstream(url: &str, name: &str, corpus: &Arc<Corpus>) -> (f64, u64) {
         ack_wait: Duration::from_secs(30),
         max_ack_pending: JS_MAX_ACK_PENDING,
         pull_batch: JS_PULL_BATCH,
+    });
+    cfg.state = state.then(|| source::state::StateConfig {
+        bucket: "BENCHSTATE".into(),
+        key: format!("bench-{}", unix_ms()),
+        interval: Duration::from_secs(5),
+        replicas: 1,
+        on_invalid: source::state::OnInvalid::Refuse,
     });
     let e = exporter.clone();
     let start = Instant::now();
@@ -411,44 +422,53 @@ const JS_MAX_ACK_PENDING: i64 = 200_000;
 const JS_PULL_BATCH: usize = 1024;
 
 /// Returns medians of (exporter JetStream events/s, ÷ exporter core, ÷ bare
-/// JetStream consumer, bare events/s) and the events lost.
-fn bench_jetstream(url: &str, reps: usize) -> ([f64; 4], u64) {
+/// JetStream consumer, bare events/s, with a state store ÷ without) and the
+/// events lost.
+fn bench_jetstream(url: &str, reps: usize) -> ([f64; 5], u64) {
     let corpus = Arc::new(corpus(300_000, 1000, 4));
     eprintln!(
         "jetstream: {} events read from a stream (filled untimed) vs the same events live on core NATS, {reps} repetitions",
         corpus.len()
     );
-    let (mut js, mut core, mut bare, mut lost) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let (mut js, mut core, mut bare, mut stated, mut lost) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
     for rep in 0..reps {
         let (c, l) = run_exporter(url, &corpus, &[], None);
         // The stream is only there while it is read: on core runs it would
         // store what they publish.
         fill_stream(url, "BENCH", &corpus);
         let b = run_bare_jetstream(url, "BENCH", corpus.len());
-        let (j, jl) = run_jetstream(url, "BENCH", &corpus);
+        let (j, jl) = run_jetstream(url, "BENCH", &corpus, false);
+        delete_stream(url, "BENCH");
+        fill_stream(url, "BENCH", &corpus);
+        let (st, sl) = run_jetstream(url, "BENCH", &corpus, true);
         delete_stream(url, "BENCH");
         eprintln!(
-            "  rep {rep}: core {c:.0}/s, jetstream {j:.0}/s, bare jetstream consumer {b:.0}/s, lost {l} / {jl}"
+            "  rep {rep}: core {c:.0}/s, jetstream {j:.0}/s, with state store {st:.0}/s, bare jetstream consumer {b:.0}/s, lost {l} / {jl} / {sl}"
         );
         core.push(c);
         js.push(j);
         bare.push(b);
-        lost += l + jl;
+        stated.push(st);
+        lost += l + jl + sl;
     }
     let ratio =
         |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
-    let (to_core, to_bare) = (ratio(&js, &core), ratio(&js, &bare));
+    let (to_core, to_bare, state_cost) =
+        (ratio(&js, &core), ratio(&js, &bare), ratio(&stated, &js));
     eprintln!("  core:            {}", spread(&core));
     eprintln!("  jetstream:       {}", spread(&js));
     eprintln!("  bare jetstream:  {}", spread(&bare));
     eprintln!("  ÷ core:          {}", spread(&to_core));
     eprintln!("  ÷ bare:          {}", spread(&to_bare));
+    eprintln!("  state ÷ none:    {}", spread(&state_cost));
     (
         [
             median(&js),
             median(&to_core),
             median(&to_bare),
             median(&bare),
+            median(&state_cost),
         ],
         lost,
     )
@@ -461,11 +481,12 @@ fn delete_stream(url: &str, name: &str) {
     });
 }
 
-fn print_jetstream(figures: [f64; 4], lost: u64) {
+fn print_jetstream(figures: [f64; 5], lost: u64) {
     println!("bench js_events_per_s {:.0}", figures[0]);
     println!("bench js_ratio {:.3}", figures[1]);
     println!("bench js_bare_ratio {:.3}", figures[2]);
     println!("bench js_bare_events_per_s {:.0}", figures[3]);
+    println!("bench js_state_ratio {:.3}", figures[4]);
     println!("bench js_lost {lost}");
 }
 
@@ -559,6 +580,35 @@ fn bench_scrape(namespaces: usize) -> f64 {
     median(&times)
 }
 
+// ---------------------------------------------------------------- checkpoint
+
+/// Taking one checkpoint (encode under the lock, plus the snapshot it
+/// serves) and compressing it, with every family populated per namespace.
+/// Returns (ms, compressed bytes).
+fn bench_checkpoint(namespaces: usize) -> (f64, usize) {
+    use std::io::Write as _;
+    let exporter = Exporter::new(Catalog::default_mapping(), None, 100_000);
+    for chunk in populate_corpus(namespaces).chunks(512) {
+        exporter.ingest(chunk.iter().map(|c| c.1.as_slice()));
+    }
+    let mut bytes = 0;
+    let times: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let cp = exporter.checkpoint(&Default::default());
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&cp.bytes).unwrap();
+            bytes = gz.finish().unwrap().len();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    eprintln!(
+        "checkpoint at {namespaces} namespaces: {bytes} bytes compressed, ms {}",
+        spread(&times)
+    );
+    (median(&times), bytes)
+}
+
 // ---------------------------------------------------------------- memory
 
 fn rss(exporter: &common::Exporter) -> f64 {
@@ -613,6 +663,7 @@ fn main() {
     let url = nats.url();
     let (e2e, e2e_ratio, lost) = bench_e2e(&url, reps.min(3));
     let (js, js_lost) = bench_jetstream(&url, reps.min(3));
+    let (checkpoint_ms, checkpoint_bytes) = bench_checkpoint(10_000);
     let scrape_1k = bench_scrape(1_000);
     let scrape_10k = bench_scrape(10_000);
     let scrape_ingest = bench_scrape_ingest(&url, reps.min(3));
@@ -624,6 +675,8 @@ fn main() {
     println!("bench e2e_ratio {e2e_ratio:.3}");
     println!("bench e2e_lost {lost}");
     print_jetstream(js, js_lost);
+    println!("bench checkpoint_ms_10k {checkpoint_ms:.1}");
+    println!("bench checkpoint_bytes_10k {checkpoint_bytes}");
     println!("bench scrape_ms_1k {scrape_1k:.2}");
     println!("bench scrape_ms_10k {scrape_10k:.2}");
     println!("bench scrape_ingest_ratio {scrape_ingest:.3}");
