@@ -113,26 +113,48 @@ fn bench_fold(reps: usize) -> (f64, f64) {
 
 // ---------------------------------------------------------------- end to end
 
+/// CPU seconds used by this process's threads, but for those named `skip`
+/// (from /proc: the exporter's own cost, without the in-process publisher).
+fn cpu_secs(skip: &str) -> f64 {
+    let ticks: u64 = std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let (head, rest) = stat.rsplit_once(") ")?;
+            let comm = head.split_once(" (")?.1;
+            let f: Vec<&str> = rest.split(' ').collect();
+            // utime and stime: fields 14 and 15, here 11 and 12 after the state.
+            let t = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            (comm != skip).then_some(t)
+        })
+        .sum();
+    ticks as f64 / 100.0
+}
+
 /// Publish the corpus at full speed from its own thread and runtime.
 fn publish_thread(url: String, corpus: Arc<Corpus>) -> thread::JoinHandle<f64> {
-    thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let client = async_nats::connect(url).await.unwrap();
-            let t = Instant::now();
-            for (subject, body) in corpus.iter() {
-                client
-                    .publish(subject.clone(), body.clone().into())
-                    .await
-                    .unwrap();
-            }
-            client.flush().await.unwrap();
-            corpus.len() as f64 / t.elapsed().as_secs_f64()
+    thread::Builder::new()
+        .name("publisher".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let client = async_nats::connect(url).await.unwrap();
+                let t = Instant::now();
+                for (subject, body) in corpus.iter() {
+                    client
+                        .publish(subject.clone(), body.clone().into())
+                        .await
+                        .unwrap();
+                }
+                client.flush().await.unwrap();
+                corpus.len() as f64 / t.elapsed().as_secs_f64()
+            })
         })
-    })
+        .expect("publisher thread")
 }
 
 fn nats_config(url: &str) -> NatsConfig {
@@ -246,6 +268,7 @@ fn run_exporter(
     common::wait_for(Duration::from_secs(10), "exporter ready", || {
         exporter.is_ready().then_some(())
     });
+    let cpu = cpu_secs("publisher");
     let start = Instant::now();
     let publisher = publish_thread(url.to_string(), corpus.clone());
     let finished = Arc::new(AtomicBool::new(false));
@@ -268,6 +291,7 @@ fn run_exporter(
     let (secs, got) = wait_count(start, base + corpus.len() as u64, || {
         exporter.stats.events_folded.get()
     });
+    let cpu = cpu_secs("publisher") - cpu;
     finished.store(true, Ordering::Relaxed);
     publisher.join().unwrap();
     if let Some(s) = scraper {
@@ -290,7 +314,13 @@ fn run_exporter(
             s.nats_reconnects.get()
         );
     }
+    CPU_US.with(|c| c.set(cpu * 1e6 / folded.max(1) as f64));
     (folded as f64 / secs, lost)
+}
+
+thread_local! {
+    /// Exporter CPU µs per event of the last `run_exporter`/`run_jetstream`.
+    static CPU_US: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
 }
 
 /// The corpus stored in a fresh JetStream stream (acks awaited in windows).
@@ -391,6 +421,7 @@ fn run_jetstream(url: &str, name: &str, corpus: &Arc<Corpus>, state: bool) -> (f
         on_invalid: source::state::OnInvalid::Refuse,
     });
     let e = exporter.clone();
+    let cpu = cpu_secs("publisher");
     let start = Instant::now();
     // As the binary runs it: the source loop in `block_on` on its own thread.
     let handle = rt.handle().clone();
@@ -408,6 +439,7 @@ fn run_jetstream(url: &str, name: &str, corpus: &Arc<Corpus>, state: bool) -> (f
     let (secs, got) = wait_count(start, corpus.len() as u64, || {
         exporter.stats.events_folded.get()
     });
+    CPU_US.with(|c| c.set((cpu_secs("publisher") - cpu) * 1e6 / got.max(1) as f64));
     let _ = stop.send(true);
     source.join().unwrap();
     rt.shutdown_timeout(Duration::from_secs(2));
@@ -422,9 +454,9 @@ const JS_MAX_ACK_PENDING: i64 = 200_000;
 const JS_PULL_BATCH: usize = 1024;
 
 /// Returns medians of (exporter JetStream events/s, ÷ exporter core, ÷ bare
-/// JetStream consumer, bare events/s, with a state store ÷ without) and the
-/// events lost.
-fn bench_jetstream(url: &str, reps: usize) -> ([f64; 5], u64) {
+/// JetStream consumer, bare events/s, with a state store ÷ without, exporter
+/// CPU µs per event on core NATS and on JetStream) and the events lost.
+fn bench_jetstream(url: &str, reps: usize) -> ([f64; 7], u64) {
     let corpus = Arc::new(corpus(300_000, 1000, 4));
     eprintln!(
         "jetstream: {} events read from a stream (filled untimed) vs the same events live on core NATS, {reps} repetitions",
@@ -432,13 +464,16 @@ fn bench_jetstream(url: &str, reps: usize) -> ([f64; 5], u64) {
     );
     let (mut js, mut core, mut bare, mut stated, mut lost) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
+    let (mut core_us, mut js_us) = (Vec::new(), Vec::new());
     for rep in 0..reps {
         let (c, l) = run_exporter(url, &corpus, &[], None);
+        core_us.push(CPU_US.with(|c| c.get()));
         // The stream is only there while it is read: on core runs it would
         // store what they publish.
         fill_stream(url, "BENCH", &corpus);
         let b = run_bare_jetstream(url, "BENCH", corpus.len());
         let (j, jl) = run_jetstream(url, "BENCH", &corpus, false);
+        js_us.push(CPU_US.with(|c| c.get()));
         delete_stream(url, "BENCH");
         fill_stream(url, "BENCH", &corpus);
         let (st, sl) = run_jetstream(url, "BENCH", &corpus, true);
@@ -462,6 +497,11 @@ fn bench_jetstream(url: &str, reps: usize) -> ([f64; 5], u64) {
     eprintln!("  ÷ core:          {}", spread(&to_core));
     eprintln!("  ÷ bare:          {}", spread(&to_bare));
     eprintln!("  state ÷ none:    {}", spread(&state_cost));
+    eprintln!(
+        "  exporter CPU µs per event, core:      {}",
+        spread(&core_us)
+    );
+    eprintln!("  exporter CPU µs per event, jetstream: {}", spread(&js_us));
     (
         [
             median(&js),
@@ -469,6 +509,8 @@ fn bench_jetstream(url: &str, reps: usize) -> ([f64; 5], u64) {
             median(&to_bare),
             median(&bare),
             median(&state_cost),
+            median(&core_us),
+            median(&js_us),
         ],
         lost,
     )
@@ -481,12 +523,14 @@ fn delete_stream(url: &str, name: &str) {
     });
 }
 
-fn print_jetstream(figures: [f64; 5], lost: u64) {
+fn print_jetstream(figures: [f64; 7], lost: u64) {
     println!("bench js_events_per_s {:.0}", figures[0]);
     println!("bench js_ratio {:.3}", figures[1]);
     println!("bench js_bare_ratio {:.3}", figures[2]);
     println!("bench js_bare_events_per_s {:.0}", figures[3]);
     println!("bench js_state_ratio {:.3}", figures[4]);
+    println!("bench core_cpu_us_per_event {:.2}", figures[5]);
+    println!("bench js_cpu_us_per_event {:.2}", figures[6]);
     println!("bench js_lost {lost}");
 }
 
