@@ -85,6 +85,12 @@ impl Exporter {
         }
     }
 
+    /// A snapshot of the fold now, and `changes` at that moment.
+    pub fn snapshot(&self) -> (Snapshot, u64) {
+        let fold = self.lock();
+        (fold.snapshot(Instant::now()), self.changes())
+    }
+
     /// From now on serve `snapshot`, of a stored checkpoint that holds the
     /// first `changes` messages.
     pub fn publish(&self, snapshot: Snapshot, changes: u64) {

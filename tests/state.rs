@@ -272,6 +272,8 @@ fn an_unreadable_checkpoint_is_refused_or_replaced_as_asked() {
         "bad",
         "--state.on-invalid",
         "start-empty",
+        "--state.interval",
+        "100ms",
     ];
     let e = Exporter::start(&url, &args);
     e.wait_ready();

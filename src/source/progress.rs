@@ -82,9 +82,9 @@ impl Progress {
         } else {
             // Nothing new: serve a fresh snapshot of the same state, so gauges
             // still expire and windows still slide.
-            let cp = self.exporter.checkpoint(&Resume::default());
-            if cp.changes == self.stored_changes {
-                self.exporter.publish(cp.snapshot, cp.changes);
+            let (snapshot, changes) = self.exporter.snapshot();
+            if changes == self.stored_changes {
+                self.exporter.publish(snapshot, changes);
             }
         }
     }
