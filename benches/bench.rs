@@ -323,7 +323,7 @@ thread_local! {
     static CPU_US: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
 }
 
-/// The corpus stored in a fresh JetStream stream (acks awaited in windows).
+/// The corpus stored in a fresh JetStream stream.
 fn fill_stream(url: &str, name: &str, corpus: &Corpus) {
     let rt = runtime();
     rt.block_on(async {
@@ -337,19 +337,7 @@ fn fill_stream(url: &str, name: &str, corpus: &Corpus) {
         })
         .await
         .unwrap();
-        for window in corpus.chunks(4096) {
-            let mut acks = Vec::with_capacity(window.len());
-            for (subject, body) in window {
-                acks.push(
-                    js.publish(subject.clone(), body.clone().into())
-                        .await
-                        .unwrap(),
-                );
-            }
-            for a in acks {
-                a.await.unwrap();
-            }
-        }
+        common::js_publish(&js, corpus).await;
     });
 }
 

@@ -2,21 +2,7 @@
 
 mod common;
 
-use async_nats::jetstream;
 use common::*;
-
-async fn stream(url: &str) -> jetstream::Context {
-    let client = async_nats::connect(url).await.unwrap();
-    let js = jetstream::new(client);
-    js.create_stream(jetstream::stream::Config {
-        name: "SESSIONS".into(),
-        subjects: vec!["mpv2SessionHistory.>".into(), "session.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    js
-}
 
 /// The same events with fresh ids.
 fn renamed(events: &[(String, Vec<u8>)], tag: &str) -> Vec<(String, Vec<u8>)> {
@@ -34,7 +20,7 @@ fn renamed(events: &[(String, Vec<u8>)], tag: &str) -> Vec<(String, Vec<u8>)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn durable_consumer_acks_and_drops_duplicates() {
     let nats = Nats::start_jetstream();
-    let js = stream(&nats.url()).await;
+    let js = channels_stream(&nats.url(), "SESSIONS").await;
     let events = load_events(&examples_file());
     // Every event twice: a publisher retry, as JetStream consumers may see.
     js_publish(&js, &events).await;
@@ -85,25 +71,7 @@ async fn durable_consumer_acks_and_drops_duplicates() {
         ),
         Some(1.0)
     );
-    let mut consumer: jetstream::consumer::PullConsumer = js
-        .get_stream("SESSIONS")
-        .await
-        .unwrap()
-        .get_consumer("session-exporter")
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let info = consumer.info().await.unwrap();
-        if info.num_ack_pending == 0 && info.num_pending == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "consumer not fully acked: {info:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_consumer_drained(&js, "SESSIONS", "session-exporter").await;
 }
 
 /// `--nats.subject` filters the durable consumer on servers that allow
@@ -119,17 +87,7 @@ async fn subjects_filter_the_consumer_where_the_server_allows() {
         let version = nats_version(&bin);
         let old = version.contains("v2.9.");
         let nats = Nats::start_jetstream_on(&bin);
-        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-        js.create_stream(jetstream::stream::Config {
-            name: "ALL".into(),
-            subjects: session_exporter::seed::CHANNELS
-                .iter()
-                .map(|c| format!("{c}.>"))
-                .collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let js = channels_stream(&nats.url(), "ALL").await;
         js_publish(&js, &events).await;
         let args = [
             "--nats.jetstream.stream",
@@ -142,22 +100,7 @@ async fn subjects_filter_the_consumer_where_the_server_allows() {
         exporter.wait_received(expected as u64);
         // Nothing more is coming: the consumer has delivered and seen acked
         // everything it matches.
-        let mut consumer: jetstream::consumer::PullConsumer = js
-            .get_stream("ALL")
-            .await
-            .unwrap()
-            .get_consumer("session-exporter")
-            .await
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let info = consumer.info().await.unwrap();
-            if info.num_pending == 0 && info.num_ack_pending == 0 {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "{info:?}");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        wait_consumer_drained(&js, "ALL", "session-exporter").await;
         let m = exporter.metrics();
         let received = value(&m, "session_exporter_messages_received_total").unwrap();
         assert_eq!(received as usize, expected, "{version}");

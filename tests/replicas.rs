@@ -10,9 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use common::*;
-use session_exporter::seed;
 use session_exporter::simulate::{unix_ms, Generator, Profile};
 
 const GAUGE_SUBJECT: &str = "mpv2SessionHistory.MetricTotalActiveSessionEvent";
@@ -108,14 +106,7 @@ fn shared_consumer(bin: &Path, events: &[(String, Vec<u8>)], gauges: usize) {
     let nats = Nats::start_jetstream_on(bin);
     let url = nats.url();
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let js = jetstream::new(async_nats::connect(&url).await.unwrap());
-        js.create_stream(jetstream::stream::Config {
-            name: "SESSIONS".into(),
-            subjects: seed::CHANNELS.iter().map(|c| format!("{c}.>")).collect(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let js = channels_stream(&url, "SESSIONS").await;
         js_publish(&js, events).await;
     });
     let args = |consumer: &'static str| {

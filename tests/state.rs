@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use common::*;
-use session_exporter::seed;
 use session_exporter::simulate::{unix_ms, Generator, Profile};
 
 type Events = Vec<(String, Vec<u8>)>;
@@ -36,19 +35,6 @@ fn corpus(n: usize) -> Events {
         out.push(e);
     }
     out
-}
-
-async fn js(url: &str) -> jetstream::Context {
-    let client = async_nats::connect(url).await.unwrap();
-    let js = jetstream::new(client);
-    js.create_stream(jetstream::stream::Config {
-        name: "SESSIONS".into(),
-        subjects: seed::CHANNELS.iter().map(|c| format!("{c}.>")).collect(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    js
 }
 
 /// Counter-like series must never go down: a reset to Prometheus.
@@ -115,7 +101,7 @@ fn crash_and_compare(bin: &Path) {
     let url = nats.url();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let events = corpus(3000);
-    let context = rt.block_on(js(&url));
+    let context = rt.block_on(channels_stream(&url, "SESSIONS"));
     let parts: Vec<&[(String, Vec<u8>)]> = events.chunks(events.len() / 6 + 1).collect();
     rt.block_on(js_publish(&context, parts[0]));
 

@@ -444,6 +444,47 @@ pub fn load_events(path: &Path) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// A file-backed stream named `name` over every seed channel (`<channel>.>`).
+pub async fn channels_stream(url: &str, name: &str) -> async_nats::jetstream::Context {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect to NATS"));
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.into(),
+        subjects: session_exporter::seed::CHANNELS
+            .iter()
+            .map(|c| format!("{c}.>"))
+            .collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js
+}
+
+/// Wait until a durable consumer has delivered everything it matches and
+/// seen all of it acked.
+pub async fn wait_consumer_drained(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) {
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .get_consumer(consumer)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = consumer.info().await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "consumer not drained: {info:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Into JetStream, acks awaited a window at a time (the client bounds the
 /// acks in flight, so collecting them all would stall it).
 pub async fn js_publish(js: &async_nats::jetstream::Context, events: &[(String, Vec<u8>)]) {
