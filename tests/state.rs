@@ -51,12 +51,16 @@ fn assert_not_lower(before: &[String], after: &[String], when: &str) {
 }
 
 /// The first page once the checkpoint is restored (before that, the domain
-/// series are absent: stale to Prometheus, never lower).
-fn first_page(e: &Exporter) -> Vec<String> {
+/// series are absent: stale to Prometheus, never lower); `None` if the
+/// exporter died first (a failpoint reached before the test looked).
+fn first_page(e: &mut Exporter) -> Option<Vec<String>> {
     wait_for(Duration::from_secs(20), "restored", || {
-        let (status, body) = e.get("/metrics");
+        if e.exited().is_some() {
+            return Some(None);
+        }
+        let (status, body) = std::panic::catch_unwind(|| e.get("/metrics")).ok()?;
         let restored = sum(&body, "session_exporter_state_restores_total");
-        (status == 200 && restored >= 1.0).then(|| domain(&body))
+        (status == 200 && restored >= 1.0).then(|| Some(domain(&body)))
     })
 }
 
@@ -132,9 +136,10 @@ fn crash_and_compare(bin: &Path) {
         }
         let mut e = Exporter::start_env(&url, &crash_args(&[]), &env);
         // The first page after a restart continues from the last one served.
-        let first = first_page(&e);
-        assert_not_lower(&last_served, &first, &format!("{version}: restart {i}"));
-        last_served = first;
+        if let Some(first) = first_page(&mut e) {
+            assert_not_lower(&last_served, &first, &format!("{version}: restart {i}"));
+            last_served = first;
+        }
         match death {
             Death::KillAfter(n) => {
                 rt.block_on(js_publish(&context, parts[i + 1]));
@@ -165,8 +170,8 @@ fn crash_and_compare(bin: &Path) {
         &context,
         parts[deaths.len() + 1..].concat().as_slice(),
     ));
-    let survivor = Exporter::start(&url, &crash_args(&[]));
-    let first = first_page(&survivor);
+    let mut survivor = Exporter::start(&url, &crash_args(&[]));
+    let first = first_page(&mut survivor).expect("the survivor is up");
     assert_not_lower(&last_served, &first, &format!("{version}: last restart"));
 
     reference.wait_received(events.len() as u64);
