@@ -68,6 +68,19 @@ impl Exporter {
         self
     }
 
+    /// The longest gauge TTL of the mapping: how far back a gauge update can
+    /// still be live.
+    pub fn gauge_ttl(&self) -> Duration {
+        let fold = self.lock();
+        fold.catalog()
+            .metrics
+            .iter()
+            .filter(|m| m.kind == crate::config::Kind::Gauge)
+            .map(|m| m.ttl)
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
     pub fn changes(&self) -> u64 {
         self.changes.load(Ordering::Relaxed)
     }

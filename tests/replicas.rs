@@ -138,3 +138,63 @@ fn replicas_add_up_to_one_exporter_gauge_included() {
         shared_consumer(&bin, &events, gauges);
     }
 }
+
+/// A replica that joins later replays the broadcast subjects only as far back
+/// as a gauge can still be live (its TTL), so namespaces that went quiet
+/// before do not come back for another TTL.
+#[test]
+fn a_new_replica_does_not_revive_expired_gauges() {
+    let nats = Nats::start_jetstream();
+    let url = nats.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let js = rt.block_on(channels_stream(&url, "SESSIONS"));
+    let mapping = mapping_file("ttl", "ttl: 10m", "ttl: 1s");
+    let mapping = mapping.to_str().unwrap();
+    let args = [
+        "--config.file",
+        mapping,
+        "--nats.jetstream.stream",
+        "SESSIONS",
+    ];
+    let first = Exporter::start(&url, &args);
+    let gauge = "session_active_sessions{game_namespace=\"mygame\"}";
+    rt.block_on(js_publish(&js, &load_events(&examples_file())));
+    wait_for(Duration::from_secs(20), "the gauge", || {
+        value(&first.metrics(), gauge)
+    });
+    wait_for(Duration::from_secs(20), "the gauge to expire", || {
+        value(&first.metrics(), gauge).is_none().then_some(())
+    });
+    // The durable consumer has nothing left; only the broadcast could bring
+    // the expired update back. It delivers in stream order, so once a new
+    // gauge update has come through it, an old one would have come first.
+    let second = Exporter::start(&url, &args);
+    second.wait_ready();
+    let fresh: Vec<(String, Vec<u8>)> = load_events(&examples_file())
+        .into_iter()
+        .filter(|e| e.0 == GAUGE_SUBJECT)
+        .map(|(s, body)| {
+            let body = String::from_utf8(body).unwrap();
+            let body = body
+                .replace("\"mygame\"", "\"othergame\"")
+                .replace("\"id\":\"", "\"id\":\"fresh-");
+            (s, body.into_bytes())
+        })
+        .collect();
+    assert_eq!(fresh.len(), 1);
+    rt.block_on(js_publish(&js, &fresh));
+    let m = wait_for(Duration::from_secs(20), "the fresh gauge update", || {
+        let m = second.metrics();
+        (value(&m, "session_exporter_broadcast_messages_total")? >= 1.0).then_some(m)
+    });
+    assert_eq!(
+        value(&m, "session_exporter_broadcast_messages_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(value(&m, gauge), None, "{m}");
+    assert!(
+        value(&m, "session_active_sessions{game_namespace=\"othergame\"}").is_some(),
+        "{m}"
+    );
+}

@@ -60,7 +60,14 @@ pub(super) async fn run(
         .await
         .map_err(|e| SourceError(format!("JetStream consumer {}: {e}", js_cfg.consumer)))?;
     let mut messages = messages.ready_chunks(BATCH);
-    let broadcast = broadcast(&stream, &cfg.broadcast_subjects, progress.broadcast_seq).await;
+    let since = exporter.gauge_ttl();
+    let broadcast = broadcast(
+        &stream,
+        &cfg.broadcast_subjects,
+        progress.broadcast_seq,
+        since,
+    )
+    .await;
     let broadcasting = broadcast.is_some();
     let mut gauges = futures_util::stream::iter(broadcast)
         .flatten()
@@ -184,19 +191,29 @@ async fn durable(
 }
 
 /// This replica's own ordered consumer of the broadcast subjects, from just
-/// after `after` (a checkpoint's position), else from the stream's start.
-async fn broadcast(stream: &Stream, subjects: &[String], after: u64) -> Option<pull::Ordered> {
+/// after `after` (a checkpoint's position), else from `since` ago: an older
+/// gauge update would have expired already, and replaying it would show a
+/// namespace that went quiet long ago as live for another TTL.
+async fn broadcast(
+    stream: &Stream,
+    subjects: &[String],
+    after: u64,
+    since: Duration,
+) -> Option<pull::Ordered> {
     if subjects.is_empty() {
         return None;
     }
-    let mut config = pull::OrderedConfig {
-        deliver_policy: if after > 0 {
-            DeliverPolicy::ByStartSequence {
-                start_sequence: after + 1,
-            }
-        } else {
-            DeliverPolicy::All
+    let start = crate::simulate::unix_ms().saturating_sub(since.as_millis() as u64);
+    let start = async_nats::datetime::parse_rfc3339(&crate::simulate::rfc3339(start));
+    let deliver_policy = match start {
+        _ if after > 0 => DeliverPolicy::ByStartSequence {
+            start_sequence: after + 1,
         },
+        Ok(start_time) => DeliverPolicy::ByStartTime { start_time },
+        Err(_) => DeliverPolicy::All,
+    };
+    let mut config = pull::OrderedConfig {
+        deliver_policy,
         ..Default::default()
     };
     match subjects {
