@@ -111,13 +111,14 @@ impl Stats {
         }
         let build = IntGaugeVec::new(
             Opts::new(name("build_info"), "Build information; always 1."),
-            &["version", "rustc"],
+            &["version", "revision", "rustc"],
         )
         .expect("valid metric");
         build
             .with_label_values(&[
                 env!("CARGO_PKG_VERSION"),
-                option_env!("RUSTC_VERSION").unwrap_or("unknown"),
+                env!("GIT_REVISION"),
+                env!("RUSTC_VERSION"),
             ])
             .set(1);
         r.register(Box::new(build)).expect("unique metric");

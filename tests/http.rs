@@ -26,6 +26,19 @@ fn endpoints_answer_as_exporters_do() {
     assert_eq!(exporter.get("/-/reload").0, 405);
     let (_, m) = exporter.get("/custom");
     assert!(m.contains("session_exporter_build_info{"), "build_info");
+    // Built from this checkout: the revision is its HEAD.
+    let head = run_ok(
+        "git",
+        &[
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ],
+    );
+    let revision = format!("revision=\"{}\"", head.trim());
+    assert!(m.contains(&revision), "{revision} in build_info");
     assert!(
         m.contains("process_resident_memory_bytes "),
         "process metrics"
