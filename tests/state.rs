@@ -336,3 +336,42 @@ fn core_nats_keeps_counters_across_restarts() {
     assert_not_lower(&served_now, &domain(&e.metrics()), "core restart");
     assert_eq!(value(&e.metrics(), acquisitions), Some(2.0));
 }
+
+/// With checkpoints far apart, a replica still checkpoints (and acks)
+/// whenever a quarter of `max_ack_pending` waits: the server would otherwise
+/// stop delivering at `max_ack_pending` until the next interval.
+#[test]
+fn unacked_messages_trigger_checkpoints_before_the_server_stalls() {
+    let nats = Nats::start_jetstream();
+    let url = nats.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let js = rt.block_on(channels_stream(&url, "SESSIONS"));
+    let events = corpus(400);
+    rt.block_on(js_publish(&js, &events));
+    let args = [
+        "--nats.jetstream.stream",
+        "SESSIONS",
+        "--nats.jetstream.max-ack-pending",
+        "40",
+        "--nats.jetstream.pull-batch",
+        "8",
+        "--state.bucket",
+        "STATE",
+        "--state.key",
+        "threshold",
+        "--state.interval",
+        "1h",
+    ];
+    let e = Exporter::start(&url, &args);
+    e.wait_received(events.len() as u64);
+    // All acked but for fewer than a quarter of 40, which wait for the hour.
+    let m = wait_for(Duration::from_secs(20), "acks", || {
+        let m = e.metrics();
+        let acked = value(&m, "session_exporter_jetstream_acks_total")?;
+        (acked > (events.len() - 10) as f64).then_some(m)
+    });
+    let checkpoints = value(&m, "session_exporter_state_checkpoints_total").unwrap();
+    assert!(checkpoints >= 10.0, "{m}");
+    let waiting = value(&m, "session_exporter_jetstream_unacked_messages").unwrap();
+    assert!(waiting < 10.0, "{m}");
+}

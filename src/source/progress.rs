@@ -137,7 +137,8 @@ impl Progress {
     /// Serve and acknowledge what a stored checkpoint holds; on failure keep
     /// its acks for the next one.
     pub async fn settle(&mut self, stored: Stored) {
-        let stats = &self.exporter.stats;
+        let exporter = self.exporter.clone();
+        let stats = &exporter.stats;
         stats
             .checkpoint_duration
             .observe(stored.started.elapsed().as_secs_f64());
@@ -156,6 +157,11 @@ impl Progress {
                     self.ack(r).await;
                 }
                 stats.js_acks.inc_by(n);
+                // Enough waited meanwhile: the server may have stopped
+                // delivering (max_ack_pending), so no batch would ask.
+                if self.unacked.len() >= self.ack_threshold {
+                    self.start();
+                }
             }
             Err(e) => {
                 stats.checkpoint_failures.inc();
