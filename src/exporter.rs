@@ -235,15 +235,14 @@ impl Exporter {
             Some(p) => p.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             None => Some(Arc::new(self.lock().snapshot(start))),
         };
-        if let Some(s) = &snap {
-            self.stats.series.set(s.series() as i64);
-        }
         let live = snap.as_ref().map_or(0, |s| s.namespaces.len());
         let mut out = String::with_capacity(stats.len() + 4096 + live * 4096);
         if let Some(s) = &snap {
             exposition::render(s, &mut out);
         }
         out.push_str(&stats);
+        self.stats
+            .render_series(&mut out, snap.as_ref().map_or(0, |s| s.series()));
         self.stats
             .scrape_duration
             .observe(start.elapsed().as_secs_f64());
@@ -338,6 +337,14 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}");
         }
+        // The very first scrape counts its own domain series.
+        let domain = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| !l.starts_with("session_exporter_") && !l.starts_with("process_"))
+            .count();
+        let series = format!("session_exporter_series {domain}");
+        assert!(domain > 0 && text.lines().any(|l| l == series), "{series}");
     }
 
     #[test]

@@ -26,7 +26,6 @@ pub struct Stats {
     pub overflow_events: IntCounter,
     pub namespaces: IntGauge,
     pub max_namespaces: IntGauge,
-    pub series: IntGauge,
     pub event_lag: Histogram,
     pub nats_connected: IntGauge,
     pub nats_reconnects: IntCounter,
@@ -150,7 +149,6 @@ impl Stats {
             ),
             namespaces: gauge(&r, "namespaces", "Game namespaces with live state."),
             max_namespaces: gauge(&r, "max_namespaces", "The configured namespace limit."),
-            series: gauge(&r, "series", "Domain series exposed by the previous scrape."),
             event_lag: histogram(
                 &r,
                 "event_lag_seconds",
@@ -229,6 +227,17 @@ impl Stats {
     /// Mirror this client's counters from now on.
     pub fn watch_client(&self, client: Arc<async_nats::Statistics>) {
         let _ = self.client.set(client);
+    }
+
+    /// `session_exporter_series`: rendered by hand after the snapshot it
+    /// counts, so that it describes this very scrape (the registry's families
+    /// are rendered before the snapshot; see `Exporter::scrape`).
+    pub fn render_series(&self, out: &mut String, series: usize) {
+        use std::fmt::Write as _;
+        let _ = write!(
+            out,
+            "# HELP {P}series Domain series in this scrape.\n# TYPE {P}series gauge\n{P}series {series}\n"
+        );
     }
 
     /// Append the self-metrics in text format.
