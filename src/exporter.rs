@@ -85,6 +85,11 @@ impl Exporter {
         self.changes.load(Ordering::Relaxed)
     }
 
+    /// [`Exporter::changes`] as of the stored checkpoint being served.
+    pub fn stored_changes(&self) -> u64 {
+        self.stored_changes.load(Ordering::Relaxed)
+    }
+
     /// The whole fold, encoded, with the snapshot it stands for.
     pub fn checkpoint(&self, resume: &Resume) -> Checkpoint {
         let now = Instant::now();
@@ -224,9 +229,7 @@ impl Exporter {
         // Self-metrics first: a message they count as received is then
         // already in the snapshot (ingest counts it after folding).
         if self.published.is_some() {
-            let pending = self
-                .changes()
-                .saturating_sub(self.stored_changes.load(Ordering::Relaxed));
+            let pending = self.changes().saturating_sub(self.stored_changes());
             self.stats.state_pending.set(pending as i64);
         }
         let mut stats = String::new();

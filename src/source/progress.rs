@@ -28,8 +28,6 @@ pub struct Progress {
     ack_threshold: usize,
     pub broadcast_seq: u64,
     inflight: Option<JoinHandle<Stored>>,
-    /// `Exporter::changes` of the last stored checkpoint.
-    stored_changes: u64,
 }
 
 impl Progress {
@@ -47,7 +45,6 @@ impl Progress {
             ack_threshold: ack_threshold.max(1),
             broadcast_seq: 0,
             inflight: None,
-            stored_changes: 0,
         }
     }
 
@@ -77,13 +74,14 @@ impl Progress {
         if self.store.is_none() || self.inflight.is_some() {
             return;
         }
-        if self.exporter.changes() != self.stored_changes || !self.unacked.is_empty() {
+        let stored = self.exporter.stored_changes();
+        if self.exporter.changes() != stored || !self.unacked.is_empty() {
             self.start();
         } else {
             // Nothing new: serve a fresh snapshot of the same state, so gauges
             // still expire and windows still slide.
             let (snapshot, changes) = self.exporter.snapshot();
-            if changes == self.stored_changes {
+            if changes == stored {
                 self.exporter.publish(snapshot, changes);
             }
         }
@@ -147,7 +145,6 @@ impl Progress {
                 stats.checkpoints.inc();
                 stats.checkpoint_bytes.set(bytes as i64);
                 stats.checkpoint_last_success.set(unix_secs());
-                self.stored_changes = stored.changes;
                 if let Some(s) = stored.snapshot {
                     self.exporter.publish(s, stored.changes);
                 }
