@@ -40,6 +40,50 @@ pub enum Command {
     PrintDefaultConfig,
     /// Publish realistic seed-shaped events to NATS (for demos, tests and benchmarks).
     Simulate(Box<SimulateArgs>),
+    /// Fold a JSONL capture (one published message per line) offline and
+    /// print the exposition; rejects by reason and events/s go to stderr.
+    /// Exits 1 when nothing could be folded.
+    #[command(after_help = "Examples:\n  \
+        nats sub --raw 'mpv2SessionHistory.>' > capture.jsonl   # capture\n  \
+        session-exporter replay capture.jsonl\n  \
+        session-exporter replay --step 1m --format openmetrics capture.jsonl > history.om\n  \
+        promtool tsdb create-blocks-from openmetrics history.om data/")]
+    Replay(ReplayArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// The capture: a file, or - for standard input.
+    #[arg(default_value = "-")]
+    pub file: PathBuf,
+    /// Mapping file (YAML). Default: the built-in mapping.
+    #[arg(long = "config.file", env = "SESSION_EXPORTER_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Output format: text (0.0.4, as /metrics serves it) or openmetrics.
+    #[arg(
+        long = "format",
+        id = "replay_format",
+        value_enum,
+        default_value = "text"
+    )]
+    pub format: ReplayFormat,
+    /// Write the state at every step of event time (e.g. 1m), each sample
+    /// stamped, for `promtool tsdb create-blocks-from openmetrics`. Needs
+    /// --format openmetrics; events without a timestamp are rejected.
+    #[arg(long, value_parser = parse_duration)]
+    pub step: Option<std::time::Duration>,
+    /// Recent event ids remembered to drop duplicates, as JetStream mode does
+    /// (0 turns it off).
+    #[arg(long = "dedup-window", default_value_t = 0)]
+    pub dedup_window: usize,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayFormat {
+    /// Prometheus text format 0.0.4.
+    Text,
+    /// OpenMetrics 1.0 text.
+    Openmetrics,
 }
 
 #[derive(Args, Debug)]
@@ -423,6 +467,29 @@ mod tests {
             cfg.broadcast_subjects,
             ["mpv2SessionHistory.MetricTotalActiveSessionEvent"]
         );
+    }
+
+    #[test]
+    fn replay_takes_its_own_flags() {
+        let cli = Cli::try_parse_from([
+            "session-exporter",
+            "replay",
+            "--format",
+            "openmetrics",
+            "--step",
+            "1m",
+            "--log.format",
+            "json",
+            "c.jsonl",
+        ])
+        .unwrap();
+        let Some(Command::Replay(args)) = cli.command else {
+            panic!("not replay")
+        };
+        assert_eq!(args.format, ReplayFormat::Openmetrics);
+        assert_eq!(args.step, Some(std::time::Duration::from_secs(60)));
+        assert_eq!(args.file, PathBuf::from("c.jsonl"));
+        assert_eq!(cli.log.format, LogFormat::Json);
     }
 
     #[test]

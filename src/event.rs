@@ -112,6 +112,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
+/// Decode one message of at most `max` bytes (longer ones are `TooLarge`):
+/// what the live exporter and `replay` both do with each message.
+pub fn decode_limited(raw: &[u8], max: usize) -> Result<Event<'_>, Reason> {
+    if raw.len() > max {
+        return Err(Reason::TooLarge);
+    }
+    decode(raw)
+}
+
 /// Decode one message. The size limit is checked by the caller, which knows it.
 pub fn decode(raw: &[u8]) -> Result<Event<'_>, Reason> {
     let f = scan::envelope(raw).map_err(|e| match e {
@@ -140,6 +149,11 @@ pub fn decode(raw: &[u8]) -> Result<Event<'_>, Reason> {
 }
 
 impl Event<'_> {
+    /// The event's own time (its RFC 3339 `timestamp`), in Unix seconds.
+    pub fn time(&self) -> Option<f64> {
+        self.timestamp.as_deref().and_then(parse_rfc3339)
+    }
+
     /// The measurement for one mapping, converted to the exposed unit.
     pub fn value(&self, spec: &ValueSpec) -> Result<f64, Reason> {
         let raw = match spec.source {

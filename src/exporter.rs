@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Catalog, ConfigError};
-use crate::event::{decode, parse_rfc3339, Reason};
+use crate::event::{decode_limited, Reason};
 use crate::exposition;
 use crate::fold::{CheckpointError, Fold, Outcome, Restored, Resume, Snapshot};
 use crate::stats::Stats;
@@ -139,9 +139,8 @@ impl Exporter {
         let mut fold = self.lock();
         for p in payloads {
             n += 1;
-            if let Some(ev) = (p.len() <= max).then(|| decode(p).ok()).flatten() {
-                let stamped = ev.timestamp.as_deref().and_then(parse_rfc3339);
-                fold.apply_gauges(&ev, now, stamped.unwrap_or(wall));
+            if let Ok(ev) = decode_limited(p, max) {
+                fold.apply_gauges(&ev, now, ev.time().unwrap_or(wall));
             }
         }
         self.stats.namespaces.set(fold.namespace_count() as i64);
@@ -177,13 +176,9 @@ impl Exporter {
         let mut fold = self.lock();
         for p in payloads {
             received += 1;
-            let decoded = if p.len() > max {
-                Err(Reason::TooLarge)
-            } else {
-                decode(p)
-            };
+            let decoded = decode_limited(p, max);
             let result = decoded.as_ref().map_err(|r| *r).and_then(|ev| {
-                let stamped = ev.timestamp.as_deref().and_then(parse_rfc3339);
+                let stamped = ev.time();
                 let outcome = fold.apply(ev, now, stamped.unwrap_or(wall))?;
                 if let (Some(t), Outcome::Folded | Outcome::Overflowed) = (stamped, outcome) {
                     lag.observe((wall - t).max(0.0));
@@ -281,7 +276,7 @@ impl Exporter {
     }
 }
 
-fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

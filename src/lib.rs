@@ -13,6 +13,7 @@ pub mod exporter;
 pub mod exposition;
 pub mod fold;
 pub mod http;
+pub mod replay;
 pub mod scan;
 pub mod seed;
 pub mod shutdown;

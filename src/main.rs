@@ -2,9 +2,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use session_exporter::cli::{Cli, Command, LogArgs, LogFormat, SimulateArgs};
+use session_exporter::cli::{
+    Cli, Command, LogArgs, LogFormat, ReplayArgs, ReplayFormat, SimulateArgs,
+};
 use session_exporter::config::{Catalog, DEFAULT_MAPPING};
-use session_exporter::{shutdown, simulate, source, BoxError};
+use session_exporter::{replay, shutdown, simulate, source, BoxError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -15,6 +17,7 @@ fn main() -> ExitCode {
             print!("{DEFAULT_MAPPING}");
             Ok(())
         }
+        Some(Command::Replay(args)) => replay(&args),
         Some(Command::Simulate(args)) => runtime().and_then(|rt| rt.block_on(simulate(*args))),
         None => runtime()
             .and_then(|rt| rt.block_on(session_exporter::run(cli.run, shutdown::terminate()))),
@@ -54,6 +57,46 @@ fn check_config(file: &std::path::Path) -> Result<(), BoxError> {
         catalog.metrics.len(),
         catalog.rules.len()
     );
+    Ok(())
+}
+
+fn replay(args: &ReplayArgs) -> Result<(), BoxError> {
+    let format = match args.format {
+        ReplayFormat::Text => replay::Format::Text,
+        ReplayFormat::Openmetrics => replay::Format::OpenMetrics,
+    };
+    if args.step.is_some_and(|s| s.is_zero()) {
+        return Err("--step must be above 0".into());
+    }
+    if args.step.is_some() && format != replay::Format::OpenMetrics {
+        return Err("--step writes timestamped history: add --format openmetrics".into());
+    }
+    let catalog = match &args.config_file {
+        Some(path) => Catalog::from_file(path)?,
+        None => Catalog::default_mapping(),
+    };
+    let opts = replay::Options {
+        format,
+        step: args.step,
+        dedup_window: args.dedup_window,
+    };
+    let mut out = String::new();
+    let report = if args.file.as_os_str() == "-" {
+        replay::replay(std::io::stdin().lock(), catalog, &opts, &mut out)
+    } else {
+        let file =
+            std::fs::File::open(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
+        replay::replay(std::io::BufReader::new(file), catalog, &opts, &mut out)
+    }
+    .map_err(|e| format!("{}: {e}", args.file.display()))?;
+    eprint!("{}", report.summary());
+    if report.folded == 0 {
+        return Err(format!("{}: no event could be folded", args.file.display()).into());
+    }
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out.as_bytes())?;
+    stdout.flush()?;
     Ok(())
 }
 

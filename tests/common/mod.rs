@@ -559,6 +559,21 @@ impl Prometheus {
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n  - job_name: session-exporter\n    static_configs:\n      - targets: ['{target}']\n",
             rules.join("\n")
         );
+        let data = dir.join("data");
+        Prometheus::launch(dir, &data, &config)
+    }
+
+    /// A Prometheus that scrapes nothing, over the TSDB blocks in `data`
+    /// (as `promtool tsdb create-blocks-from` writes them).
+    pub fn start_on_blocks(data: &Path) -> Prometheus {
+        Prometheus::launch(
+            temp_dir("prometheus"),
+            data,
+            "global:\n  scrape_interval: 1m\n",
+        )
+    }
+
+    fn launch(dir: PathBuf, data: &Path, config: &str) -> Prometheus {
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         // Prometheus cannot report a port it chose, so take a free one from the
         // kernel and retry in the rare case another process grabs it first.
@@ -574,10 +589,7 @@ impl Prometheus {
                     "--config.file={}",
                     dir.join("prometheus.yml").display()
                 ))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.join("data").display()
-                ))
+                .arg(format!("--storage.tsdb.path={}", data.display()))
                 .arg(format!("--web.listen-address={addr}"))
                 .arg("--log.level=warn")
                 .stdout(Stdio::null())
@@ -602,6 +614,18 @@ impl Prometheus {
             let _ = child.wait();
             None
         })
+    }
+
+    /// The `data.result` of an instant query at Unix time `at`.
+    pub fn query_at(&self, promql: &str, at: f64) -> Vec<serde_json::Value> {
+        let (status, body) = http(
+            &self.addr,
+            "GET",
+            &format!("/api/v1/query?query={}&time={at}", urlencode(promql)),
+        );
+        assert_eq!(status, 200, "{promql}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
     }
 
     /// The `data.result` of an instant query.
@@ -649,4 +673,34 @@ pub fn run_ok(program: &str, args: &[&str]) -> String {
     );
     assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
     text
+}
+
+/// A strict third-party OpenMetrics parser (Python's prometheus-client,
+/// installed by scripts/setup under .tools/python) must accept the text.
+/// Returns the number of samples it read.
+pub fn openmetrics_check(text: &str) -> usize {
+    let script = "import sys\n\
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\n\
+print(sum(len(f.samples) for f in parse(sys.stdin.read())))\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .env("PYTHONPATH", repo_path(".tools/python"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus-client rejects the OpenMetrics text (run scripts/setup if it is missing):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }

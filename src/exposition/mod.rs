@@ -1,0 +1,189 @@
+//! Rendering a fold snapshot for Prometheus, one file per format, written into
+//! a buffer by pure functions: `text` (0.0.4, what `/metrics` serves) and
+//! `openmetrics` (OpenMetrics 1.0, what `replay --format openmetrics` writes
+//! and `promtool tsdb create-blocks-from openmetrics` imports).
+//!
+//! Output is deterministic: families in name order, series sorted by
+//! `game_namespace`, so golden files can compare it. Every format writes the
+//! same series names and label values (`le` and `quantile` included).
+
+use std::fmt::Write;
+
+use crate::config::{Catalog, EVENTS_METRIC};
+
+pub mod openmetrics;
+pub mod text;
+
+pub use text::{render, CONTENT_TYPE};
+
+const LABEL: &str = "game_namespace";
+
+/// What a family renders from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Family {
+    /// `session_events_total{event}`.
+    Events,
+    /// `catalog.metrics[i]`.
+    Metric(usize),
+    /// The windowed-quantile summary of `catalog.metrics[i]`.
+    Window(usize),
+}
+
+/// Every family of a catalog, by name: the catalog's, their windowed
+/// quantiles, and `session_events_total`.
+fn families(catalog: &Catalog) -> Vec<(&str, Family)> {
+    let mut families: Vec<(&str, Family)> = vec![(EVENTS_METRIC, Family::Events)];
+    for (i, def) in catalog.metrics.iter().enumerate() {
+        families.push((&def.name, Family::Metric(i)));
+        if let Some(w) = &def.window {
+            families.push((&w.name, Family::Window(i)));
+        }
+    }
+    families.sort_by(|a, b| a.0.cmp(b.0));
+    families
+}
+
+/// `game_namespace="…"`, escaped.
+fn namespace_label(ns: &str) -> String {
+    let mut l = format!("{LABEL}=\"");
+    escape(&mut l, ns, true);
+    l.push('"');
+    l
+}
+
+/// `,le="0.1"}` for each bound, then `,le="+Inf"}`.
+fn le_labels(bounds: &[f64]) -> Vec<String> {
+    bounds
+        .iter()
+        .copied()
+        .chain([f64::INFINITY])
+        .map(|b| {
+            let mut l = String::from(",le=\"");
+            float(&mut l, b);
+            l.push_str("\"}");
+            l
+        })
+        .collect()
+}
+
+/// `,quantile="0.99"}` for each quantile.
+fn quantile_labels(quantiles: &[f64]) -> Vec<String> {
+    quantiles
+        .iter()
+        .map(|q| {
+            let mut l = String::from(",quantile=\"");
+            float(&mut l, *q);
+            l.push_str("\"}");
+            l
+        })
+        .collect()
+}
+
+/// `name_suffix{label<rest>` and a space; the value follows.
+fn series(out: &mut String, name: &str, suffix: &str, label: &str, rest: &str) {
+    out.push_str(name);
+    out.push_str(suffix);
+    out.push('{');
+    out.push_str(label);
+    out.push_str(rest);
+    out.push(' ');
+}
+
+/// An integer, without the formatting machinery.
+fn int(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+}
+
+/// A float as Prometheus and OpenMetrics parsers read it (`+Inf`, `NaN`, and
+/// the shortest decimal that round-trips).
+fn float(out: &mut String, v: f64) {
+    if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else if v.is_nan() {
+        out.push_str("NaN");
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// Escape `\` and newline (and `"` in label values), as the text format requires.
+pub fn escape(out: &mut String, s: &str, quote: bool) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if quote => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_label_values() {
+        let cases = [
+            ("plain", "plain"),
+            ("a\"b", "a\\\"b"),
+            ("back\\slash", "back\\\\slash"),
+            ("new\nline", "new\\nline"),
+            ("ünï\tcode", "ünï\tcode"),
+        ];
+        for (raw, want) in cases {
+            let mut s = String::new();
+            escape(&mut s, raw, true);
+            assert_eq!(s, want);
+        }
+        let mut s = String::new();
+        escape(&mut s, "say \"hi\"\n", false);
+        assert_eq!(s, "say \"hi\"\\n");
+    }
+
+    #[test]
+    fn integers_render_exactly() {
+        for n in [0, 7, 10, 1234567890, u64::MAX] {
+            let mut s = String::new();
+            int(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
+    }
+
+    #[test]
+    fn floats_render_as_prometheus_reads_them() {
+        let cases = [
+            (0.1, "0.1"),
+            (300.0, "300"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+            (f64::NAN, "NaN"),
+            (1.532, "1.532"),
+        ];
+        for (v, want) in cases {
+            let mut s = String::new();
+            float(&mut s, v);
+            assert_eq!(s, want);
+        }
+    }
+
+    #[test]
+    fn families_come_in_name_order() {
+        let catalog = Catalog::default_mapping();
+        let names: Vec<&str> = families(&catalog).iter().map(|f| f.0).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted);
+        assert!(names.contains(&EVENTS_METRIC));
+    }
+}

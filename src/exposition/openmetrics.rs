@@ -1,0 +1,254 @@
+//! OpenMetrics 1.0 text. The series and label values are the text format's
+//! (a counter's samples keep `_total`, its family drops it), so a Prometheus
+//! stores the same series whichever it parses.
+//!
+//! It renders one or more frames: snapshots of one fold, each with the time it
+//! stands for. `replay --step` writes history this way (every sample carries
+//! its frame's timestamp) for `promtool tsdb create-blocks-from openmetrics`;
+//! OpenMetrics wants each series' points together, in time order, so points
+//! are grouped by family, then series, then frame.
+
+use super::{
+    escape, families, float, int, le_labels, namespace_label, quantile_labels, series, Family,
+};
+use crate::config::{Kind, EVENTS_METRIC};
+use crate::fold::Snapshot;
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Units OpenMetrics names as a family-name suffix (`# UNIT` must be one).
+const UNITS: [&str; 9] = [
+    "seconds", "bytes", "ratio", "meters", "grams", "joules", "volts", "amperes", "celsius",
+];
+
+/// One snapshot and the time it stands for, in Unix seconds (`None`: the
+/// scrape's own time, no timestamp written).
+#[derive(Clone, Copy)]
+pub struct Frame<'a> {
+    pub snapshot: &'a Snapshot,
+    pub at: Option<f64>,
+}
+
+/// Render frames of one fold (the first frame's mapping names the families),
+/// ending with `# EOF`.
+pub fn render(frames: &[Frame], out: &mut String) {
+    if let Some(first) = frames.first() {
+        for (_, family) in families(&first.snapshot.catalog) {
+            match family {
+                Family::Events => events(frames, out),
+                Family::Metric(i) => metric(frames, i, out),
+                Family::Window(i) => window(frames, i, out),
+            }
+        }
+    }
+    out.push_str("# EOF\n");
+}
+
+/// Every `(namespace, frame, sample)` of family `i`, by namespace then frame.
+fn points<'a>(frames: &[Frame<'a>], i: usize) -> Vec<(&'a str, usize, usize)> {
+    let mut points = Vec::new();
+    for (f, frame) in frames.iter().enumerate() {
+        let snap = frame.snapshot;
+        points.extend(
+            snap.families[i]
+                .samples
+                .iter()
+                .enumerate()
+                .map(|(s, sample)| (&*snap.namespaces[sample.namespace], f, s)),
+        );
+    }
+    // Stable: a namespace's points stay in frame (time) order.
+    points.sort_by(|a, b| a.0.cmp(b.0));
+    points
+}
+
+/// Walks sorted points, escaping each namespace label once.
+struct Labels<'a> {
+    ns: Option<&'a str>,
+    label: String,
+}
+
+impl<'a> Labels<'a> {
+    fn new() -> Labels<'a> {
+        Labels {
+            ns: None,
+            label: String::new(),
+        }
+    }
+
+    fn of(&mut self, ns: &'a str) -> &str {
+        if self.ns != Some(ns) {
+            self.ns = Some(ns);
+            self.label = namespace_label(ns);
+        }
+        &self.label
+    }
+}
+
+fn metric(frames: &[Frame], i: usize, out: &mut String) {
+    let def = &frames[0].snapshot.catalog.metrics[i];
+    header(out, &def.name, &def.help, def.kind);
+    let les = le_labels(&def.buckets);
+    let mut labels = Labels::new();
+    for (ns, f, s) in points(frames, i) {
+        let (fam, at) = (&frames[f].snapshot.families[i], frames[f].at);
+        let sample = fam.samples[s];
+        let label = labels.of(ns);
+        match def.kind {
+            Kind::Counter | Kind::Gauge => {
+                series(out, &def.name, "", label, "}");
+                float(out, sample.value);
+                end(out, at);
+            }
+            Kind::Histogram => {
+                let bounds = les.len() - 1;
+                let counts = &fam.buckets[s * bounds..(s + 1) * bounds];
+                for (le, n) in les.iter().zip(counts.iter().chain([&sample.count])) {
+                    series(out, &def.name, "_bucket", label, le);
+                    int(out, *n);
+                    end(out, at);
+                }
+                series(out, &def.name, "_count", label, "}");
+                int(out, sample.count);
+                end(out, at);
+                series(out, &def.name, "_sum", label, "}");
+                float(out, sample.value);
+                end(out, at);
+            }
+        }
+    }
+}
+
+/// The windowed quantiles as a summary (quantiles omitted while the window is
+/// empty), with the histogram's cumulative `_count` and `_sum`.
+fn window(frames: &[Frame], i: usize, out: &mut String) {
+    let def = &frames[0].snapshot.catalog.metrics[i];
+    let Some(w) = &def.window else { return };
+    header_as(out, &w.name, &w.help, "summary");
+    let quantiles = quantile_labels(&w.quantiles);
+    let mut labels = Labels::new();
+    for (ns, f, s) in points(frames, i) {
+        let (fam, at) = (&frames[f].snapshot.families[i], frames[f].at);
+        let sample = fam.samples[s];
+        let label = labels.of(ns);
+        let values = &fam.window_values[s * quantiles.len()..(s + 1) * quantiles.len()];
+        for (q, v) in quantiles.iter().zip(values).filter(|(_, v)| !v.is_nan()) {
+            series(out, &w.name, "", label, q);
+            float(out, *v);
+            end(out, at);
+        }
+        series(out, &w.name, "_count", label, "}");
+        int(out, sample.count);
+        end(out, at);
+        series(out, &w.name, "_sum", label, "}");
+        float(out, sample.value);
+        end(out, at);
+    }
+}
+
+fn events(frames: &[Frame], out: &mut String) {
+    header(
+        out,
+        EVENTS_METRIC,
+        "Session events received, by event name (seed names, else other).",
+        Kind::Counter,
+    );
+    let mut points: Vec<(&str, u64, Option<f64>)> = frames
+        .iter()
+        .flat_map(|f| f.snapshot.events.iter().map(|&(e, n)| (e, n, f.at)))
+        .collect();
+    points.sort_by(|a, b| a.0.cmp(b.0));
+    for (event, n, at) in points {
+        out.push_str(EVENTS_METRIC);
+        out.push_str("{event=\"");
+        escape(out, event, true);
+        out.push_str("\"} ");
+        int(out, n);
+        end(out, at);
+    }
+}
+
+/// The timestamp, if any, and the end of the line.
+fn end(out: &mut String, at: Option<f64>) {
+    if let Some(t) = at {
+        out.push(' ');
+        float(out, t);
+    }
+    out.push('\n');
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: Kind) {
+    header_as(out, name, help, kind.as_str());
+}
+
+/// `# TYPE`, `# UNIT` (when the family name ends in a unit) and `# HELP`. A
+/// counter's family is its name without `_total`.
+fn header_as(out: &mut String, name: &str, help: &str, kind: &str) {
+    let family = match kind {
+        "counter" => name.strip_suffix("_total").unwrap_or(name),
+        _ => name,
+    };
+    for (tag, text) in [("TYPE", kind), ("UNIT", unit(family)), ("HELP", "")] {
+        if tag == "UNIT" && text.is_empty() {
+            continue;
+        }
+        out.push_str("# ");
+        out.push_str(tag);
+        out.push(' ');
+        out.push_str(family);
+        out.push(' ');
+        if tag == "HELP" {
+            escape(out, help, true);
+        } else {
+            out.push_str(text);
+        }
+        out.push('\n');
+    }
+}
+
+/// The unit a family name ends in, or "".
+fn unit(family: &str) -> &'static str {
+    UNITS
+        .iter()
+        .find(|u| {
+            family
+                .strip_suffix(*u)
+                .is_some_and(|rest| rest.ends_with('_'))
+        })
+        .copied()
+        .unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_come_from_the_family_name() {
+        assert_eq!(unit("session_ds_acquisition_wait_seconds"), "seconds");
+        assert_eq!(unit("session_active_sessions"), "");
+        assert_eq!(unit("seconds"), "");
+        assert_eq!(unit("payload_bytes"), "bytes");
+    }
+
+    #[test]
+    fn counters_drop_total_from_the_family_only() {
+        let mut out = String::new();
+        header(&mut out, "a_total", "say \"hi\"", Kind::Counter);
+        assert_eq!(out, "# TYPE a counter\n# HELP a say \\\"hi\\\"\n");
+        let mut out = String::new();
+        header(&mut out, "wait_seconds", "h", Kind::Histogram);
+        assert_eq!(
+            out,
+            "# TYPE wait_seconds histogram\n# UNIT wait_seconds seconds\n# HELP wait_seconds h\n"
+        );
+    }
+
+    #[test]
+    fn timestamps_follow_the_value() {
+        let mut out = String::new();
+        end(&mut out, Some(1_700_000_060.0));
+        end(&mut out, None);
+        assert_eq!(out, " 1700000060\n\n");
+    }
+}
