@@ -268,7 +268,7 @@ impl Catalog {
     }
 
     pub fn from_yaml(text: &str) -> Result<Catalog, ConfigError> {
-        let raw: RawFile = serde_yaml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
         build(raw)
     }
 

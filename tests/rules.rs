@@ -22,23 +22,23 @@ fn every_alert_has_a_firing_and_a_quiet_unit_test() {
     let out = run_ok("promtool", &["test", "rules", tests.to_str().unwrap()]);
     assert!(out.contains("SUCCESS"), "{out}");
 
-    let rules: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(repo_path(RULES)).unwrap()).unwrap();
-    let alerts: Vec<(String, serde_yaml::Value)> = rules["groups"]
-        .as_sequence()
+    let rules: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(repo_path(RULES)).unwrap()).unwrap();
+    let alerts: Vec<(String, serde_json::Value)> = rules["groups"]
+        .as_array()
         .unwrap()
         .iter()
-        .flat_map(|g| g["rules"].as_sequence().unwrap().iter())
+        .flat_map(|g| g["rules"].as_array().unwrap().iter())
         .filter_map(|r| Some((r["alert"].as_str()?.to_string(), r.clone())))
         .collect();
     assert!(alerts.len() >= 9);
-    let test: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&tests).unwrap()).unwrap();
-    let cases: Vec<&serde_yaml::Value> = test["tests"]
-        .as_sequence()
+    let test: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(&tests).unwrap()).unwrap();
+    let cases: Vec<&serde_json::Value> = test["tests"]
+        .as_array()
         .unwrap()
         .iter()
-        .flat_map(|t| t["alert_rule_test"].as_sequence().unwrap().iter())
+        .flat_map(|t| t["alert_rule_test"].as_array().unwrap().iter())
         .collect();
     for (name, rule) in &alerts {
         let mine: Vec<_> = cases
@@ -47,10 +47,10 @@ fn every_alert_has_a_firing_and_a_quiet_unit_test() {
             .collect();
         let fires = mine
             .iter()
-            .any(|c| c["exp_alerts"].as_sequence().is_some_and(|a| !a.is_empty()));
+            .any(|c| c["exp_alerts"].as_array().is_some_and(|a| !a.is_empty()));
         let quiet = mine
             .iter()
-            .any(|c| c["exp_alerts"].as_sequence().is_some_and(|a| a.is_empty()));
+            .any(|c| c["exp_alerts"].as_array().is_some_and(|a| a.is_empty()));
         assert!(fires && quiet, "{name}: needs a firing and a quiet case");
         for key in ["summary", "description", "runbook_url"] {
             assert!(
