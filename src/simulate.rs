@@ -174,7 +174,7 @@ impl Generator {
             "MetricTotalPlayerPersessionEvent" => {
                 let players = (8.0 + 3.0 * self.normal()).round().clamp(1.0, 16.0) as usize;
                 // Half the time the count is only the userIds list.
-                if self.next_u64() % 2 == 0 {
+                if self.next_u64().is_multiple_of(2) {
                     return (String::new(), players);
                 }
                 players as f64
@@ -190,7 +190,7 @@ impl Generator {
             }
         };
         let v = ms.round() as u64;
-        let text = if self.next_u64() % 2 == 0 {
+        let text = if self.next_u64().is_multiple_of(2) {
             v.to_string()
         } else {
             format!(r#"{{"value":{v}}}"#)
