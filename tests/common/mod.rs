@@ -317,11 +317,18 @@ impl Exporter {
         ]);
         cmd.args(extra);
         cmd.envs(env.iter().copied());
+        Exporter::spawn(cmd)
+    }
+
+    /// Start a command that runs the exporter (its address is read from its
+    /// log, in either log format).
+    pub fn spawn(cmd: Command) -> Exporter {
         let (child, addr, log) = spawn_and_find(cmd, |line| {
-            line.split("listen_address=")
+            let rest = line
+                .split("listen_address=")
                 .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .map(str::to_string)
+                .or_else(|| line.split("\"listen_address\":\"").nth(1))?;
+            rest.split([' ', '"']).next().map(str::to_string)
         });
         Exporter { child, addr, log }
     }
