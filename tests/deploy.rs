@@ -412,22 +412,42 @@ fn container_build_context_holds_what_the_build_needs() {
         !user.starts_with('0') && !user.starts_with("root"),
         "USER {user}"
     );
-    // The same dependencies, without the network or a git checkout.
+    // The same dependencies, without the network or a git checkout, in a clean
+    // environment (none of the CARGO_* variables this test runs under).
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| repo_path("target"));
-    let (ok, said) = run(
-        "cargo",
-        &[
+    let mut cmd = Command::new("cargo");
+    cmd.env_clear();
+    for var in [
+        "PATH",
+        "HOME",
+        "CARGO_HOME",
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+    ] {
+        if let Some(v) = std::env::var_os(var) {
+            cmd.env(var, v);
+        }
+    }
+    let out = cmd
+        .args([
             "check",
             "--locked",
             "--offline",
             "--bin",
             "session-exporter",
             "--manifest-path",
-            dir.join("Cargo.toml").to_str().unwrap(),
-        ],
-        &[("CARGO_TARGET_DIR", target)],
+        ])
+        .arg(dir.join("Cargo.toml"))
+        // Its own target directory: the copy has the same package id as this
+        // checkout, and would overwrite its build-script output (the revision).
+        .env("CARGO_TARGET_DIR", target.join("container-context"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo check in the build context:\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(ok, "cargo check in the build context:\n{said}");
 }
