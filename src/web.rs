@@ -51,7 +51,13 @@ fn err(path: &Path, key: &str, msg: impl std::fmt::Display) -> ConfigError {
 impl WebConfig {
     pub fn load(path: &Path) -> Result<WebConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| err(path, "file", e))?;
-        let raw: RawWebConfig = serde_saphyr::from_str(&text)
+        WebConfig::parse(&text, path)
+    }
+
+    /// The file's text; `path` names it in errors and anchors nothing else
+    /// (certificate paths are read as written).
+    pub fn parse(text: &str, path: &Path) -> Result<WebConfig, ConfigError> {
+        let raw: RawWebConfig = serde_saphyr::from_str(text)
             .map_err(|e| ConfigError::new(format!("{}: {e}", path.display())))?;
         for (user, hash) in &raw.basic_auth_users {
             if !hash.starts_with("$2") {

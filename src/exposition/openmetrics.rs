@@ -30,7 +30,8 @@ pub struct Frame<'a> {
 }
 
 /// Render frames of one fold (the first frame's mapping names the families),
-/// ending with `# EOF`.
+/// ending with `# EOF`. A family without a sample is left out (some
+/// OpenMetrics parsers refuse metadata with no metric after it).
 pub fn render(frames: &[Frame], out: &mut String) {
     if let Some(first) = frames.first() {
         for (_, family) in families(&first.snapshot.catalog) {
@@ -87,10 +88,14 @@ impl<'a> Labels<'a> {
 
 fn metric(frames: &[Frame], i: usize, out: &mut String) {
     let def = &frames[0].snapshot.catalog.metrics[i];
+    let points = points(frames, i);
+    if points.is_empty() {
+        return;
+    }
     header(out, &def.name, &def.help, def.kind);
     let les = le_labels(&def.buckets);
     let mut labels = Labels::new();
-    for (ns, f, s) in points(frames, i) {
+    for (ns, f, s) in points {
         let (fam, at) = (&frames[f].snapshot.families[i], frames[f].at);
         let sample = fam.samples[s];
         let label = labels.of(ns);
@@ -124,10 +129,14 @@ fn metric(frames: &[Frame], i: usize, out: &mut String) {
 fn window(frames: &[Frame], i: usize, out: &mut String) {
     let def = &frames[0].snapshot.catalog.metrics[i];
     let Some(w) = &def.window else { return };
+    let points = points(frames, i);
+    if points.is_empty() {
+        return;
+    }
     header_as(out, &w.name, &w.help, "summary");
     let quantiles = quantile_labels(&w.quantiles);
     let mut labels = Labels::new();
-    for (ns, f, s) in points(frames, i) {
+    for (ns, f, s) in points {
         let (fam, at) = (&frames[f].snapshot.families[i], frames[f].at);
         let sample = fam.samples[s];
         let label = labels.of(ns);
@@ -147,6 +156,9 @@ fn window(frames: &[Frame], i: usize, out: &mut String) {
 }
 
 fn events(frames: &[Frame], out: &mut String) {
+    if frames.iter().all(|f| f.snapshot.events.is_empty()) {
+        return;
+    }
     header(
         out,
         EVENTS_METRIC,
@@ -242,6 +254,25 @@ mod tests {
             out,
             "# TYPE wait_seconds histogram\n# UNIT wait_seconds seconds\n# HELP wait_seconds h\n"
         );
+    }
+
+    #[test]
+    fn an_empty_fold_is_just_eof() {
+        // Found by the fuzzer: families without samples, metadata only,
+        // were refused by a strict parser.
+        let fold = crate::fold::Fold::new(std::sync::Arc::new(
+            crate::config::Catalog::default_mapping(),
+        ));
+        let snap = fold.snapshot(std::time::Instant::now());
+        let mut out = String::new();
+        render(
+            &[Frame {
+                snapshot: &snap,
+                at: None,
+            }],
+            &mut out,
+        );
+        assert_eq!(out, "# EOF\n");
     }
 
     #[test]

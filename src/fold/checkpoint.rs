@@ -308,10 +308,16 @@ impl Fold {
         let mismatch = || CheckpointError(format!("slot of type {tag} in a {:?} metric", m.kind));
         Ok(match tag {
             0 => Slot::Empty,
-            1 if m.kind == Kind::Counter => Slot::Counter(r.exact()?),
+            1 if m.kind == Kind::Counter => Slot::Counter(r.exact()?.non_negative("counter")?),
             2 if m.kind == Kind::Gauge => {
                 let value = r.f64()?;
                 let event_time = r.f64()?;
+                // The fold only keeps values an event could set: finite, not negative.
+                if !(value.is_finite() && value >= 0.0 && event_time.is_finite()) {
+                    return Err(CheckpointError(format!(
+                        "gauge value {value} at event time {event_time} is not one the fold keeps"
+                    )));
+                }
                 let since = Duration::try_from_secs_f64(r.f64()? + age)
                     .map_err(|_| CheckpointError("gauge age is not a duration".into()))?;
                 // A gauge older than the process clock can date is at least
@@ -324,12 +330,26 @@ impl Fold {
                 }
             }
             3 if m.kind == Kind::Histogram => {
-                let sum = r.exact()?;
+                let sum = r.exact()?.non_negative("histogram sum")?;
                 let count = r.varint()?;
                 let buckets = (0..m.buckets)
                     .map(|_| r.varint())
                     .collect::<Result<Vec<_>, _>>()?;
+                // Per-bucket counts: together at most the count (the rest is above the last bound).
+                let below = buckets.iter().try_fold(0u64, |a, &b| a.checked_add(b));
+                if below.is_none_or(|b| b > count) {
+                    return Err(CheckpointError(format!(
+                        "histogram bucket counts add up to more than its count {count}"
+                    )));
+                }
                 let hdr = r.hdr(m.sigfig)?;
+                // Buckets are re-counted from HDR when their bounds changed.
+                if hdr.len() > count {
+                    return Err(CheckpointError(format!(
+                        "histogram records {} values but counts {count}",
+                        hdr.len()
+                    )));
+                }
                 let steps = r.count(2)?;
                 let mut window = m.windowed.then(|| Box::new(Window::new(m.sigfig)));
                 for _ in 0..steps {
@@ -357,6 +377,16 @@ impl Fold {
             }
             _ => return Err(mismatch()),
         })
+    }
+}
+
+impl Exact {
+    /// Sums and counters only grow from zero: a negative one is not ours.
+    fn non_negative(self, what: &str) -> Result<Exact, CheckpointError> {
+        if self.0 < 0 {
+            return Err(CheckpointError(format!("{what} is negative")));
+        }
+        Ok(self)
     }
 }
 
@@ -608,6 +638,38 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
+    }
+
+    /// Checkpoints the fuzzer made: each refused with a message, the fold left empty.
+    #[test]
+    fn impossible_states_are_refused() {
+        let over = include_bytes!("../../tests/data/fuzz/checkpoint-buckets-over-count.bin");
+        let mut g = empty();
+        let e = g.restore(over, Instant::now(), 1.8e9).unwrap_err();
+        assert!(e.to_string().contains("bucket counts"), "{e}");
+        assert_eq!(g.namespace_count(), 0);
+        let over = include_bytes!("../../tests/data/fuzz/checkpoint-hdr-over-count.bin");
+        let e = g.restore(over, Instant::now(), 1.8e9).unwrap_err();
+        assert!(e.to_string().contains("records"), "{e}");
+        assert_eq!(g.namespace_count(), 0);
+        // A negative counter: the format-1 fixture with one counter's sign flipped.
+        let (f, now) = sample_fold();
+        let good = f.encode(now, 1.7e9, &Resume::default());
+        let mut flipped = 0;
+        for at in 0..good.len() - 16 {
+            let mut bad = good.clone();
+            // An i128 of small magnitude: flip it to its negative.
+            let v = i128::from_le_bytes(bad[at..at + 16].try_into().unwrap());
+            if v <= 0 || v > 1_000_000_000_000 || v % 1_000_000_000 != 0 {
+                continue;
+            }
+            bad[at..at + 16].copy_from_slice(&(-v).to_le_bytes());
+            let mut g = empty();
+            if let Err(e) = g.restore(&bad, now, 1.7e9) {
+                flipped += usize::from(e.to_string().contains("negative"));
+            }
+        }
+        assert!(flipped > 0, "no negative counter or sum was refused");
     }
 
     #[test]

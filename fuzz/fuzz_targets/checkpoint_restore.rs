@@ -1,0 +1,49 @@
+//! Any checkpoint bytes are refused with a message (leaving the fold empty)
+//! or restore into a fold that renders validly and encodes back to a
+//! checkpoint that restores to the same exposition.
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use libfuzzer_sys::fuzz_target;
+use session_exporter::config::Catalog;
+use session_exporter::exposition;
+use session_exporter::fold::Fold;
+
+fn render(fold: &Fold, now: Instant) -> String {
+    let mut out = String::new();
+    exposition::render(&fold.snapshot(now), &mut out);
+    out
+}
+
+fuzz_target!(|data: &[u8]| {
+    static CATALOG: OnceLock<Arc<Catalog>> = OnceLock::new();
+    let catalog = CATALOG
+        .get_or_init(|| Arc::new(Catalog::default_mapping()))
+        .clone();
+    let now = Instant::now();
+    let wall = 1_800_000_000.0;
+    let mut fold = Fold::new(catalog.clone()).with_dedup(64);
+    match fold.restore(data, now, wall) {
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            assert_eq!(
+                fold.namespace_count(),
+                0,
+                "a refused checkpoint leaves nothing"
+            );
+        }
+        Ok(restored) => {
+            let first = render(&fold, now);
+            openmetrics_parser::prometheus::parse_prometheus(&first)
+                .unwrap_or_else(|e| panic!("{e:?}\n{first}"));
+            let bytes = fold.encode(now, wall, &restored.resume);
+            let mut again = Fold::new(catalog).with_dedup(64);
+            again
+                .restore(&bytes, now, wall)
+                .expect("our own checkpoint restores");
+            assert_eq!(render(&again, now), first);
+        }
+    }
+});

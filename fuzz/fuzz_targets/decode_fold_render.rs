@@ -1,0 +1,77 @@
+//! Messages (the input split at newlines) through decode, fold and both
+//! renderers: nothing panics, the text format and OpenMetrics parse with a
+//! real exposition parser, and the namespaces stay within max_namespaces.
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use libfuzzer_sys::fuzz_target;
+use session_exporter::config::Catalog;
+use session_exporter::event::decode_limited;
+use session_exporter::exposition::{self, openmetrics};
+use session_exporter::fold::Fold;
+
+fuzz_target!(|data: &[u8]| {
+    // The default mapping with a small namespace bound, so overflow is reached.
+    static CATALOG: OnceLock<Arc<Catalog>> = OnceLock::new();
+    let catalog = CATALOG.get_or_init(|| {
+        let mut c = Catalog::default_mapping();
+        c.limits.max_namespaces = 4;
+        Arc::new(c)
+    });
+    let max = catalog.limits.max_message_bytes;
+    let mut fold = Fold::new(catalog.clone()).with_dedup(16);
+    let now = Instant::now();
+    for message in data.split(|&b| b == b'\n') {
+        if let Ok(ev) = decode_limited(message, max) {
+            let _ = fold.apply(&ev, now, ev.time().unwrap_or(1_800_000_000.0));
+        }
+    }
+    // Four namespaces and the overflow series.
+    assert!(fold.namespace_count() <= 5, "{}", fold.namespace_count());
+    let snap = fold.snapshot(now);
+    let mut text = String::new();
+    exposition::render(&snap, &mut text);
+    openmetrics_parser::prometheus::parse_prometheus(&text)
+        .unwrap_or_else(|e| panic!("text: {e:?}\n{text}"));
+    let mut om = String::new();
+    openmetrics::render(
+        &[openmetrics::Frame {
+            snapshot: &snap,
+            at: None,
+        }],
+        &mut om,
+    );
+    // openmetrics-parser refuses an exposition without families, which the
+    // OpenMetrics grammar allows (`metricset = *metricfamily`).
+    if snap.events.is_empty() && snap.families.iter().all(|f| f.samples.is_empty()) {
+        assert_eq!(om, "# EOF\n");
+        return;
+    }
+    // openmetrics-parser also refuses `# UNIT` on histograms and summaries,
+    // which OpenMetrics allows: check those lines here (the unit is the
+    // family name's suffix), and parse the rest.
+    let mut family = "";
+    let mut rest = String::with_capacity(om.len());
+    for line in om.lines() {
+        if let Some(f) = line.strip_prefix("# TYPE ") {
+            family = f.split(' ').next().unwrap_or("");
+        }
+        match line.strip_prefix("# UNIT ") {
+            Some(u) => {
+                let (name, unit) = u.split_once(' ').expect("# UNIT name unit");
+                assert!(
+                    name == family && family.ends_with(&format!("_{unit}")),
+                    "{line}"
+                );
+            }
+            None => {
+                rest.push_str(line);
+                rest.push('\n');
+            }
+        }
+    }
+    openmetrics_parser::openmetrics::parse_openmetrics(&rest)
+        .unwrap_or_else(|e| panic!("openmetrics: {e:?}\n{om}"));
+});
