@@ -35,7 +35,10 @@ fn env(name: &str, default: u64) -> u64 {
 /// The default mapping with the soak's limits; `ttl` alternates per reload.
 fn mapping(ttl: &str) -> String {
     let text = DEFAULT_MAPPING
-        .replace("max_namespaces: 10000", &format!("max_namespaces: {MAX_NAMESPACES}"))
+        .replace(
+            "max_namespaces: 10000",
+            &format!("max_namespaces: {MAX_NAMESPACES}"),
+        )
         .replace("ttl: 10m", &format!("ttl: {ttl}"));
     assert!(text.contains(&format!("ttl: {ttl}")) && text.contains("max_namespaces: 500"));
     Catalog::from_yaml(&text).expect("soak mapping");
@@ -136,10 +139,7 @@ struct Soak {
 
 impl Soak {
     fn start_exporter(url: &str, mapping: &std::path::Path) -> Exporter {
-        let e = Exporter::start(
-            url,
-            &["--config.file", mapping.to_str().unwrap()],
-        );
+        let e = Exporter::start(url, &["--config.file", mapping.to_str().unwrap()]);
         e.wait_ready();
         e
     }
@@ -149,7 +149,10 @@ impl Soak {
         if let Some(status) = self.exporter.exited() {
             self.crashes += 1;
             self.received_before += self.last_received;
-            eprintln!("soak: exporter exited ({status}); restarting\n{}", self.exporter.log());
+            eprintln!(
+                "soak: exporter exited ({status}); restarting\n{}",
+                self.exporter.log()
+            );
             self.exporter = Soak::start_exporter(&self.url, &self.mapping_file);
         }
         let t = Instant::now();
@@ -269,8 +272,7 @@ fn main() {
     let mut accounted = 0.0;
     let mut flooded = false;
     let mut warm_rss = None;
-    let (mut next_reload, mut next_restart, mut next_report) =
-        (reload_every, restart_every, 60);
+    let (mut next_reload, mut next_restart, mut next_report) = (reload_every, restart_every, 60);
     let mut second = 0;
     while started.elapsed() < Duration::from_secs(seconds) {
         second += 1;
