@@ -89,6 +89,8 @@ struct RawMapping {
     ttl: Option<String>,
     #[serde(default)]
     window: Option<RawWindow>,
+    #[serde(default)]
+    exemplars: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +219,9 @@ pub struct MetricDef {
     pub ttl: Duration,
     /// Histograms only: exact quantiles over a sliding window, from HDR.
     pub window: Option<WindowDef>,
+    /// Histograms only: keep the latest observation of each bucket with the
+    /// event's `traceId`, served as exemplars (OpenMetrics).
+    pub exemplars: bool,
 }
 
 /// A summary family `name{quantile}` with exact quantiles of the last `length`
@@ -383,6 +388,7 @@ fn check_mapping(key: &str, m: &RawMapping) -> Result<(MetricDef, Option<ValueSp
     )?;
     only("ttl", m.ttl.is_some(), Kind::Gauge)?;
     only("window", m.window.is_some(), Kind::Histogram)?;
+    only("exemplars", m.exemplars.is_some(), Kind::Histogram)?;
     let window = m
         .window
         .as_ref()
@@ -442,6 +448,7 @@ fn check_mapping(key: &str, m: &RawMapping) -> Result<(MetricDef, Option<ValueSp
         hdr_scale: m.unit.hdr_scale(),
         ttl,
         window,
+        exemplars: m.exemplars.unwrap_or(false),
     };
     Ok((def, value))
 }

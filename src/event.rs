@@ -73,6 +73,10 @@ pub struct Event<'a> {
     /// Envelope `namespace`, else `payload.namespace`; never empty.
     pub namespace: Option<Cow<'a, str>>,
     pub timestamp: Option<Cow<'a, str>>,
+    /// `traceId`, when one an exemplar can carry (see [`check_trace_id`]).
+    pub trace_id: Option<Cow<'a, str>>,
+    /// Why a `traceId` the event has is not kept.
+    pub trace_problem: Option<TraceProblem>,
     /// `payload.message` as raw JSON text: decoded only when a mapping reads
     /// it, so counters and unmapped events never unescape it.
     pub message: Option<&'a str>,
@@ -112,6 +116,42 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
+/// The longest `traceId` kept: an exemplar's labels (`trace_id="…"`) must
+/// stay within OpenMetrics' 128 characters.
+pub const MAX_TRACE_ID: usize = 120;
+
+/// Why a `traceId` is not kept as an exemplar (counted, never fatal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceProblem {
+    TooLong,
+    /// Empty, or a character outside letters, digits and `-_.:` (what W3C,
+    /// B3, Jaeger and X-Ray trace ids are made of).
+    Invalid,
+}
+
+impl TraceProblem {
+    pub const ALL: [TraceProblem; 2] = [TraceProblem::TooLong, TraceProblem::Invalid];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TraceProblem::TooLong => "too_long",
+            TraceProblem::Invalid => "invalid",
+        }
+    }
+}
+
+/// Whether a `traceId` can be an exemplar label value as it is.
+pub fn check_trace_id(t: &str) -> Result<(), TraceProblem> {
+    if t.len() > MAX_TRACE_ID {
+        return Err(TraceProblem::TooLong);
+    }
+    let ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
+    if t.is_empty() || !t.bytes().all(ok) {
+        return Err(TraceProblem::Invalid);
+    }
+    Ok(())
+}
+
 /// Decode one message of at most `max` bytes (longer ones are `TooLarge`):
 /// what the live exporter and `replay` both do with each message.
 pub fn decode_limited(raw: &[u8], max: usize) -> Result<Event<'_>, Reason> {
@@ -143,6 +183,8 @@ pub fn decode(raw: &[u8]) -> Result<Event<'_>, Reason> {
         name,
         namespace,
         timestamp: f.timestamp,
+        trace_problem: f.trace_id.as_deref().and_then(|t| check_trace_id(t).err()),
+        trace_id: f.trace_id.filter(|t| check_trace_id(t).is_ok()),
         message: f.message,
         user_count: f.user_count,
     })

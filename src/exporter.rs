@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Catalog, ConfigError};
 use crate::event::{decode_limited, Reason};
-use crate::exposition;
+use crate::exposition::{self, openmetrics, Format};
 use crate::fold::{CheckpointError, Fold, Outcome, Restored, Resume, Snapshot};
 use crate::stats::Stats;
 
@@ -178,6 +178,12 @@ impl Exporter {
             received += 1;
             let decoded = decode_limited(p, max);
             let result = decoded.as_ref().map_err(|r| *r).and_then(|ev| {
+                if let Some(p) = ev.trace_problem {
+                    self.stats
+                        .exemplars_dropped
+                        .with_label_values(&[p.as_str()])
+                        .inc();
+                }
                 let stamped = ev.time();
                 let outcome = fold.apply(ev, now, stamped.unwrap_or(wall))?;
                 if let (Some(t), Outcome::Folded | Outcome::Overflowed) = (stamped, outcome) {
@@ -218,8 +224,13 @@ impl Exporter {
         }
     }
 
-    /// Render `/metrics`: snapshot under the lock, format without it.
+    /// Render `/metrics` as text 0.0.4.
     pub fn scrape(&self) -> String {
+        self.scrape_as(Format::Text)
+    }
+
+    /// Render `/metrics`: snapshot under the lock, format without it.
+    pub fn scrape_as(&self, format: Format) -> String {
         let start = Instant::now();
         // Self-metrics first: a message they count as received is then
         // already in the snapshot (ingest counts it after folding).
@@ -235,12 +246,27 @@ impl Exporter {
         };
         let live = snap.as_ref().map_or(0, |s| s.namespaces.len());
         let mut out = String::with_capacity(stats.len() + 4096 + live * 4096);
-        if let Some(s) = &snap {
-            exposition::render(s, &mut out);
-        }
-        out.push_str(&stats);
         self.stats
-            .render_series(&mut out, snap.as_ref().map_or(0, |s| s.series()));
+            .render_series(&mut stats, snap.as_ref().map_or(0, |s| s.series()));
+        match format {
+            Format::Text => {
+                if let Some(s) = &snap {
+                    exposition::render(s, &mut out);
+                }
+                out.push_str(&stats);
+            }
+            Format::OpenMetrics => {
+                if let Some(s) = &snap {
+                    let frame = openmetrics::Frame {
+                        snapshot: s,
+                        at: None,
+                    };
+                    openmetrics::render_families(&[frame], &mut out);
+                }
+                openmetrics::from_text(&stats, &mut out);
+                out.push_str("# EOF\n");
+            }
+        }
         self.stats
             .scrape_duration
             .observe(start.elapsed().as_secs_f64());

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, WWW_AUTHENTICATE,
+    HeaderValue, ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, VARY,
+    WWW_AUTHENTICATE,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -20,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::exporter::Exporter;
-use crate::exposition::CONTENT_TYPE as METRICS_TYPE;
+use crate::exposition::Format;
 use crate::web::WebConfig;
 
 type Body = Full<Bytes>;
@@ -118,9 +119,11 @@ async fn handle(req: Request<Incoming>, site: Arc<Site>) -> Response<Body> {
         p if p == telemetry && get => {
             let exporter = exporter.clone();
             let gzip = accepts_gzip(&req);
+            let format = Format::negotiate(req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()));
+            let metrics_type = format.content_type();
             // Rendering (and compressing) is CPU work: keep it off the async workers.
             let rendered = tokio::task::spawn_blocking(move || {
-                let text = exporter.scrape();
+                let text = exporter.scrape_as(format);
                 match gzip.then(|| compress(text.as_bytes())).flatten() {
                     Some(gz) => Ok(Bytes::from(gz)),
                     None => Err(text),
@@ -131,11 +134,17 @@ async fn handle(req: Request<Incoming>, site: Arc<Site>) -> Response<Body> {
                 Ok(Ok(gz)) => {
                     let mut r = Response::new(Full::new(gz));
                     let h = r.headers_mut();
-                    h.insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_TYPE));
+                    h.insert(CONTENT_TYPE, HeaderValue::from_static(metrics_type));
+                    h.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
                     h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
                     r
                 }
-                Ok(Err(text)) => reply(StatusCode::OK, METRICS_TYPE, text),
+                Ok(Err(text)) => {
+                    let mut r = reply(StatusCode::OK, metrics_type, text);
+                    r.headers_mut()
+                        .insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+                    r
+                }
                 Err(e) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     TEXT,

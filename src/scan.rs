@@ -27,6 +27,9 @@ pub struct Fields<'a> {
     pub name: Option<Cow<'a, str>>,
     pub namespace: Option<Cow<'a, str>>,
     pub timestamp: Option<Cow<'a, str>>,
+    /// `traceId` when it is a string that decodes; otherwise absent, and the
+    /// event is read as if it had none (an exemplar is optional).
+    pub trace_id: Option<Cow<'a, str>>,
     pub payload_namespace: Option<Cow<'a, str>>,
     /// `payload.message` as raw JSON text (`null` reads as absent).
     pub message: Option<&'a str>,
@@ -56,6 +59,7 @@ pub fn envelope(b: &[u8]) -> Result<Fields<'_>> {
             b"name" => f.name = s.opt_string()?,
             b"namespace" => f.namespace = s.opt_string()?,
             b"timestamp" => f.timestamp = s.opt_string()?,
+            b"traceId" => f.trace_id = s.lenient_string()?,
             b"payload" => s.payload(&mut f)?,
             _ => s.skip_value(1)?,
         }
@@ -199,6 +203,21 @@ impl<'a> Scanner<'a> {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// A string, if the value is one and decodes; any other value is only
+    /// validated, as an unread one would be.
+    fn lenient_string(&mut self) -> Result<Option<Cow<'a, str>>> {
+        self.ws();
+        if self.peek() != Some(b'"') {
+            return self.skip_value(1).map(|_| None);
+        }
+        let (raw, escaped) = self.string()?;
+        Ok(if escaped {
+            unescape(self.quoted(raw)).ok().map(Cow::Owned)
+        } else {
+            std::str::from_utf8(raw).ok().map(Cow::Borrowed)
+        })
     }
 
     /// The length of an array, or null.
@@ -402,13 +421,14 @@ pub mod parity {
     use serde::de::IgnoredAny;
     use serde_json::Value;
 
-    /// name, namespace, payload namespace, user count, message.
+    /// name, namespace, payload namespace, user count, message, trace id.
     pub type Read = std::result::Result<
         (
             Option<String>,
             Option<String>,
             Option<String>,
             Option<usize>,
+            Option<String>,
             Option<String>,
         ),
         ScanError,
@@ -455,7 +475,8 @@ pub mod parity {
             }
             Some(_) => return Err(ScanError::Type),
         };
-        Ok((name, ns, pns, count, msg))
+        let trace = o.get("traceId").and_then(Value::as_str).map(str::to_string);
+        Ok((name, ns, pns, count, msg, trace))
     }
 
     pub fn ours(b: &[u8]) -> Read {
@@ -473,6 +494,7 @@ pub mod parity {
             o(f.payload_namespace),
             f.user_count,
             msg,
+            o(f.trace_id),
         ))
     }
 

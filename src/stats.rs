@@ -23,6 +23,8 @@ pub struct Stats {
     pub messages_received: IntCounter,
     pub events_folded: IntCounter,
     pub events_rejected: IntCounterVec,
+    /// `traceId`s not kept as exemplars, by reason.
+    pub exemplars_dropped: IntCounterVec,
     pub overflow_events: IntCounter,
     pub namespaces: IntGauge,
     pub max_namespaces: IntGauge,
@@ -90,6 +92,15 @@ impl Stats {
         for reason in Reason::ALL {
             events_rejected.with_label_values(&[reason.as_str()]);
         }
+        let exemplars_dropped = counter_vec(
+            &r,
+            "exemplars_dropped_total",
+            "Event traceIds not kept as exemplars (too long for OpenMetrics, or characters a trace id does not have), by reason.",
+            "reason",
+        );
+        for problem in crate::event::TraceProblem::ALL {
+            exemplars_dropped.with_label_values(&[problem.as_str()]);
+        }
         let reloads = counter_vec(
             &r,
             "config_reloads_total",
@@ -142,6 +153,7 @@ impl Stats {
                 "Events accepted and folded into metrics (including unmapped events, counted by name only).",
             ),
             events_rejected,
+            exemplars_dropped,
             overflow_events: counter(
                 &r,
                 "cardinality_overflow_events_total",

@@ -18,6 +18,56 @@ pub use text::{render, CONTENT_TYPE};
 
 const LABEL: &str = "game_namespace";
 
+/// What `/metrics` can serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4 (the default).
+    Text,
+    /// OpenMetrics 1.0 text, with exemplars.
+    OpenMetrics,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => text::CONTENT_TYPE,
+            Format::OpenMetrics => openmetrics::CONTENT_TYPE,
+        }
+    }
+
+    /// The format an `Accept` header prefers, among those served: the highest
+    /// `q` (ties: the first listed); text when it names none of them.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let mut best = (Format::Text, 0.0f64);
+        for item in accept.unwrap_or("").split(',') {
+            let mut parts = item.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let (mut q, mut version) = (1.0, None);
+            for p in parts {
+                match p
+                    .split_once('=')
+                    .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+                {
+                    Some(("q", v)) => q = v.parse().unwrap_or(0.0),
+                    Some(("version", v)) => version = Some(v.to_string()),
+                    _ => {}
+                }
+            }
+            let format = match (media.as_str(), version.as_deref()) {
+                ("application/openmetrics-text", None | Some("1.0.0" | "0.0.1")) => {
+                    Format::OpenMetrics
+                }
+                ("text/plain" | "*/*" | "text/*", _) => Format::Text,
+                _ => continue,
+            };
+            if q > best.1 {
+                best = (format, q);
+            }
+        }
+        best.0
+    }
+}
+
 /// What a family renders from.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Family {
@@ -174,6 +224,35 @@ mod tests {
             let mut s = String::new();
             float(&mut s, v);
             assert_eq!(s, want);
+        }
+    }
+
+    #[test]
+    fn accept_headers_choose_the_format() {
+        let prometheus_2 = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let cases = [
+            (None, Format::Text),
+            (Some(""), Format::Text),
+            (Some("*/*"), Format::Text),
+            (Some("text/plain;version=0.0.4"), Format::Text),
+            (Some(prometheus_2), Format::OpenMetrics),
+            (
+                Some("application/openmetrics-text; version=0.0.1"),
+                Format::OpenMetrics,
+            ),
+            (
+                Some("application/openmetrics-text;version=2.0.0,text/plain"),
+                Format::Text,
+            ),
+            (
+                Some("text/plain;q=0.9,application/openmetrics-text;q=0.5"),
+                Format::Text,
+            ),
+            (Some("application/json"), Format::Text),
+            (Some("application/openmetrics-text;q=0"), Format::Text),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(Format::negotiate(accept), want, "{accept:?}");
         }
     }
 

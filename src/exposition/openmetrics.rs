@@ -12,7 +12,7 @@ use super::{
     escape, families, float, int, le_labels, namespace_label, quantile_labels, series, Family,
 };
 use crate::config::{Kind, EVENTS_METRIC};
-use crate::fold::Snapshot;
+use crate::fold::{Exemplar, Snapshot};
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -33,6 +33,13 @@ pub struct Frame<'a> {
 /// ending with `# EOF`. A family without a sample is left out (some
 /// OpenMetrics parsers refuse metadata with no metric after it).
 pub fn render(frames: &[Frame], out: &mut String) {
+    render_families(frames, out);
+    out.push_str("# EOF\n");
+}
+
+/// [`render`] without the `# EOF`, for a page that goes on (`/metrics`
+/// appends the self-metrics).
+pub fn render_families(frames: &[Frame], out: &mut String) {
     if let Some(first) = frames.first() {
         for (_, family) in families(&first.snapshot.catalog) {
             match family {
@@ -42,7 +49,6 @@ pub fn render(frames: &[Frame], out: &mut String) {
             }
         }
     }
-    out.push_str("# EOF\n");
 }
 
 /// Every `(namespace, frame, sample)` of family `i`, by namespace then frame.
@@ -108,10 +114,22 @@ fn metric(frames: &[Frame], i: usize, out: &mut String) {
             Kind::Histogram => {
                 let bounds = les.len() - 1;
                 let counts = &fam.buckets[s * bounds..(s + 1) * bounds];
-                for (le, n) in les.iter().zip(counts.iter().chain([&sample.count])) {
+                // One slot per bucket, +Inf's last; only if every sample has them.
+                let slots = les.len();
+                let exemplars = (fam.exemplars.len() == fam.samples.len() * slots)
+                    .then(|| &fam.exemplars[s * slots..(s + 1) * slots]);
+                for (b, (le, n)) in les
+                    .iter()
+                    .zip(counts.iter().chain([&sample.count]))
+                    .enumerate()
+                {
                     series(out, &def.name, "_bucket", label, le);
                     int(out, *n);
-                    end(out, at);
+                    stamp(out, at);
+                    if let Some(Some(e)) = exemplars.map(|x| &x[b]) {
+                        exemplar(out, e);
+                    }
+                    out.push('\n');
                 }
                 series(out, &def.name, "_count", label, "}");
                 int(out, sample.count);
@@ -182,11 +200,67 @@ fn events(frames: &[Frame], out: &mut String) {
 
 /// The timestamp, if any, and the end of the line.
 fn end(out: &mut String, at: Option<f64>) {
+    stamp(out, at);
+    out.push('\n');
+}
+
+fn stamp(out: &mut String, at: Option<f64>) {
     if let Some(t) = at {
         out.push(' ');
         float(out, t);
     }
-    out.push('\n');
+}
+
+/// ` # {trace_id="…"} value time`, after a bucket's value (and timestamp).
+fn exemplar(out: &mut String, e: &Exemplar) {
+    out.push_str(" # {trace_id=\"");
+    escape(out, &e.trace_id, true);
+    out.push_str("\"} ");
+    float(out, e.value);
+    out.push(' ');
+    float(out, e.time);
+}
+
+/// Self-metrics, as the `prometheus` crate writes them (text 0.0.4, each
+/// family a `# HELP`, a `# TYPE` and its samples), in OpenMetrics: a
+/// counter's family drops `_total`, `untyped` is `unknown`, help text escapes
+/// quotes, a unit is named where the family name ends in one. The samples
+/// are the same lines.
+pub fn from_text(text: &str, out: &mut String) {
+    let mut help = "";
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = rest.split_once(' ').map_or("", |(_, h)| h);
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let kind = match kind {
+                "counter" | "gauge" | "histogram" | "summary" => kind,
+                _ => "unknown",
+            };
+            header_as(out, name, &unescape_help(help), kind);
+            help = "";
+        } else if !line.is_empty() && !line.starts_with('#') {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+}
+
+/// Text 0.0.4 help escapes `\\` and newline only.
+fn unescape_help(help: &str) -> String {
+    let mut out = String::with_capacity(help.len());
+    let mut chars = help.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '\\') {
+            (_, true) => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            },
+            (c, false) => out.push(c),
+        }
+    }
+    out
 }
 
 fn header(out: &mut String, name: &str, help: &str, kind: Kind) {
@@ -273,6 +347,34 @@ mod tests {
             &mut out,
         );
         assert_eq!(out, "# EOF\n");
+    }
+
+    #[test]
+    fn self_metrics_convert_from_text() {
+        let text = "# HELP a_total Say \\\\ \"hi\"\\nthere.\n# TYPE a_total counter\na_total 3\n\
+                    # HELP b_seconds B.\n# TYPE b_seconds gauge\nb_seconds 1.5\n\
+                    # HELP c C.\n# TYPE c untyped\nc{x=\"y\"} 1\n";
+        let mut out = String::new();
+        from_text(text, &mut out);
+        assert_eq!(
+            out,
+            "# TYPE a counter\n# HELP a Say \\\\ \\\"hi\\\"\\nthere.\na_total 3\n\
+             # TYPE b_seconds gauge\n# UNIT b_seconds seconds\n# HELP b_seconds B.\nb_seconds 1.5\n\
+             # TYPE c unknown\n# HELP c C.\nc{x=\"y\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn exemplars_follow_the_bucket_value() {
+        let e = Exemplar {
+            trace_id: "4bf92f3577b34da6".into(),
+            value: 31.5,
+            time: 1_700_000_000.25,
+        };
+        let mut out = String::new();
+        stamp(&mut out, None);
+        exemplar(&mut out, &e);
+        assert_eq!(out, " # {trace_id=\"4bf92f3577b34da6\"} 31.5 1700000000.25");
     }
 
     #[test]

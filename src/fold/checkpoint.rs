@@ -367,12 +367,17 @@ impl Fold {
                         w.held[at] = held;
                     }
                 }
+                // Exemplars are not kept: new observations bring new ones.
+                let exemplars = m
+                    .target
+                    .and_then(|i| super::exemplar_slots(&self.catalog.metrics[i]));
                 Slot::Histogram(Box::new(Hist {
                     hdr,
                     buckets,
                     sum,
                     count,
                     window,
+                    exemplars,
                 }))
             }
             _ => return Err(mismatch()),

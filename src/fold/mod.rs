@@ -78,6 +78,25 @@ struct Hist {
     sum: Exact,
     count: u64,
     window: Option<Box<Window>>,
+    /// Mappings with `exemplars`: the latest traced observation of each
+    /// bucket, the last slot above the last bound. Not checkpointed.
+    exemplars: Option<Box<[Option<Exemplar>]>>,
+}
+
+/// One observation with the trace it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exemplar {
+    /// Checked by `event::check_trace_id`; shared with snapshots.
+    pub trace_id: Arc<str>,
+    pub value: f64,
+    /// The event's time, Unix seconds.
+    pub time: f64,
+}
+
+/// Empty exemplar slots for a histogram of `def`, if it keeps them.
+fn exemplar_slots(def: &MetricDef) -> Option<Box<[Option<Exemplar>]>> {
+    def.exemplars
+        .then(|| vec![None; def.buckets.len() + 1].into_boxed_slice())
 }
 
 impl Hist {
@@ -91,17 +110,23 @@ impl Hist {
                 .window
                 .as_ref()
                 .map(|_| Box::new(Window::new(def.sigfig))),
+            exemplars: exemplar_slots(def),
         }
     }
 
-    fn record(&mut self, def: &MetricDef, v: f64, step: impl FnOnce() -> u64) {
+    fn record(&mut self, def: &MetricDef, v: f64, at: &At, step: impl FnOnce() -> u64) {
         let scaled = v * def.hdr_scale;
         record_hdr(&mut self.hdr, scaled);
-        if let Some(c) = self
-            .buckets
-            .get_mut(def.buckets.partition_point(|&b| b < v))
-        {
+        let bucket = def.buckets.partition_point(|&b| b < v);
+        if let Some(c) = self.buckets.get_mut(bucket) {
             *c += 1;
+        }
+        if let (Some(slots), Some(trace)) = (&mut self.exemplars, at.trace) {
+            slots[bucket] = Some(Exemplar {
+                trace_id: trace.into(),
+                value: v,
+                time: at.event_time,
+            });
         }
         self.sum.add(v);
         self.count += 1;
@@ -113,6 +138,7 @@ impl Hist {
     /// New bounds: count the values recorded so far from HDR (within its
     /// precision; exact again for everything recorded from now on).
     fn rebucket(&mut self, def: &MetricDef) {
+        self.exemplars = exemplar_slots(def);
         let mut cumulative = Vec::new();
         cumulative_counts(&self.hdr, &hdr_bounds(def), &mut cumulative);
         let mut below = 0;
@@ -369,16 +395,14 @@ impl Fold {
         }
         let (slot_ns, outcome) = self.namespaces.find_or_insert(ns, &self.catalog);
         let slots = &mut self.namespaces.list[slot_ns].slots;
+        let at = At {
+            event_time,
+            now,
+            trace: ev.trace_id.as_deref(),
+        };
         for (rule, &v) in rules.iter().zip(&self.scratch) {
             let def = &self.catalog.metrics[rule.metric];
-            record(
-                &mut slots[rule.metric],
-                def,
-                v,
-                event_time,
-                now,
-                self.started,
-            );
+            record(&mut slots[rule.metric], def, v, &at, self.started);
         }
         Ok(outcome)
     }
@@ -404,7 +428,12 @@ impl Fold {
             let Ok(v) = ev.value(spec) else { continue };
             let (slot_ns, _) = self.namespaces.find_or_insert(ns, &self.catalog);
             let slot = &mut self.namespaces.list[slot_ns].slots[rule.metric];
-            record(slot, def, v, event_time, now, self.started);
+            let at = At {
+                event_time,
+                now,
+                trace: None,
+            };
+            record(slot, def, v, &at, self.started);
         }
     }
 
@@ -433,8 +462,11 @@ impl Fold {
                 .collect();
             for (slot, (def, c)) in ns.slots.iter_mut().zip(catalog.metrics.iter().zip(&carry)) {
                 if let (Slot::Histogram(h), Some(i)) = (slot, c) {
-                    if self.catalog.metrics[*i].buckets != def.buckets {
+                    let old = &self.catalog.metrics[*i];
+                    if old.buckets != def.buckets {
                         h.rebucket(def);
+                    } else if old.exemplars != def.exemplars {
+                        h.exemplars = exemplar_slots(def);
                     }
                 }
             }
@@ -484,6 +516,9 @@ impl Fold {
                             below += c;
                             below
                         }));
+                        if let Some(slots) = &h.exemplars {
+                            fam.exemplars.extend(slots.iter().cloned());
+                        }
                         if let (Some(w), Some(wd)) = (&h.window, &def.window) {
                             w.merge_into(window_step(def, self.started, now), merged);
                             // NaN: nothing recorded within the window.
@@ -521,15 +556,17 @@ impl Fold {
     }
 }
 
-/// `started` dates the steps of windowed histograms.
-fn record(
-    slot: &mut Slot,
-    def: &MetricDef,
-    v: f64,
+/// When an observation happened, and the trace it carries.
+struct At<'a> {
     event_time: f64,
+    /// Dates gauge updates for expiry and window steps.
     now: Instant,
-    started: Instant,
-) {
+    trace: Option<&'a str>,
+}
+
+/// `started` dates the steps of windowed histograms.
+fn record(slot: &mut Slot, def: &MetricDef, v: f64, at: &At, started: Instant) {
+    let step = || window_step(def, started, at.now);
     match (slot, def.kind) {
         (Slot::Counter(c), _) => c.add(v),
         (
@@ -542,11 +579,11 @@ fn record(
         ) => {
             // Ties go to the larger value, so replicas that receive two
             // updates with one timestamp in different orders agree.
-            if event_time > *t || (event_time == *t && v >= *value) {
-                (*value, *t, *seen) = (v, event_time, now);
+            if at.event_time > *t || (at.event_time == *t && v >= *value) {
+                (*value, *t, *seen) = (v, at.event_time, at.now);
             }
         }
-        (Slot::Histogram(h), _) => h.record(def, v, || window_step(def, started, now)),
+        (Slot::Histogram(h), _) => h.record(def, v, at, step),
         (slot @ Slot::Empty, Kind::Counter) => {
             let mut c = Exact::default();
             c.add(v);
@@ -555,13 +592,13 @@ fn record(
         (slot @ Slot::Empty, Kind::Gauge) => {
             *slot = Slot::Gauge {
                 value: v,
-                event_time,
-                seen: now,
+                event_time: at.event_time,
+                seen: at.now,
             }
         }
         (slot @ Slot::Empty, Kind::Histogram) => {
             let mut h = Box::new(Hist::new(def));
-            h.record(def, v, || window_step(def, started, now));
+            h.record(def, v, at, step);
             *slot = Slot::Histogram(h);
         }
     }
@@ -630,6 +667,9 @@ pub struct FamilySnapshot {
     /// Histograms with a window: per sample, one value per configured
     /// quantile (exposed unit; NaN when the window is empty).
     pub window_values: Vec<f64>,
+    /// Histograms with exemplars: per sample, one slot per bucket and one
+    /// above the last bound (the `+Inf` bucket's own).
+    pub exemplars: Vec<Option<Exemplar>>,
 }
 
 /// Everything a scrape renders, detached from the fold.
