@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use session_exporter::config::Catalog;
 use session_exporter::event::{decode, parse_rfc3339};
-use session_exporter::exposition::render;
+use session_exporter::exposition::{openmetrics, render};
 use session_exporter::fold::Fold;
 
 #[test]
@@ -31,10 +31,26 @@ fn example_events_render_as_the_golden_file() {
         "session_exporter_series matches what is rendered"
     );
 
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/examples.prom");
+    golden("examples.prom", &out);
+
+    // OpenMetrics: the same samples (and exemplars), accepted by a strict parser.
+    let mut om = String::new();
+    let frame = openmetrics::Frame {
+        snapshot: &snap,
+        at: None,
+    };
+    openmetrics::render(&[frame], &mut om);
+    let parsed = common::openmetrics_check(&om);
+    assert_eq!(parsed, lines, "the same number of samples");
+    assert!(om.contains(" # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} "));
+    golden("examples.om", &om);
+}
+
+fn golden(name: &str, got: &str) {
+    let path = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(path, &out).unwrap();
+        std::fs::write(&path, got).unwrap();
     }
-    let want = std::fs::read_to_string(path).expect("golden file; UPDATE_GOLDEN=1 writes it");
-    assert_eq!(out, want, "exposition differs from {path}");
+    let want = std::fs::read_to_string(&path).expect("golden file; UPDATE_GOLDEN=1 writes it");
+    assert_eq!(got, want, "exposition differs from {path}");
 }

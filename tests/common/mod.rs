@@ -372,11 +372,26 @@ impl Drop for Exporter {
 
 /// A minimal HTTP/1.0 client: status and body.
 pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    let (status, _, body) = http_with(addr, method, path, &[]);
+    (status, body)
+}
+
+/// The same with request headers: status, response head, body.
+pub fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}Content-Length: 0\r\n\r\n"
     )
     .unwrap();
     let mut raw = String::new();
@@ -387,7 +402,7 @@ pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    (status, body.to_string())
+    (status, head.to_string(), body.to_string())
 }
 
 /// The value of the series whose text (name and labels) is exactly `series`.
@@ -557,6 +572,11 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(target: &str, rule_files: &[PathBuf]) -> Prometheus {
+        Prometheus::start_flags(target, rule_files, &[])
+    }
+
+    /// With extra command-line flags (`--enable-feature=…`).
+    pub fn start_flags(target: &str, rule_files: &[PathBuf], flags: &[&str]) -> Prometheus {
         let dir = temp_dir("prometheus");
         let rules: Vec<String> = rule_files
             .iter()
@@ -567,7 +587,7 @@ impl Prometheus {
             rules.join("\n")
         );
         let data = dir.join("data");
-        Prometheus::launch(dir, &data, &config)
+        Prometheus::launch(dir, &data, &config, flags)
     }
 
     /// A Prometheus that scrapes nothing, over the TSDB blocks in `data`
@@ -577,10 +597,11 @@ impl Prometheus {
             temp_dir("prometheus"),
             data,
             "global:\n  scrape_interval: 1m\n",
+            &[],
         )
     }
 
-    fn launch(dir: PathBuf, data: &Path, config: &str) -> Prometheus {
+    fn launch(dir: PathBuf, data: &Path, config: &str, flags: &[&str]) -> Prometheus {
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         // Prometheus cannot report a port it chose, so take a free one from the
         // kernel and retry in the rare case another process grabs it first.
@@ -599,6 +620,7 @@ impl Prometheus {
                 .arg(format!("--storage.tsdb.path={}", data.display()))
                 .arg(format!("--web.listen-address={addr}"))
                 .arg("--log.level=warn")
+                .args(flags)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -621,6 +643,14 @@ impl Prometheus {
             let _ = child.wait();
             None
         })
+    }
+
+    /// The `data` of a GET on the HTTP API (`path` with its query string).
+    pub fn api(&self, path: &str) -> serde_json::Value {
+        let (status, body) = http(&self.addr, "GET", path);
+        assert_eq!(status, 200, "{path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["data"].clone()
     }
 
     /// The `data.result` of an instant query at Unix time `at`.
