@@ -523,8 +523,15 @@ fn print_jetstream(figures: [f64; 7], lost: u64) {
 }
 
 fn get_metrics(addr: &str) -> usize {
+    get_metrics_as(addr, "*/*")
+}
+
+/// What Prometheus 2.x sends: OpenMetrics first.
+const OPENMETRICS: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+fn get_metrics_as(addr: &str, accept: &str) -> usize {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: b\r\n\r\n").unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: b\r\nAccept: {accept}\r\n\r\n").unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
     buf.len()
@@ -574,7 +581,7 @@ fn bench_scrape_ingest(url: &str, reps: usize) -> f64 {
 
 // ---------------------------------------------------------------- scrape
 
-fn bench_scrape(namespaces: usize) -> f64 {
+fn bench_scrape(namespaces: usize) -> (f64, f64) {
     let rt = runtime();
     let exporter = Arc::new(Exporter::new(Catalog::default_mapping(), None, 0));
     let events = populate_corpus(namespaces);
@@ -596,20 +603,27 @@ fn bench_scrape(namespaces: usize) -> f64 {
             let _ = rx.wait_for(|s| *s).await;
         },
     ));
-    let bytes = get_metrics(&addr);
-    let times: Vec<f64> = (0..21)
-        .map(|_| {
-            let t = Instant::now();
-            get_metrics(&addr);
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
+    // Text and OpenMetrics in turn, so both see the same machine.
+    let (mut times, mut om_times) = (Vec::new(), Vec::new());
+    let (bytes, om_bytes) = (get_metrics(&addr), get_metrics_as(&addr, OPENMETRICS));
+    for _ in 0..21 {
+        let t = Instant::now();
+        get_metrics(&addr);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        get_metrics_as(&addr, OPENMETRICS);
+        om_times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
     eprintln!(
-        "scrape at {namespaces} namespaces: {bytes} bytes, ms {}",
+        "scrape at {namespaces} namespaces: text {bytes} bytes, ms {}",
         spread(&times)
     );
+    eprintln!(
+        "scrape at {namespaces} namespaces: OpenMetrics {om_bytes} bytes, ms {}",
+        spread(&om_times)
+    );
     let _ = stop.send(true);
-    median(&times)
+    (median(&times), median(&om_times))
 }
 
 // ---------------------------------------------------------------- checkpoint
@@ -685,6 +699,12 @@ fn main() {
         print_jetstream(figures, lost);
         return;
     }
+    if only == "scrape" {
+        let (text, om) = bench_scrape(10_000);
+        println!("bench scrape_ms_10k {text:.2}");
+        println!("bench scrape_openmetrics_ms_10k {om:.2}");
+        return;
+    }
     let (fold, fold_ratio) = bench_fold(reps);
     if only == "fold" {
         println!("bench fold_events_per_s {fold:.0}");
@@ -696,8 +716,8 @@ fn main() {
     let (e2e, e2e_ratio, lost) = bench_e2e(&url, reps.min(3));
     let (js, js_lost) = bench_jetstream(&url, reps.min(3));
     let (checkpoint_ms, checkpoint_bytes) = bench_checkpoint(10_000);
-    let scrape_1k = bench_scrape(1_000);
-    let scrape_10k = bench_scrape(10_000);
+    let (scrape_1k, _) = bench_scrape(1_000);
+    let (scrape_10k, scrape_om_10k) = bench_scrape(10_000);
     let scrape_ingest = bench_scrape_ingest(&url, reps.min(3));
     let bytes_per_ns = bench_memory(&url);
     eprintln!("done in {:.0}s", t.elapsed().as_secs_f64());
@@ -711,6 +731,7 @@ fn main() {
     println!("bench checkpoint_bytes_10k {checkpoint_bytes}");
     println!("bench scrape_ms_1k {scrape_1k:.2}");
     println!("bench scrape_ms_10k {scrape_10k:.2}");
+    println!("bench scrape_openmetrics_ms_10k {scrape_om_10k:.2}");
     println!("bench scrape_ingest_ratio {scrape_ingest:.3}");
     println!("bench bytes_per_namespace {bytes_per_ns:.0}");
 }
