@@ -531,7 +531,11 @@ const OPENMETRICS: &str = "application/openmetrics-text;version=1.0.0,applicatio
 
 fn get_metrics_as(addr: &str, accept: &str) -> usize {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: b\r\nAccept: {accept}\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.0\r\nHost: b\r\nAccept: {accept}\r\n\r\n"
+    )
+    .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
     buf.len()

@@ -509,17 +509,20 @@ fn check_buckets(key: &str, b: &[f64]) -> Result<Vec<f64>, ConfigError> {
     Ok(b.to_vec())
 }
 
-/// Every series name a family exposes must be unique across the catalog.
+/// Every series name a family exposes must be unique across the catalog,
+/// and so must its OpenMetrics family name (a counter's, without `_total`).
 fn check_collisions(metrics: &[MetricDef]) -> Result<(), ConfigError> {
     let mut seen: HashMap<String, &str> = HashMap::new();
     seen.insert(EVENTS_METRIC.to_string(), EVENTS_METRIC);
+    seen.insert(family_of(EVENTS_METRIC).to_string(), EVENTS_METRIC);
     for d in metrics {
         let names: Vec<String> = match d.kind {
             Kind::Histogram => ["_bucket", "_sum", "_count", ""]
                 .iter()
                 .map(|s| format!("{}{s}", d.name))
                 .collect(),
-            _ => vec![d.name.clone()],
+            Kind::Counter => vec![d.name.clone(), family_of(&d.name).to_string()],
+            Kind::Gauge => vec![d.name.clone()],
         };
         let window = d
             .window
@@ -538,6 +541,11 @@ fn check_collisions(metrics: &[MetricDef]) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// A counter's OpenMetrics family name: its name without `_total`.
+fn family_of(counter: &str) -> &str {
+    counter.strip_suffix("_total").unwrap_or(counter)
 }
 
 fn valid_metric_name(s: &str) -> bool {
@@ -653,6 +661,10 @@ mod tests {
             let e = one(yaml).unwrap_err().to_string();
             assert!(e.starts_with(key), "{yaml}: {e}");
         }
+        // OpenMetrics names a counter's family without `_total`.
+        let e = one("  - {event: A, metric: x_total, type: counter}\n  - {event: B, metric: x, type: gauge}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("collides"), "{e}");
         let e = one("  - {event: A, metric: h, type: histogram}\n  - {event: B, metric: h_count, type: gauge}\n")
             .unwrap_err();
         assert!(e.to_string().contains("collides"), "{e}");
