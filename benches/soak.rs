@@ -207,6 +207,35 @@ fn percentile(v: &[f64], q: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * q).round() as usize]
 }
 
+/// The most one namespace can hold under `catalog`: every histogram's HDR
+/// (and each of a window's five steps) grown to its mapping's `max_value`,
+/// 4 bytes a cell, plus the fixed part (slots, bucket counts, exemplars, the
+/// name: 4 KB, generously).
+fn worst_bytes_per_namespace(catalog: &Catalog) -> f64 {
+    let max_value = |metric: usize| {
+        catalog
+            .rules
+            .values()
+            .flatten()
+            .filter(|r| r.metric == metric)
+            .filter_map(|r| r.value.as_ref().map(|v| v.max_value))
+            .fold(0.0, f64::max)
+    };
+    let cells: usize = catalog
+        .metrics
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.kind == session_exporter::config::Kind::Histogram)
+        .map(|(i, d)| {
+            let high = (max_value(i) * d.hdr_scale).max(2.0) as u64;
+            let h = hdrhistogram::Histogram::<u32>::new_with_max(high, d.sigfig).unwrap();
+            let copies = 1 + if d.window.is_some() { 5 } else { 0 };
+            copies * h.distinct_values()
+        })
+        .sum();
+    (cells * 4 + 4096) as f64
+}
+
 /// Series of one namespace with every family populated, and of the events.
 fn series_per_namespace() -> f64 {
     let e = session_exporter::exporter::Exporter::new(Catalog::default_mapping(), None, 0);
@@ -341,9 +370,12 @@ fn main() {
     let end_rss = soak.rss.last().unwrap().1;
     let warm = warm_rss.unwrap_or(base_rss);
     let max_rss = soak.rss.iter().map(|r| r.1).fold(0.0, f64::max);
-    // State (23 KB per namespace, BENCHMARKS.md) and one scrape's text and
-    // its gzip copy (~3.7 KB per namespace each), over the idle process.
-    let bound = base_rss + MAX_NAMESPACES as f64 * (23_000.0 + 2.0 * 3_700.0);
+    // The fullest namespace the mapping allows, and one scrape's text and its
+    // gzip copy (~3.7 KB per namespace each), over the idle process.
+    let catalog = Catalog::from_yaml(&mapping("1m")).unwrap();
+    let worst = worst_bytes_per_namespace(&catalog);
+    let bound = base_rss + (MAX_NAMESPACES as f64 + 1.0) * (worst + 2.0 * 3_700.0);
+    let live = soak.max_namespaces.max(1.0);
     let per_ns = series_per_namespace();
     let series_bound = (MAX_NAMESPACES as f64 + 1.0) * per_ns;
     let published = p.published.load(Ordering::Relaxed);
@@ -360,6 +392,8 @@ fn main() {
         ("rss_max_mb", max_rss / 1048576.0),
         ("rss_growth_pct", 100.0 * (end_rss - warm) / warm),
         ("rss_bound_mb", bound / 1048576.0),
+        ("worst_bytes_per_namespace", worst),
+        ("bytes_per_namespace", (warm - base_rss) / live),
         ("lost", lost_steady),
         ("lost_in_outages", lost_outage),
         ("nats_restarts", outages as f64),
