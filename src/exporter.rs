@@ -8,9 +8,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Catalog, ConfigError};
 use crate::event::{decode_limited, Reason};
-use crate::exposition::{self, openmetrics, Format};
+use crate::exposition::{self, openmetrics, protobuf, Format};
 use crate::fold::{CheckpointError, Fold, Outcome, Restored, Resume, Snapshot};
 use crate::stats::Stats;
+use crate::stats::{SERIES, SERIES_HELP};
 
 pub struct Exporter {
     /// A `std` mutex is right here: it is never held across an `.await`, and
@@ -226,11 +227,11 @@ impl Exporter {
 
     /// Render `/metrics` as text 0.0.4.
     pub fn scrape(&self) -> String {
-        self.scrape_as(Format::Text)
+        String::from_utf8(self.scrape_as(Format::Text)).unwrap_or_default()
     }
 
     /// Render `/metrics`: snapshot under the lock, format without it.
-    pub fn scrape_as(&self, format: Format) -> String {
+    pub fn scrape_as(&self, format: Format) -> Vec<u8> {
         let start = Instant::now();
         // Self-metrics first: a message they count as received is then
         // already in the snapshot (ingest counts it after folding).
@@ -238,35 +239,52 @@ impl Exporter {
             let pending = self.changes().saturating_sub(self.stored_changes());
             self.stats.state_pending.set(pending as i64);
         }
-        let mut stats = String::new();
-        self.stats.render(&mut stats);
+        let families = self.stats.families();
         let snap = match &self.published {
             Some(p) => p.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             None => Some(Arc::new(self.lock().snapshot(start))),
         };
         let live = snap.as_ref().map_or(0, |s| s.namespaces.len());
-        let mut out = String::with_capacity(stats.len() + 4096 + live * 4096);
-        self.stats
-            .render_series(&mut stats, snap.as_ref().map_or(0, |s| s.series()));
-        match format {
-            Format::Text => {
+        let series = snap.as_ref().map_or(0, |s| s.series());
+        let out = match format {
+            Format::Protobuf => {
+                let mut out = Vec::with_capacity(4096 + live * 2048);
                 if let Some(s) = &snap {
-                    exposition::render(s, &mut out);
+                    protobuf::render(s, &mut out);
                 }
-                out.push_str(&stats);
+                protobuf::render_registry(&families, &mut out);
+                protobuf::gauge(&mut out, SERIES, SERIES_HELP, series as f64);
+                out
             }
-            Format::OpenMetrics => {
-                if let Some(s) = &snap {
-                    let frame = openmetrics::Frame {
-                        snapshot: s,
-                        at: None,
-                    };
-                    openmetrics::render_families(&[frame], &mut out);
+            Format::Text | Format::OpenMetrics => {
+                let mut stats = String::new();
+                let mut buf = Vec::new();
+                if prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut buf)
+                    .is_ok()
+                {
+                    stats.push_str(&String::from_utf8_lossy(&buf));
                 }
-                openmetrics::from_text(&stats, &mut out);
-                out.push_str("# EOF\n");
+                self.stats.render_series(&mut stats, series);
+                let mut out = String::with_capacity(stats.len() + 4096 + live * 4096);
+                if format == Format::Text {
+                    if let Some(s) = &snap {
+                        exposition::render(s, &mut out);
+                    }
+                    out.push_str(&stats);
+                } else {
+                    if let Some(s) = &snap {
+                        let frame = openmetrics::Frame {
+                            snapshot: s,
+                            at: None,
+                        };
+                        openmetrics::render_families(&[frame], &mut out);
+                    }
+                    openmetrics::from_text(&stats, &mut out);
+                    out.push_str("# EOF\n");
+                }
+                out.into_bytes()
             }
-        }
+        };
         self.stats
             .scrape_duration
             .observe(start.elapsed().as_secs_f64());

@@ -123,10 +123,10 @@ async fn handle(req: Request<Incoming>, site: Arc<Site>) -> Response<Body> {
             let metrics_type = format.content_type();
             // Rendering (and compressing) is CPU work: keep it off the async workers.
             let rendered = tokio::task::spawn_blocking(move || {
-                let text = exporter.scrape_as(format);
-                match gzip.then(|| compress(text.as_bytes())).flatten() {
+                let body = exporter.scrape_as(format);
+                match gzip.then(|| compress(&body)).flatten() {
                     Some(gz) => Ok(Bytes::from(gz)),
-                    None => Err(text),
+                    None => Err(body),
                 }
             })
             .await;
@@ -139,8 +139,10 @@ async fn handle(req: Request<Incoming>, site: Arc<Site>) -> Response<Body> {
                     h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
                     r
                 }
-                Ok(Err(text)) => {
-                    let mut r = reply(StatusCode::OK, metrics_type, text);
+                Ok(Err(body)) => {
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    r.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static(metrics_type));
                     r.headers_mut()
                         .insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
                     r

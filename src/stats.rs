@@ -12,6 +12,9 @@ use std::sync::{Arc, OnceLock};
 use crate::event::Reason;
 
 const P: &str = "session_exporter_";
+/// Rendered by hand after the snapshot it counts (every format).
+pub const SERIES: &str = "session_exporter_series";
+pub const SERIES_HELP: &str = "Domain series in this scrape.";
 
 pub struct Stats {
     registry: Registry,
@@ -248,12 +251,12 @@ impl Stats {
         use std::fmt::Write as _;
         let _ = write!(
             out,
-            "# HELP {P}series Domain series in this scrape.\n# TYPE {P}series gauge\n{P}series {series}\n"
+            "# HELP {SERIES} {SERIES_HELP}\n# TYPE {SERIES} gauge\n{SERIES} {series}\n"
         );
     }
 
-    /// Append the self-metrics in text format.
-    pub fn render(&self, out: &mut String) {
+    /// The self-metrics as they are now.
+    pub fn families(&self) -> Vec<prometheus::proto::MetricFamily> {
         if let Some(c) = self.client.get() {
             let now = c.in_messages.load(Ordering::Relaxed);
             let before = self.synced.fetch_max(now, Ordering::Relaxed);
@@ -261,9 +264,14 @@ impl Stats {
                 self.nats_messages_in.inc_by(now - before);
             }
         }
+        self.registry.gather()
+    }
+
+    /// Append the self-metrics in text format.
+    pub fn render(&self, out: &mut String) {
         let mut buf = Vec::new();
         if TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
+            .encode(&self.families(), &mut buf)
             .is_ok()
         {
             out.push_str(&String::from_utf8_lossy(&buf));

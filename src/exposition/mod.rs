@@ -12,6 +12,7 @@ use std::fmt::Write;
 use crate::config::{Catalog, EVENTS_METRIC};
 
 pub mod openmetrics;
+pub mod protobuf;
 pub mod text;
 
 pub use text::{render, CONTENT_TYPE};
@@ -25,6 +26,9 @@ pub enum Format {
     Text,
     /// OpenMetrics 1.0 text, with exemplars.
     OpenMetrics,
+    /// Delimited protobuf MetricFamily messages: classic and native
+    /// histograms, exemplars.
+    Protobuf,
 }
 
 impl Format {
@@ -32,6 +36,7 @@ impl Format {
         match self {
             Format::Text => text::CONTENT_TYPE,
             Format::OpenMetrics => openmetrics::CONTENT_TYPE,
+            Format::Protobuf => protobuf::CONTENT_TYPE,
         }
     }
 
@@ -42,18 +47,24 @@ impl Format {
         for item in accept.unwrap_or("").split(',') {
             let mut parts = item.split(';').map(str::trim);
             let media = parts.next().unwrap_or("").to_ascii_lowercase();
-            let (mut q, mut version) = (1.0, None);
+            let (mut q, mut version, mut proto, mut encoding) = (1.0, None, None, None);
             for p in parts {
-                match p
-                    .split_once('=')
-                    .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
-                {
-                    Some(("q", v)) => q = v.parse().unwrap_or(0.0),
-                    Some(("version", v)) => version = Some(v.to_string()),
+                let Some((k, v)) = p.split_once('=') else {
+                    continue;
+                };
+                let v = v.trim().trim_matches('"');
+                match k.trim() {
+                    "q" => q = v.parse().unwrap_or(0.0),
+                    "version" => version = Some(v),
+                    "proto" => proto = Some(v),
+                    "encoding" => encoding = Some(v),
                     _ => {}
                 }
             }
-            let format = match (media.as_str(), version.as_deref()) {
+            let protobuf =
+                proto == Some("io.prometheus.client.MetricFamily") && encoding == Some("delimited");
+            let format = match (media.as_str(), version) {
+                ("application/vnd.google.protobuf", _) if protobuf => Format::Protobuf,
                 ("application/openmetrics-text", None | Some("1.0.0" | "0.0.1")) => {
                     Format::OpenMetrics
                 }
@@ -250,6 +261,11 @@ mod tests {
             ),
             (Some("application/json"), Format::Text),
             (Some("application/openmetrics-text;q=0"), Format::Text),
+            (
+                Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"),
+                Format::Protobuf,
+            ),
+            (Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text"), Format::Text),
         ];
         for (accept, want) in cases {
             assert_eq!(Format::negotiate(accept), want, "{accept:?}");

@@ -368,9 +368,13 @@ impl Fold {
                     }
                 }
                 // Exemplars are not kept: new observations bring new ones.
-                let exemplars = m
-                    .target
-                    .and_then(|i| super::exemplar_slots(&self.catalog.metrics[i]));
+                // Native buckets come back from HDR, within its precision.
+                let def = m.target.map(|i| &self.catalog.metrics[i]);
+                let exemplars = def.and_then(super::exemplar_slots);
+                let native = def.map_or_else(
+                    || super::Native::new(crate::config::DEFAULT_NATIVE_SCHEMA),
+                    |d| super::Native::from_hdr(&hdr, d.hdr_scale, d.native_schema),
+                );
                 Slot::Histogram(Box::new(Hist {
                     hdr,
                     buckets,
@@ -378,6 +382,7 @@ impl Fold {
                     count,
                     window,
                     exemplars,
+                    native,
                 }))
             }
             _ => return Err(mismatch()),

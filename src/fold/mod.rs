@@ -3,7 +3,10 @@
 //! checkpoint ([`checkpoint`]) writes the whole state out and reads it back.
 
 mod checkpoint;
+pub mod native;
+
 pub use checkpoint::{CheckpointError, Restored, Resume};
+use native::Native;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -81,6 +84,9 @@ struct Hist {
     /// Mappings with `exemplars`: the latest traced observation of each
     /// bucket, the last slot above the last bound. Not checkpointed.
     exemplars: Option<Box<[Option<Exemplar>]>>,
+    /// Native-histogram buckets of the exact values. Not checkpointed:
+    /// rebuilt from HDR on restore.
+    native: Native,
 }
 
 /// One observation with the trace it came from.
@@ -111,6 +117,7 @@ impl Hist {
                 .as_ref()
                 .map(|_| Box::new(Window::new(def.sigfig))),
             exemplars: exemplar_slots(def),
+            native: Native::new(def.native_schema),
         }
     }
 
@@ -121,6 +128,7 @@ impl Hist {
         if let Some(c) = self.buckets.get_mut(bucket) {
             *c += 1;
         }
+        self.native.record(v);
         if let (Some(slots), Some(trace)) = (&mut self.exemplars, at.trace) {
             slots[bucket] = Some(Exemplar {
                 trace_id: trace.into(),
@@ -468,6 +476,9 @@ impl Fold {
                     } else if old.exemplars != def.exemplars {
                         h.exemplars = exemplar_slots(def);
                     }
+                    if old.native_schema != def.native_schema {
+                        h.native = Native::from_hdr(&h.hdr, def.hdr_scale, def.native_schema);
+                    }
                 }
             }
         }
@@ -519,6 +530,7 @@ impl Fold {
                         if let Some(slots) = &h.exemplars {
                             fam.exemplars.extend(slots.iter().cloned());
                         }
+                        fam.native.push(h.native.clone());
                         if let (Some(w), Some(wd)) = (&h.window, &def.window) {
                             w.merge_into(window_step(def, self.started, now), merged);
                             // NaN: nothing recorded within the window.
@@ -670,6 +682,8 @@ pub struct FamilySnapshot {
     /// Histograms with exemplars: per sample, one slot per bucket and one
     /// above the last bound (the `+Inf` bucket's own).
     pub exemplars: Vec<Option<Exemplar>>,
+    /// Histograms: each sample's native buckets.
+    pub native: Vec<Native>,
 }
 
 /// Everything a scrape renders, detached from the fold.
