@@ -526,6 +526,9 @@ fn get_metrics(addr: &str) -> usize {
     get_metrics_as(addr, "*/*")
 }
 
+/// What Prometheus sends with native histograms on: protobuf first.
+const PROTOBUF: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+
 /// What Prometheus 2.x sends: OpenMetrics first.
 const OPENMETRICS: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
@@ -585,7 +588,7 @@ fn bench_scrape_ingest(url: &str, reps: usize) -> f64 {
 
 // ---------------------------------------------------------------- scrape
 
-fn bench_scrape(namespaces: usize) -> (f64, f64) {
+fn bench_scrape(namespaces: usize) -> Scrape {
     let rt = runtime();
     let exporter = Arc::new(Exporter::new(Catalog::default_mapping(), None, 0));
     let events = populate_corpus(namespaces);
@@ -607,27 +610,92 @@ fn bench_scrape(namespaces: usize) -> (f64, f64) {
             let _ = rx.wait_for(|s| *s).await;
         },
     ));
-    // Text and OpenMetrics in turn, so both see the same machine.
-    let (mut times, mut om_times) = (Vec::new(), Vec::new());
-    let (bytes, om_bytes) = (get_metrics(&addr), get_metrics_as(&addr, OPENMETRICS));
+    // Text, OpenMetrics and protobuf in turn, so all see the same machine.
+    let formats = [
+        ("text", "*/*"),
+        ("OpenMetrics", OPENMETRICS),
+        ("protobuf", PROTOBUF),
+    ];
+    let mut times = vec![Vec::new(); formats.len()];
     for _ in 0..21 {
-        let t = Instant::now();
-        get_metrics(&addr);
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        get_metrics_as(&addr, OPENMETRICS);
-        om_times.push(t.elapsed().as_secs_f64() * 1e3);
+        for (f, (_, accept)) in formats.iter().enumerate() {
+            let t = Instant::now();
+            get_metrics_as(&addr, accept);
+            times[f].push(t.elapsed().as_secs_f64() * 1e3);
+        }
     }
-    eprintln!(
-        "scrape at {namespaces} namespaces: text {bytes} bytes, ms {}",
-        spread(&times)
-    );
-    eprintln!(
-        "scrape at {namespaces} namespaces: OpenMetrics {om_bytes} bytes, ms {}",
-        spread(&om_times)
-    );
+    for (f, (name, accept)) in formats.iter().enumerate() {
+        eprintln!(
+            "scrape at {namespaces} namespaces: {name} {} bytes, ms {}",
+            get_metrics_as(&addr, accept),
+            spread(&times[f])
+        );
+    }
     let _ = stop.send(true);
-    (median(&times), median(&om_times))
+    Scrape {
+        text_ms: median(&times[0]),
+        openmetrics_ms: median(&times[1]),
+        protobuf_ms: median(&times[2]),
+        protobuf_bytes: get_metrics_as(&addr, PROTOBUF),
+        text_bytes: get_metrics_as(&addr, "*/*"),
+        text_series: exporter
+            .scrape()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .count(),
+        native_series: native_series(&exporter),
+    }
+}
+
+struct Scrape {
+    text_ms: f64,
+    openmetrics_ms: f64,
+    protobuf_ms: f64,
+    text_bytes: usize,
+    protobuf_bytes: usize,
+    /// Series in one text scrape (protobuf's: one per histogram instead of
+    /// its buckets, sum and count).
+    text_series: usize,
+    native_series: usize,
+}
+
+impl Scrape {
+    fn print(&self, tag: &str) {
+        println!("bench scrape_ms_{tag} {:.2}", self.text_ms);
+        println!(
+            "bench scrape_openmetrics_ms_{tag} {:.2}",
+            self.openmetrics_ms
+        );
+        println!("bench scrape_protobuf_ms_{tag} {:.2}", self.protobuf_ms);
+        println!("bench scrape_bytes_{tag} {}", self.text_bytes);
+        println!("bench scrape_protobuf_bytes_{tag} {}", self.protobuf_bytes);
+        println!("bench series_text_{tag} {}", self.text_series);
+        println!("bench series_native_{tag} {}", self.native_series);
+    }
+}
+
+/// Series Prometheus stores from a protobuf scrape with native histograms:
+/// the text format's, with each histogram's bucket, sum and count series
+/// replaced by one.
+fn native_series(exporter: &Exporter) -> usize {
+    let text = exporter.scrape();
+    let catalog = Catalog::default_mapping();
+    let histograms: Vec<&str> = catalog
+        .metrics
+        .iter()
+        .filter(|m| m.kind == session_exporter::config::Kind::Histogram)
+        .map(|m| m.name.as_str())
+        .collect();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let name = l.split(['{', ' ']).next().unwrap_or("");
+            !histograms.iter().any(|h| {
+                name.strip_prefix(h)
+                    .is_some_and(|rest| ["_bucket", "_sum"].contains(&rest))
+            })
+        })
+        .count()
 }
 
 // ---------------------------------------------------------------- checkpoint
@@ -704,9 +772,7 @@ fn main() {
         return;
     }
     if only == "scrape" {
-        let (text, om) = bench_scrape(10_000);
-        println!("bench scrape_ms_10k {text:.2}");
-        println!("bench scrape_openmetrics_ms_10k {om:.2}");
+        bench_scrape(10_000).print("10k");
         return;
     }
     let (fold, fold_ratio) = bench_fold(reps);
@@ -720,8 +786,8 @@ fn main() {
     let (e2e, e2e_ratio, lost) = bench_e2e(&url, reps.min(3));
     let (js, js_lost) = bench_jetstream(&url, reps.min(3));
     let (checkpoint_ms, checkpoint_bytes) = bench_checkpoint(10_000);
-    let (scrape_1k, _) = bench_scrape(1_000);
-    let (scrape_10k, scrape_om_10k) = bench_scrape(10_000);
+    let scrape_1k = bench_scrape(1_000);
+    let scrape_10k = bench_scrape(10_000);
     let scrape_ingest = bench_scrape_ingest(&url, reps.min(3));
     let bytes_per_ns = bench_memory(&url);
     eprintln!("done in {:.0}s", t.elapsed().as_secs_f64());
@@ -733,9 +799,8 @@ fn main() {
     print_jetstream(js, js_lost);
     println!("bench checkpoint_ms_10k {checkpoint_ms:.1}");
     println!("bench checkpoint_bytes_10k {checkpoint_bytes}");
-    println!("bench scrape_ms_1k {scrape_1k:.2}");
-    println!("bench scrape_ms_10k {scrape_10k:.2}");
-    println!("bench scrape_openmetrics_ms_10k {scrape_om_10k:.2}");
+    scrape_1k.print("1k");
+    scrape_10k.print("10k");
     println!("bench scrape_ingest_ratio {scrape_ingest:.3}");
     println!("bench bytes_per_namespace {bytes_per_ns:.0}");
 }
