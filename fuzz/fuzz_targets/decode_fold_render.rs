@@ -9,7 +9,8 @@ use std::time::Instant;
 use libfuzzer_sys::fuzz_target;
 use session_exporter::config::Catalog;
 use session_exporter::event::decode_limited;
-use session_exporter::exposition::{self, openmetrics};
+use session_exporter::exposition::protobuf::wire::{as_bytes, as_sint, as_uint, delimited, fields, get};
+use session_exporter::exposition::{self, openmetrics, protobuf};
 use session_exporter::fold::Fold;
 
 fuzz_target!(|data: &[u8]| {
@@ -35,6 +36,27 @@ fuzz_target!(|data: &[u8]| {
     exposition::render(&snap, &mut text);
     openmetrics_parser::prometheus::parse_prometheus(&text)
         .unwrap_or_else(|e| panic!("text: {e:?}\n{text}"));
+    // Protobuf: every family decodes, and every native histogram's buckets
+    // add up to its count.
+    let mut pb = Vec::new();
+    protobuf::render(&snap, &mut pb);
+    for family in delimited(&pb) {
+        let f = fields(&family);
+        for metric in get(&f, 4) {
+            let m = fields(as_bytes(metric));
+            let Some(h) = get(&m, 7).next() else { continue };
+            let h = fields(as_bytes(h));
+            let count = as_uint(get(&h, 1).next().expect("sample_count"));
+            let zero = get(&h, 7).next().map_or(0, as_uint);
+            let (mut bucket, mut total) = (0i64, 0i64);
+            for d in get(&h, 13) {
+                bucket += as_sint(d);
+                assert!(bucket >= 0, "negative native bucket");
+                total += bucket;
+            }
+            assert_eq!(total as u64 + zero, count, "native buckets vs count");
+        }
+    }
     let mut om = String::new();
     openmetrics::render(
         &[openmetrics::Frame {

@@ -333,10 +333,11 @@ fn string(out: &mut Vec<u8>, field: u32, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-#[cfg(test)]
-pub(crate) mod wire {
-    //! A protobuf wire-format reader for the tests: enough to decode what
-    //! `protobuf.rs` writes back into fields.
+#[cfg(any(test, fuzzing))]
+pub mod wire {
+    //! A protobuf wire-format reader for the tests and the fuzzer: enough to
+    //! decode what `protobuf.rs` writes back into fields. It panics on
+    //! malformed input, which is what they want.
 
     #[derive(Debug, Clone, PartialEq)]
     pub enum Value {
