@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use session_exporter::config::Catalog;
 use session_exporter::event::{decode, parse_rfc3339};
-use session_exporter::exposition::{openmetrics, render};
+use session_exporter::exposition::{openmetrics, protobuf, render};
 use session_exporter::fold::Fold;
 
 #[test]
@@ -31,7 +31,7 @@ fn example_events_render_as_the_golden_file() {
         "session_exporter_series matches what is rendered"
     );
 
-    golden("examples.prom", &out);
+    golden("examples.prom", out.as_bytes());
 
     // OpenMetrics: the same samples (and exemplars), accepted by a strict parser.
     let mut om = String::new();
@@ -43,14 +43,23 @@ fn example_events_render_as_the_golden_file() {
     let parsed = common::openmetrics_check(&om);
     assert_eq!(parsed, lines, "the same number of samples");
     assert!(om.contains(" # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} "));
-    golden("examples.om", &om);
+    golden("examples.om", om.as_bytes());
+
+    // Protobuf (delimited MetricFamily messages), byte for byte.
+    let mut pb = Vec::new();
+    protobuf::render(&snap, &mut pb);
+    golden("examples.pb", &pb);
 }
 
-fn golden(name: &str, got: &str) {
+fn golden(name: &str, got: &[u8]) {
     let path = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, got).unwrap();
     }
-    let want = std::fs::read_to_string(&path).expect("golden file; UPDATE_GOLDEN=1 writes it");
-    assert_eq!(got, want, "exposition differs from {path}");
+    let want = std::fs::read(&path).expect("golden file; UPDATE_GOLDEN=1 writes it");
+    assert!(
+        got == want.as_slice(),
+        "exposition differs from {path}:\n{}",
+        String::from_utf8_lossy(got)
+    );
 }

@@ -51,6 +51,9 @@ fn mutated_events_never_break_the_exposition() {
     assert!(folded > 10_000, "most mutations still decode: {folded}");
     let text = exporter.scrape();
     common::promtool_check(&text);
+    // The same fold in OpenMetrics passes a strict parser.
+    let om = exporter.scrape_as(session_exporter::exposition::Format::OpenMetrics);
+    common::openmetrics_check(&String::from_utf8(om).unwrap());
     for ns in [
         "日本語のゲーム",
         "emoji 🎮",
