@@ -77,7 +77,16 @@ fn configmaps_hold_the_dashboards_and_the_mapping_exactly() {
         );
         n += 1;
     }
-    assert_eq!(n, 2);
+    assert_eq!(n, 3);
+    // The kustomization applies every generated file.
+    let kust = std::fs::read_to_string(repo_path(&format!("{BASE}/kustomization.yaml"))).unwrap();
+    for entry in std::fs::read_dir(repo_path(&format!("{BASE}/generated"))).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            kust.contains(&format!("generated/{name}")),
+            "{name} not in the kustomization"
+        );
+    }
     let cm = yaml(&repo_path(&format!("{BASE}/generated/mapping.yaml")));
     assert_eq!(
         cm["data"]["mapping.yml"].as_str().unwrap(),
