@@ -631,19 +631,71 @@ fn bench_scrape(namespaces: usize) -> Scrape {
             spread(&times[f])
         );
     }
+    let (protobuf_bytes, text_bytes) = (
+        get_metrics_as(&addr, PROTOBUF),
+        get_metrics_as(&addr, "*/*"),
+    );
     let _ = stop.send(true);
+    render_parts(&exporter, namespaces);
     Scrape {
         text_ms: median(&times[0]),
         openmetrics_ms: median(&times[1]),
         protobuf_ms: median(&times[2]),
-        protobuf_bytes: get_metrics_as(&addr, PROTOBUF),
-        text_bytes: get_metrics_as(&addr, "*/*"),
+        protobuf_bytes,
+        text_bytes,
         text_series: exporter
             .scrape()
             .lines()
             .filter(|l| !l.starts_with('#'))
             .count(),
         native_series: native_series(&exporter),
+    }
+}
+
+/// Where a scrape's time goes, in process: the snapshot (under the fold's
+/// lock) and each renderer.
+fn render_parts(exporter: &Exporter, namespaces: usize) {
+    use session_exporter::exposition::Format;
+    let mut parts = [
+        ("whole text", Vec::new()),
+        ("whole OpenMetrics", Vec::new()),
+        ("whole protobuf", Vec::new()),
+    ];
+    for _ in 0..7 {
+        for (i, f) in [Format::Text, Format::OpenMetrics, Format::Protobuf]
+            .into_iter()
+            .enumerate()
+        {
+            let t = Instant::now();
+            exporter.scrape_as(f);
+            parts[i].1.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let snap = exporter.snapshot_for_bench();
+    let t = Instant::now();
+    for _ in 0..7 {
+        exporter.snapshot_for_bench();
+    }
+    eprintln!(
+        "  at {namespaces}: snapshot {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3 / 7.0
+    );
+    let t = Instant::now();
+    let mut out = Vec::new();
+    session_exporter::exposition::protobuf::render(&snap, &mut out);
+    eprintln!(
+        "  at {namespaces}: protobuf render of the domain {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let t = Instant::now();
+    let mut text = String::new();
+    session_exporter::exposition::render(&snap, &mut text);
+    eprintln!(
+        "  at {namespaces}: text render of the domain {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    for (name, v) in &parts {
+        eprintln!("  at {namespaces}: {name} in process, ms {}", spread(v));
     }
 }
 

@@ -264,7 +264,7 @@ fn family(
     metrics: impl FnOnce(&mut Vec<u8>),
 ) {
     let start = out.len();
-    out.extend_from_slice(&[0; 5]);
+    out.push(0);
     string(out, 1, name);
     string(out, 2, help);
     uint(out, 3, kind as u64);
@@ -279,24 +279,27 @@ fn label(m: &mut Vec<u8>, name: &str, value: &str) {
     });
 }
 
-/// A nested message: its key, then its length, then its fields.
+/// A nested message: its key, then its length, then its fields. One byte
+/// is kept for the length; the rare body of 128 bytes or more moves right to
+/// make room for a longer one.
 fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     key(out, field, 2);
     let start = out.len();
-    out.extend_from_slice(&[0; 5]);
+    out.push(0);
     body(out);
     close(out, start);
 }
 
-/// Replace the 5 bytes reserved at `start` with the varint length of what
-/// follows them, moving the body back over the bytes it did not need.
+/// Write the length of what follows the byte kept at `start` there.
 fn close(out: &mut Vec<u8>, start: usize) {
-    let len = out.len() - start - 5;
-    let mut head = Vec::with_capacity(5);
+    let len = out.len() - start - 1;
+    if len < 0x80 {
+        out[start] = len as u8;
+        return;
+    }
+    let mut head = Vec::with_capacity(10);
     varint(&mut head, len as u64);
-    out.copy_within(start + 5.., start + head.len());
-    out[start..start + head.len()].copy_from_slice(&head);
-    out.truncate(start + head.len() + len);
+    out.splice(start..start + 1, head);
 }
 
 fn key(out: &mut Vec<u8>, field: u32, wire: u8) {

@@ -192,14 +192,28 @@ impl Window {
         record_hdr(&mut self.steps[i], v);
     }
 
-    /// Everything recorded in the last `WINDOW_STEPS` steps, into `out`.
-    fn merge_into(&self, step: u64, out: &mut Histogram<u32>) {
-        out.reset();
-        for (h, &held) in self.steps.iter().zip(&self.held) {
-            if step.saturating_sub(held) < WINDOW_STEPS as u64 && !h.is_empty() {
-                let _ = out.add(h);
-            }
+    /// Everything recorded in the last `WINDOW_STEPS` steps: the one live
+    /// step itself, or several merged into `scratch` (a scrape visits every
+    /// namespace, so the copy is skipped when it can be).
+    fn live<'a>(&'a self, step: u64, scratch: &'a mut Histogram<u32>) -> &'a Histogram<u32> {
+        let mut live = self
+            .steps
+            .iter()
+            .zip(&self.held)
+            .filter(|(h, &held)| step.saturating_sub(held) < WINDOW_STEPS as u64 && !h.is_empty())
+            .map(|(h, _)| h);
+        let Some(first) = live.next() else {
+            scratch.reset();
+            return scratch;
+        };
+        let Some(second) = live.next() else {
+            return first;
+        };
+        scratch.reset();
+        for h in [first, second].into_iter().chain(live) {
+            let _ = scratch.add(h);
         }
+        scratch
     }
 }
 
@@ -532,16 +546,29 @@ impl Fold {
                         }
                         fam.native.push(h.native.clone());
                         if let (Some(w), Some(wd)) = (&h.window, &def.window) {
-                            w.merge_into(window_step(def, self.started, now), merged);
-                            // NaN: nothing recorded within the window.
-                            fam.window_values.extend(wd.quantiles.iter().map(|&q| {
-                                if merged.is_empty() {
-                                    return f64::NAN;
-                                }
-                                // Lowest equivalent, as the buckets count it.
-                                let v = merged.value_at_quantile(q);
-                                merged.lowest_equivalent(v) as f64 / def.hdr_scale
-                            }));
+                            let live = w.live(window_step(def, self.started, now), merged);
+                            // Lowest equivalent, as the buckets count it; NaN:
+                            // nothing recorded within the window.
+                            let value = |v: u64| live.lowest_equivalent(v) as f64 / def.hdr_scale;
+                            let start = fam.window_values.len();
+                            if live.is_empty() {
+                                fam.window_values
+                                    .extend(wd.quantiles.iter().map(|_| f64::NAN));
+                            } else if wd.quantiles.windows(2).all(|q| q[0] < q[1]) {
+                                // One pass for all of them.
+                                fam.window_values.extend(
+                                    live.value_at_quantiles(wd.quantiles.iter().copied())
+                                        .map(value),
+                                );
+                            }
+                            if fam.window_values.len() - start != wd.quantiles.len() {
+                                fam.window_values.truncate(start);
+                                fam.window_values.extend(
+                                    wd.quantiles
+                                        .iter()
+                                        .map(|&q| value(live.value_at_quantile(q))),
+                                );
+                            }
                         }
                     }
                 }
