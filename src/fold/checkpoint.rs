@@ -205,7 +205,10 @@ impl Fold {
         for _ in 0..r.count(2)? {
             let label = r.str()?;
             let n = r.varint()?;
-            self.events[seed::event_index(label)] += n;
+            let count = &mut self.events[seed::event_index(label)];
+            *count = count
+                .checked_add(n)
+                .ok_or_else(|| CheckpointError(format!("event count of {label:?} overflows")))?;
         }
         let catalog = self.catalog.clone();
         let stored = r.count(8)?;
@@ -657,6 +660,10 @@ mod tests {
         let mut g = empty();
         let e = g.restore(over, Instant::now(), 1.8e9).unwrap_err();
         assert!(e.to_string().contains("bucket counts"), "{e}");
+        assert_eq!(g.namespace_count(), 0);
+        let over = include_bytes!("../../tests/data/fuzz/checkpoint-event-count-overflow.bin");
+        let e = g.restore(over, Instant::now(), 1.8e9).unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
         assert_eq!(g.namespace_count(), 0);
         let over = include_bytes!("../../tests/data/fuzz/checkpoint-hdr-over-count.bin");
         let e = g.restore(over, Instant::now(), 1.8e9).unwrap_err();
