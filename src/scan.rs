@@ -42,7 +42,8 @@ pub fn envelope(b: &[u8]) -> Result<Fields<'_>> {
     let mut s = Scanner {
         b,
         i: 0,
-        wrong_type: false,
+        wrong: 0,
+        field: 0,
         bad_utf8: false,
     };
     let mut f = Fields::default();
@@ -55,12 +56,17 @@ pub fn envelope(b: &[u8]) -> Result<Fields<'_>> {
     }
     s.object(0, |s, key| {
         match key {
-            b"id" => f.id = s.opt_string()?,
-            b"name" => f.name = s.opt_string()?,
-            b"namespace" => f.namespace = s.opt_string()?,
-            b"timestamp" => f.timestamp = s.opt_string()?,
+            b"id" => f.id = s.reading(ID).opt_string()?,
+            b"name" => f.name = s.reading(NAME).opt_string()?,
+            b"namespace" => f.namespace = s.reading(NAMESPACE).opt_string()?,
+            b"timestamp" => f.timestamp = s.reading(TIMESTAMP).opt_string()?,
             b"traceId" => f.trace_id = s.lenient_string()?,
-            b"payload" => s.payload(&mut f)?,
+            b"payload" => {
+                // A repeated key replaces the whole earlier payload, as in serde_json.
+                (f.payload_namespace, f.message, f.user_count) = (None, None, None);
+                s.wrong &= !PAYLOAD_FIELDS;
+                s.reading(PAYLOAD).payload(&mut f)?
+            }
             _ => s.skip_value(1)?,
         }
         Ok(())
@@ -69,18 +75,31 @@ pub fn envelope(b: &[u8]) -> Result<Fields<'_>> {
     if s.bad_utf8 {
         return Err(ScanError::Utf8);
     }
-    if s.wrong_type {
+    if s.wrong != 0 {
         return Err(ScanError::Type);
     }
     Ok(f)
 }
 
+/// The fields read, one bit each, for `Scanner::wrong`.
+const ID: u32 = 1;
+const NAME: u32 = 2;
+const NAMESPACE: u32 = 4;
+const TIMESTAMP: u32 = 8;
+const PAYLOAD: u32 = 16;
+const USER_IDS: u32 = 32;
+const PAYLOAD_NAMESPACE: u32 = 64;
+const PAYLOAD_FIELDS: u32 = PAYLOAD | USER_IDS | PAYLOAD_NAMESPACE;
+
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
-    /// A field we read had the wrong type. Reported only once the whole
+    /// The fields read whose last value had the wrong type (a repeated key's
+    /// last value counts, as in serde_json). Reported only once the whole
     /// document is known to be JSON, so broken JSON is always `Syntax`.
-    wrong_type: bool,
+    wrong: u32,
+    /// The field being read.
+    field: u32,
     /// Likewise for a string we read that is not UTF-8.
     bad_utf8: bool,
 }
@@ -162,8 +181,8 @@ impl<'a> Scanner<'a> {
         }
         self.object(1, |s, key| {
             match key {
-                b"userIds" => f.user_count = s.opt_count()?,
-                b"namespace" => f.payload_namespace = s.opt_string()?,
+                b"userIds" => f.user_count = s.reading(USER_IDS).opt_count()?,
+                b"namespace" => f.payload_namespace = s.reading(PAYLOAD_NAMESPACE).opt_string()?,
                 b"message" => {
                     s.ws();
                     let start = s.i;
@@ -266,9 +285,16 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Start reading `field`: its earlier value, if the key repeats, no longer counts.
+    fn reading(&mut self, field: u32) -> &mut Self {
+        self.wrong &= !field;
+        self.field = field;
+        self
+    }
+
     /// A value of the wrong type where we read one.
     fn skip_wrong_type(&mut self, depth: u32) -> Result<()> {
-        self.wrong_type = true;
+        self.wrong |= self.field;
         self.skip_value(depth)
     }
 
@@ -593,6 +619,17 @@ mod tests {
         }
         // Out of range where we only skip: both accept the syntax.
         assert!(envelope(br#"{"name":"X","x":1e999}"#).is_ok());
+        // A repeated key: its last value counts, whatever came before (the
+        // fuzzer's: a first payload of the wrong type, then a good one).
+        for b in [
+            br#"{"e":"X" , "payload" :"X" , "payload" : { "message" :0}}"#.as_slice(),
+            br#"{"name":1,"name":"X","payload":{"namespace":"a","userIds":3},"payload":{"message":1}}"#,
+            br#"{"name":"X","payload":{"namespace":"a"},"payload":null}"#,
+            br#"{"name":"X","payload":{"userIds":3,"userIds":[1]}}"#,
+        ] {
+            assert_eq!(agree(b), Ok(()), "{}", String::from_utf8_lossy(b));
+            assert!(envelope(b).is_ok(), "{}", String::from_utf8_lossy(b));
+        }
     }
 
     #[test]
