@@ -173,6 +173,9 @@ pub fn decode(raw: &[u8]) -> Result<Event<'_>, Reason> {
         Some(n) if !n.is_empty() => n,
         _ => return Err(Reason::MissingName),
     };
+    let checked = f.trace_id.as_deref().map(check_trace_id);
+    let trace_problem = checked.and_then(Result::err);
+    let trace_id = f.trace_id.filter(|_| checked == Some(Ok(())));
     let namespace = [f.namespace, f.payload_namespace]
         .into_iter()
         .flatten()
@@ -183,8 +186,8 @@ pub fn decode(raw: &[u8]) -> Result<Event<'_>, Reason> {
         name,
         namespace,
         timestamp: f.timestamp,
-        trace_problem: f.trace_id.as_deref().and_then(|t| check_trace_id(t).err()),
-        trace_id: f.trace_id.filter(|t| check_trace_id(t).is_ok()),
+        trace_problem,
+        trace_id,
         message: f.message,
         user_count: f.user_count,
     })

@@ -214,7 +214,7 @@ fn stamp(out: &mut String, at: Option<f64>) {
 /// ` # {trace_id="…"} value time`, after a bucket's value (and timestamp).
 fn exemplar(out: &mut String, e: &Exemplar) {
     out.push_str(" # {trace_id=\"");
-    escape(out, &e.trace_id, true);
+    escape(out, e.trace_id(), true);
     out.push_str("\"} ");
     float(out, e.value);
     out.push(' ');
@@ -367,7 +367,7 @@ mod tests {
     #[test]
     fn exemplars_follow_the_bucket_value() {
         let e = Exemplar {
-            trace_id: "4bf92f3577b34da6".into(),
+            trace_id: b"4bf92f3577b34da6".as_slice().into(),
             value: 31.5,
             time: 1_700_000_000.25,
         };

@@ -184,7 +184,7 @@ fn events(snap: &Snapshot, out: &mut Vec<u8>) {
 }
 
 fn exemplar(x: &mut Vec<u8>, e: &Exemplar) {
-    label(x, "trace_id", &e.trace_id);
+    label(x, "trace_id", e.trace_id());
     double(x, 2, e.value);
     let secs = e.time.floor();
     message(x, 3, |t| {

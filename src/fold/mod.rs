@@ -92,11 +92,17 @@ struct Hist {
 /// One observation with the trace it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exemplar {
-    /// Checked by `event::check_trace_id`; shared with snapshots.
-    pub trace_id: Arc<str>,
+    /// Checked by `event::check_trace_id` (ASCII); shared with snapshots.
+    pub trace_id: Arc<[u8]>,
     pub value: f64,
     /// The event's time, Unix seconds.
     pub time: f64,
+}
+
+impl Exemplar {
+    pub fn trace_id(&self) -> &str {
+        std::str::from_utf8(&self.trace_id).unwrap_or("")
+    }
 }
 
 /// Empty exemplar slots for a histogram of `def`, if it keeps them.
@@ -130,11 +136,28 @@ impl Hist {
         }
         self.native.record(v);
         if let (Some(slots), Some(trace)) = (&mut self.exemplars, at.trace) {
-            slots[bucket] = Some(Exemplar {
-                trace_id: trace.into(),
-                value: v,
-                time: at.event_time,
+            let slot = &mut slots[bucket];
+            // Overwrite the bytes in place when no snapshot shares them and
+            // the length matches (trace ids mostly have one length): no
+            // allocation per observation.
+            let reused = slot.as_mut().is_some_and(|e| {
+                let fits = e.trace_id.len() == trace.len();
+                match Arc::get_mut(&mut e.trace_id).filter(|_| fits) {
+                    Some(bytes) => {
+                        bytes.copy_from_slice(trace.as_bytes());
+                        (e.value, e.time) = (v, at.event_time);
+                        true
+                    }
+                    None => false,
+                }
             });
+            if !reused {
+                *slot = Some(Exemplar {
+                    trace_id: trace.as_bytes().into(),
+                    value: v,
+                    time: at.event_time,
+                });
+            }
         }
         self.sum.add(v);
         self.count += 1;
