@@ -671,10 +671,10 @@ fn render_parts(exporter: &Exporter, namespaces: usize) {
             parts[i].1.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
-    let snap = exporter.snapshot_for_bench();
+    let (snap, _) = exporter.snapshot();
     let t = Instant::now();
     for _ in 0..7 {
-        exporter.snapshot_for_bench();
+        exporter.snapshot();
     }
     eprintln!(
         "  at {namespaces}: snapshot {:.1} ms",

@@ -104,11 +104,6 @@ impl Exporter {
         }
     }
 
-    /// A snapshot of the fold now (benchmarks time it).
-    pub fn snapshot_for_bench(&self) -> Snapshot {
-        self.lock().snapshot(Instant::now())
-    }
-
     /// A snapshot of the fold now, and `changes` at that moment.
     pub fn snapshot(&self) -> (Snapshot, u64) {
         let fold = self.lock();
