@@ -94,7 +94,7 @@ impl Exporter {
     /// The whole fold, encoded, with the snapshot it stands for.
     pub fn checkpoint(&self, resume: &Resume) -> Checkpoint {
         let now = Instant::now();
-        let fold = self.lock();
+        let mut fold = self.lock();
         // Read under the lock: every ingest counted here is in the bytes.
         let changes = self.changes();
         Checkpoint {
@@ -106,7 +106,7 @@ impl Exporter {
 
     /// A snapshot of the fold now, and `changes` at that moment.
     pub fn snapshot(&self) -> (Snapshot, u64) {
-        let fold = self.lock();
+        let mut fold = self.lock();
         (fold.snapshot(Instant::now()), self.changes())
     }
 

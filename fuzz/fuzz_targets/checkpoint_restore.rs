@@ -11,7 +11,7 @@ use session_exporter::config::Catalog;
 use session_exporter::exposition;
 use session_exporter::fold::Fold;
 
-fn render(fold: &Fold, now: Instant) -> String {
+fn render(fold: &mut Fold, now: Instant) -> String {
     let mut out = String::new();
     exposition::render(&fold.snapshot(now), &mut out);
     out
@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
             );
         }
         Ok(restored) => {
-            let first = render(&fold, now);
+            let first = render(&mut fold, now);
             openmetrics_parser::prometheus::parse_prometheus(&first)
                 .unwrap_or_else(|e| panic!("{e:?}\n{first}"));
             let bytes = fold.encode(now, wall, &restored.resume);
@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
             again
                 .restore(&bytes, now, wall)
                 .expect("our own checkpoint restores");
-            assert_eq!(render(&again, now), first);
+            assert_eq!(render(&mut again, now), first);
         }
     }
 });

@@ -12,7 +12,7 @@ use super::{
     escape, families, float, int, le_labels, namespace_label, quantile_labels, series, Family,
 };
 use crate::config::{Kind, EVENTS_METRIC};
-use crate::fold::{Exemplar, Snapshot};
+use crate::fold::Snapshot;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -61,10 +61,11 @@ fn points<'a>(frames: &[Frame<'a>], i: usize) -> Vec<(&'a str, usize, usize)> {
                 .samples
                 .iter()
                 .enumerate()
-                .map(|(s, sample)| (&*snap.namespaces[sample.namespace], f, s)),
+                .map(|(s, sample)| (snap.namespaces.get(sample.namespace), f, s)),
         );
     }
-    // Stable: a namespace's points stay in frame (time) order.
+    // Stable: a namespace's points stay in frame (time) order. Each frame's
+    // are sorted already, so one frame costs a pass.
     points.sort_by(|a, b| a.0.cmp(b.0));
     points
 }
@@ -114,10 +115,8 @@ fn metric(frames: &[Frame], i: usize, out: &mut String) {
             Kind::Histogram => {
                 let bounds = les.len() - 1;
                 let counts = &fam.buckets[s * bounds..(s + 1) * bounds];
-                // One slot per bucket, +Inf's last; only if every sample has them.
-                let slots = les.len();
-                let exemplars = (fam.exemplars.len() == fam.samples.len() * slots)
-                    .then(|| &fam.exemplars[s * slots..(s + 1) * slots]);
+                // One slot per bucket, +Inf's last.
+                let exemplars = fam.exemplars(s, les.len());
                 for (b, (le, n)) in les
                     .iter()
                     .zip(counts.iter().chain([&sample.count]))
@@ -126,8 +125,8 @@ fn metric(frames: &[Frame], i: usize, out: &mut String) {
                     series(out, &def.name, "_bucket", label, le);
                     int(out, *n);
                     stamp(out, at);
-                    if let Some(Some(e)) = exemplars.map(|x| &x[b]) {
-                        exemplar(out, e);
+                    if let Some((e, trace_id)) = exemplars.get(b) {
+                        exemplar(out, trace_id, e.value, e.time);
                     }
                     out.push('\n');
                 }
@@ -212,13 +211,14 @@ fn stamp(out: &mut String, at: Option<f64>) {
 }
 
 /// ` # {trace_id="…"} value time`, after a bucket's value (and timestamp).
-fn exemplar(out: &mut String, e: &Exemplar) {
+/// ` # {trace_id="…"} value time`: `time` in Unix seconds.
+fn exemplar(out: &mut String, trace_id: &str, value: f64, time: f64) {
     out.push_str(" # {trace_id=\"");
-    escape(out, e.trace_id(), true);
+    escape(out, trace_id, true);
     out.push_str("\"} ");
-    float(out, e.value);
+    float(out, value);
     out.push(' ');
-    float(out, e.time);
+    float(out, time);
 }
 
 /// Self-metrics, as the `prometheus` crate writes them (text 0.0.4, each
@@ -334,7 +334,7 @@ mod tests {
     fn an_empty_fold_is_just_eof() {
         // Found by the fuzzer: families without samples, metadata only,
         // were refused by a strict parser.
-        let fold = crate::fold::Fold::new(std::sync::Arc::new(
+        let mut fold = crate::fold::Fold::new(std::sync::Arc::new(
             crate::config::Catalog::default_mapping(),
         ));
         let snap = fold.snapshot(std::time::Instant::now());
@@ -366,14 +366,9 @@ mod tests {
 
     #[test]
     fn exemplars_follow_the_bucket_value() {
-        let e = Exemplar {
-            trace_id: b"4bf92f3577b34da6".as_slice().into(),
-            value: 31.5,
-            time: 1_700_000_000.25,
-        };
         let mut out = String::new();
         stamp(&mut out, None);
-        exemplar(&mut out, &e);
+        exemplar(&mut out, "4bf92f3577b34da6", 31.5, 1_700_000_000.25);
         assert_eq!(out, " # {trace_id=\"4bf92f3577b34da6\"} 31.5 1700000000.25");
     }
 

@@ -9,8 +9,8 @@
 
 use super::{families, Family};
 use crate::config::{Kind, EVENTS_METRIC};
-use crate::fold::native::{Native, ZERO_THRESHOLD};
-use crate::fold::{Exemplar, FamilySnapshot, Snapshot};
+use crate::fold::native::{NativeView, ZERO_THRESHOLD};
+use crate::fold::{Exemplar, Snapshot};
 
 pub const CONTENT_TYPE: &str =
     "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
@@ -29,28 +29,16 @@ enum Type {
 
 /// Render the domain families of a snapshot, as the text format orders them.
 pub fn render(snap: &Snapshot, out: &mut Vec<u8>) {
-    let mut order: Vec<usize> = (0..snap.namespaces.len()).collect();
-    order.sort_unstable_by(|&a, &b| snap.namespaces[a].cmp(&snap.namespaces[b]));
-    let mut rank = vec![0; order.len()];
-    for (r, &i) in order.iter().enumerate() {
-        rank[i] = r;
-    }
     for (_, family) in families(&snap.catalog) {
         match family {
             Family::Events => events(snap, out),
-            Family::Metric(i) => metric(snap, i, &rank, out),
-            Family::Window(i) => window(snap, i, &rank, out),
+            Family::Metric(i) => metric(snap, i, out),
+            Family::Window(i) => window(snap, i, out),
         }
     }
 }
 
-fn sorted(fam: &FamilySnapshot, rank: &[usize]) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..fam.samples.len()).collect();
-    idx.sort_unstable_by_key(|&s| rank[fam.samples[s].namespace]);
-    idx
-}
-
-fn metric(snap: &Snapshot, i: usize, rank: &[usize], out: &mut Vec<u8>) {
+fn metric(snap: &Snapshot, i: usize, out: &mut Vec<u8>) {
     let (def, fam) = (&snap.catalog.metrics[i], &snap.families[i]);
     if fam.samples.is_empty() {
         return;
@@ -63,10 +51,8 @@ fn metric(snap: &Snapshot, i: usize, rank: &[usize], out: &mut Vec<u8>) {
     family(out, &def.name, &def.help, kind, |out| {
         let bounds = def.buckets.len();
         let slots = bounds + 1;
-        let with_exemplars = fam.exemplars.len() == fam.samples.len() * slots;
-        for s in sorted(fam, rank) {
-            let sample = fam.samples[s];
-            let ns = &snap.namespaces[sample.namespace];
+        for (s, &sample) in fam.samples.iter().enumerate() {
+            let ns = snap.namespaces.get(sample.namespace);
             message(out, 4, |m| {
                 label(m, LABEL, ns);
                 match def.kind {
@@ -76,19 +62,17 @@ fn metric(snap: &Snapshot, i: usize, rank: &[usize], out: &mut Vec<u8>) {
                         uint(h, 1, sample.count);
                         double(h, 2, sample.value);
                         let counts = &fam.buckets[s * bounds..(s + 1) * bounds];
+                        let exemplars = fam.exemplars(s, slots);
                         for (b, (&le, &n)) in def.buckets.iter().zip(counts).enumerate() {
-                            let e = with_exemplars
-                                .then(|| fam.exemplars[s * slots + b].as_ref())
-                                .flatten();
                             message(h, 3, |bucket| {
                                 uint(bucket, 1, n);
                                 double(bucket, 2, le);
-                                if let Some(e) = e {
+                                if let Some(e) = exemplars.get(b) {
                                     message(bucket, 3, |x| exemplar(x, e));
                                 }
                             });
                         }
-                        if let Some(n) = fam.native.get(s) {
+                        if let Some(n) = fam.native(s) {
                             native(h, n);
                         }
                     }),
@@ -99,13 +83,13 @@ fn metric(snap: &Snapshot, i: usize, rank: &[usize], out: &mut Vec<u8>) {
 }
 
 /// Schema, zero bucket, positive spans and deltas (no negative values).
-fn native(h: &mut Vec<u8>, n: &Native) {
+fn native(h: &mut Vec<u8>, n: NativeView) {
     sint(h, 5, n.schema as i64);
     double(h, 6, ZERO_THRESHOLD);
     uint(h, 7, n.zero_count);
     let mut prev_key: Option<i32> = None;
     let mut span: Option<(i32, u32)> = None;
-    for &(key, _) in &n.buckets {
+    for &(key, _) in n.buckets {
         span = match (span, prev_key) {
             (Some((offset, len)), Some(p)) if key == p + 1 => Some((offset, len + 1)),
             (Some(done), Some(p)) => {
@@ -120,7 +104,7 @@ fn native(h: &mut Vec<u8>, n: &Native) {
         spanmsg(h, done);
     }
     let mut prev = 0i64;
-    for &(_, count) in &n.buckets {
+    for &(_, count) in n.buckets {
         sint(h, 13, count as i64 - prev);
         prev = count as i64;
     }
@@ -133,7 +117,7 @@ fn spanmsg(h: &mut Vec<u8>, (offset, length): (i32, u32)) {
     });
 }
 
-fn window(snap: &Snapshot, i: usize, rank: &[usize], out: &mut Vec<u8>) {
+fn window(snap: &Snapshot, i: usize, out: &mut Vec<u8>) {
     let (def, fam) = (&snap.catalog.metrics[i], &snap.families[i]);
     let Some(w) = &def.window else { return };
     if fam.samples.is_empty() {
@@ -141,10 +125,9 @@ fn window(snap: &Snapshot, i: usize, rank: &[usize], out: &mut Vec<u8>) {
     }
     let q = w.quantiles.len();
     family(out, &w.name, &w.help, Type::Summary, |out| {
-        for s in sorted(fam, rank) {
-            let sample = fam.samples[s];
+        for (s, &sample) in fam.samples.iter().enumerate() {
             message(out, 4, |m| {
-                label(m, LABEL, &snap.namespaces[sample.namespace]);
+                label(m, LABEL, snap.namespaces.get(sample.namespace));
                 message(m, 4, |sum| {
                     uint(sum, 1, sample.count);
                     double(sum, 2, sample.value);
@@ -183,8 +166,8 @@ fn events(snap: &Snapshot, out: &mut Vec<u8>) {
     );
 }
 
-fn exemplar(x: &mut Vec<u8>, e: &Exemplar) {
-    label(x, "trace_id", e.trace_id());
+fn exemplar(x: &mut Vec<u8>, (e, trace_id): (&Exemplar, &str)) {
+    label(x, "trace_id", trace_id);
     double(x, 2, e.value);
     let secs = e.time.floor();
     message(x, 3, |t| {
@@ -292,14 +275,24 @@ fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
 
 /// Write the length of what follows the byte kept at `start` there.
 fn close(out: &mut Vec<u8>, start: usize) {
-    let len = out.len() - start - 1;
+    let end = out.len();
+    let len = end - start - 1;
     if len < 0x80 {
         out[start] = len as u8;
         return;
     }
-    let mut head = Vec::with_capacity(10);
-    varint(&mut head, len as u64);
-    out.splice(start..start + 1, head);
+    let mut head = [0u8; 10];
+    let mut n = 0;
+    let mut v = len as u64;
+    while v >= 0x80 {
+        head[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    head[n] = v as u8;
+    out.resize(end + n, 0);
+    out.copy_within(start + 1..end, start + 1 + n);
+    out[start..=start + n].copy_from_slice(&head[..=n]);
 }
 
 fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
@@ -471,12 +464,21 @@ mod tests {
             varint(&mut b, v);
             assert_eq!(read_varint(&mut b.as_slice()), v);
         }
-        // A message longer than 127 bytes needs a two-byte length.
-        let mut out = Vec::new();
-        message(&mut out, 1, |m| string(m, 2, &"x".repeat(300)));
-        let f = fields(&out);
-        let inner = fields(as_bytes(&f[0].1));
-        assert_eq!(as_string(&inner[0].1).len(), 300);
+        // Messages longer than 127 bytes need a longer length: the body
+        // moves right to make room, nested ones too.
+        for len in [127, 128, 300, 16_383, 16_384, 70_000] {
+            let mut out = vec![7];
+            message(&mut out, 1, |m| {
+                message(m, 3, |n| string(n, 2, &"x".repeat(len)));
+                uint(m, 4, 9);
+            });
+            let f = fields(&out[1..]);
+            let outer = fields(as_bytes(&f[0].1));
+            let inner = fields(as_bytes(&outer[0].1));
+            assert_eq!(as_string(&inner[0].1), "x".repeat(len));
+            assert_eq!(as_uint(&outer[1].1), 9);
+            assert_eq!(out[0], 7);
+        }
         for v in [-3i64, 0, 5, i64::MIN / 2] {
             let mut b = Vec::new();
             sint(&mut b, 1, v);

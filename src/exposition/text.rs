@@ -12,31 +12,23 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Render the domain families of a snapshot.
 pub fn render(snap: &Snapshot, out: &mut String) {
-    let mut order: Vec<usize> = (0..snap.namespaces.len()).collect();
-    order.sort_unstable_by(|&a, &b| snap.namespaces[a].cmp(&snap.namespaces[b]));
-    let mut rank = vec![0; order.len()];
-    for (r, &i) in order.iter().enumerate() {
-        rank[i] = r;
-    }
     // Each namespace's label is escaped once per scrape, not once per line.
-    let labels: Vec<String> = snap.namespaces.iter().map(|n| namespace_label(n)).collect();
+    let labels: Vec<String> = snap.namespaces.iter().map(namespace_label).collect();
     for (_, family) in families(&snap.catalog) {
         match family {
             Family::Events => render_events(snap, out),
-            Family::Metric(i) => render_metric(snap, i, &rank, &labels, out),
-            Family::Window(i) => render_window(snap, i, &rank, &labels, out),
+            Family::Metric(i) => render_metric(snap, i, &labels, out),
+            Family::Window(i) => render_window(snap, i, &labels, out),
         }
     }
 }
 
-fn render_metric(snap: &Snapshot, i: usize, rank: &[usize], labels: &[String], out: &mut String) {
+fn render_metric(snap: &Snapshot, i: usize, labels: &[String], out: &mut String) {
     let def = &snap.catalog.metrics[i];
     let fam = &snap.families[i];
     header(out, &def.name, &def.help, def.kind.as_str());
     let les = le_labels(&def.buckets);
-    let mut idx: Vec<usize> = (0..fam.samples.len()).collect();
-    idx.sort_unstable_by_key(|&s| rank[fam.samples[s].namespace]);
-    for s in idx {
+    for s in 0..fam.samples.len() {
         let label = &labels[fam.samples[s].namespace];
         match def.kind {
             Kind::Counter | Kind::Gauge => {
@@ -52,15 +44,12 @@ fn render_metric(snap: &Snapshot, i: usize, rank: &[usize], labels: &[String], o
 /// A summary: quantiles of the recent window (omitted while it is empty), and
 /// the histogram's cumulative `_sum` and `_count`, as Prometheus client
 /// summaries have them.
-fn render_window(snap: &Snapshot, i: usize, rank: &[usize], labels: &[String], out: &mut String) {
+fn render_window(snap: &Snapshot, i: usize, labels: &[String], out: &mut String) {
     let (def, fam) = (&snap.catalog.metrics[i], &snap.families[i]);
     let Some(w) = &def.window else { return };
     header(out, &w.name, &w.help, "summary");
     let quantiles = quantile_labels(&w.quantiles);
-    let mut idx: Vec<usize> = (0..fam.samples.len()).collect();
-    idx.sort_unstable_by_key(|&s| rank[fam.samples[s].namespace]);
-    for s in idx {
-        let sample = fam.samples[s];
+    for (s, &sample) in fam.samples.iter().enumerate() {
         let label = &labels[sample.namespace];
         let values = &fam.window_values[s * quantiles.len()..(s + 1) * quantiles.len()];
         for (q, v) in quantiles.iter().zip(values).filter(|(_, v)| !v.is_nan()) {

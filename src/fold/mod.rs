@@ -4,9 +4,11 @@
 
 mod checkpoint;
 pub mod native;
+mod snapshot;
 
 pub use checkpoint::{CheckpointError, Restored, Resume};
 use native::Native;
+pub use snapshot::{Exemplar, FamilySnapshot, Names, Sample, SampleExemplars, Snapshot};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -15,7 +17,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
-use crate::config::{Catalog, Kind, MetricDef};
+use crate::config::{Catalog, Kind, MetricDef, WindowDef};
 use crate::event::{Event, Reason};
 use crate::seed;
 
@@ -82,33 +84,64 @@ struct Hist {
     count: u64,
     window: Option<Box<Window>>,
     /// Mappings with `exemplars`: the latest traced observation of each
-    /// bucket, the last slot above the last bound. Not checkpointed.
-    exemplars: Option<Box<[Option<Exemplar>]>>,
+    /// bucket that has one, by bucket (the last is above the last bound).
+    /// Not checkpointed.
+    exemplars: Vec<Traced>,
     /// Native-histogram buckets of the exact values. Not checkpointed:
     /// rebuilt from HDR on restore.
     native: Native,
 }
 
 /// One observation with the trace it came from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Exemplar {
-    /// Checked by `event::check_trace_id` (ASCII); shared with snapshots.
-    pub trace_id: Arc<[u8]>,
-    pub value: f64,
+#[derive(Debug)]
+struct Traced {
+    bucket: u32,
+    value: f64,
     /// The event's time, Unix seconds.
-    pub time: f64,
+    time: f64,
+    trace_id: TraceBytes,
 }
 
-impl Exemplar {
-    pub fn trace_id(&self) -> &str {
-        std::str::from_utf8(&self.trace_id).unwrap_or("")
+/// Trace ids this long or shorter are kept inline: W3C and B3 (32 hex
+/// digits), X-Ray (35 characters) and Jaeger ids fit, so recording or copying
+/// an exemplar touches one cache line and allocates nothing.
+const INLINE_TRACE: usize = 38;
+
+/// A trace id's bytes, checked by `event::check_trace_id` (ASCII).
+#[derive(Debug)]
+enum TraceBytes {
+    Inline { len: u8, bytes: [u8; INLINE_TRACE] },
+    Boxed(Box<[u8]>),
+}
+
+impl TraceBytes {
+    fn new(t: &[u8]) -> TraceBytes {
+        match t.len() {
+            len @ 0..=INLINE_TRACE => {
+                let mut bytes = [0; INLINE_TRACE];
+                bytes[..len].copy_from_slice(t);
+                TraceBytes::Inline {
+                    len: len as u8,
+                    bytes,
+                }
+            }
+            _ => TraceBytes::Boxed(t.into()),
+        }
     }
-}
 
-/// Empty exemplar slots for a histogram of `def`, if it keeps them.
-fn exemplar_slots(def: &MetricDef) -> Option<Box<[Option<Exemplar>]>> {
-    def.exemplars
-        .then(|| vec![None; def.buckets.len() + 1].into_boxed_slice())
+    fn set(&mut self, t: &[u8]) {
+        match self {
+            TraceBytes::Boxed(b) if b.len() == t.len() => b.copy_from_slice(t),
+            _ => *self = TraceBytes::new(t),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            TraceBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            TraceBytes::Boxed(b) => b,
+        }
+    }
 }
 
 impl Hist {
@@ -122,7 +155,7 @@ impl Hist {
                 .window
                 .as_ref()
                 .map(|_| Box::new(Window::new(def.sigfig))),
-            exemplars: exemplar_slots(def),
+            exemplars: Vec::new(),
             native: Native::new(def.native_schema),
         }
     }
@@ -135,28 +168,23 @@ impl Hist {
             *c += 1;
         }
         self.native.record(v);
-        if let (Some(slots), Some(trace)) = (&mut self.exemplars, at.trace) {
-            let slot = &mut slots[bucket];
-            // Overwrite the bytes in place when no snapshot shares them and
-            // the length matches (trace ids mostly have one length): no
-            // allocation per observation.
-            let reused = slot.as_mut().is_some_and(|e| {
-                let fits = e.trace_id.len() == trace.len();
-                match Arc::get_mut(&mut e.trace_id).filter(|_| fits) {
-                    Some(bytes) => {
-                        bytes.copy_from_slice(trace.as_bytes());
-                        (e.value, e.time) = (v, at.event_time);
-                        true
-                    }
-                    None => false,
+        if let (true, Some(trace)) = (def.exemplars, at.trace) {
+            let (trace, b) = (trace.as_bytes(), bucket as u32);
+            match self.exemplars.binary_search_by_key(&b, |e| e.bucket) {
+                Ok(i) => {
+                    let e = &mut self.exemplars[i];
+                    e.trace_id.set(trace);
+                    (e.value, e.time) = (v, at.event_time);
                 }
-            });
-            if !reused {
-                *slot = Some(Exemplar {
-                    trace_id: trace.as_bytes().into(),
-                    value: v,
-                    time: at.event_time,
-                });
+                Err(i) => self.exemplars.insert(
+                    i,
+                    Traced {
+                        bucket: b,
+                        value: v,
+                        time: at.event_time,
+                        trace_id: TraceBytes::new(trace),
+                    },
+                ),
             }
         }
         self.sum.add(v);
@@ -169,7 +197,7 @@ impl Hist {
     /// New bounds: count the values recorded so far from HDR (within its
     /// precision; exact again for everything recorded from now on).
     fn rebucket(&mut self, def: &MetricDef) {
-        self.exemplars = exemplar_slots(def);
+        self.exemplars.clear();
         let mut cumulative = Vec::new();
         cumulative_counts(&self.hdr, &hdr_bounds(def), &mut cumulative);
         let mut below = 0;
@@ -194,6 +222,12 @@ struct Window {
     steps: Vec<Histogram<u32>>,
     /// The step number (time since the fold began / step length) each holds.
     held: [u64; WINDOW_STEPS],
+    /// Bumped by every record.
+    version: u64,
+    /// The quantiles last computed, and the step and version they are of: a
+    /// scrape visits every namespace, most of which nothing changed since
+    /// the last (reading a quantile scans the histogram's counts).
+    cached: Option<(u64, u64, Box<[f64]>)>,
 }
 
 impl Window {
@@ -203,10 +237,13 @@ impl Window {
                 .map(|_| Histogram::new(sigfig).expect("sigfig validated to 1..=5"))
                 .collect(),
             held: [0; WINDOW_STEPS],
+            version: 0,
+            cached: None,
         }
     }
 
     fn record(&mut self, step: u64, v: f64) {
+        self.version += 1;
         let i = (step % WINDOW_STEPS as u64) as usize;
         if self.held[i] != step {
             self.steps[i].reset();
@@ -237,6 +274,43 @@ impl Window {
             let _ = scratch.add(h);
         }
         scratch
+    }
+
+    /// The window's quantiles at `step`, in the exposed unit (NaN: nothing
+    /// recorded within the window). `scratch` merges steps.
+    fn quantiles(
+        &mut self,
+        step: u64,
+        def: &WindowDef,
+        hdr_scale: f64,
+        scratch: &mut Histogram<u32>,
+    ) -> &[f64] {
+        let fresh = matches!(&self.cached, Some((s, v, _)) if (*s, *v) == (step, self.version));
+        if !fresh {
+            let live = self.live(step, scratch);
+            // Lowest equivalent, as the buckets count it.
+            let value = |v: u64| live.lowest_equivalent(v) as f64 / hdr_scale;
+            let mut values: Vec<f64> = Vec::with_capacity(def.quantiles.len());
+            if live.is_empty() {
+                values.extend(def.quantiles.iter().map(|_| f64::NAN));
+            } else if def.quantiles.windows(2).all(|q| q[0] < q[1]) {
+                // One pass for all of them.
+                values.extend(
+                    live.value_at_quantiles(def.quantiles.iter().copied())
+                        .map(value),
+                );
+            }
+            if values.len() != def.quantiles.len() {
+                values.clear();
+                values.extend(
+                    def.quantiles
+                        .iter()
+                        .map(|&q| value(live.value_at_quantile(q))),
+                );
+            }
+            self.cached = Some((step, self.version, values.into_boxed_slice()));
+        }
+        self.cached.as_ref().map_or(&[], |c| &c.2)
     }
 }
 
@@ -340,6 +414,9 @@ fn keyed_hash(key: u64, id: &str) -> u64 {
 struct Namespaces {
     index: HashMap<Arc<str>, usize>,
     list: Vec<Namespace>,
+    /// Indexes into `list`, by name: a scrape copies them out in the order
+    /// every format renders them, and sorts nothing.
+    by_name: Vec<usize>,
 }
 
 impl Namespaces {
@@ -364,6 +441,10 @@ impl Namespaces {
         }
         let name: Arc<str> = Arc::from(name);
         let slots = catalog.metrics.iter().map(|_| Slot::Empty).collect();
+        let at = self
+            .by_name
+            .partition_point(|&i| *self.list[i].name < *name);
+        self.by_name.insert(at, self.list.len());
         self.list.push(Namespace {
             name: name.clone(),
             slots,
@@ -511,7 +592,7 @@ impl Fold {
                     if old.buckets != def.buckets {
                         h.rebucket(def);
                     } else if old.exemplars != def.exemplars {
-                        h.exemplars = exemplar_slots(def);
+                        h.exemplars.clear();
                     }
                     if old.native_schema != def.native_schema {
                         h.native = Native::from_hdr(&h.hdr, def.hdr_scale, def.native_schema);
@@ -520,101 +601,6 @@ impl Fold {
             }
         }
         self.catalog = catalog;
-    }
-
-    /// Copy out what a scrape needs; the caller renders without the lock.
-    pub fn snapshot(&self, now: Instant) -> Snapshot {
-        let mut families: Vec<FamilySnapshot> = self
-            .catalog
-            .metrics
-            .iter()
-            .map(|_| FamilySnapshot::default())
-            .collect();
-        let mut merged: Vec<Histogram<u32>> = self
-            .catalog
-            .metrics
-            .iter()
-            .map(|d| Histogram::new(d.sigfig).expect("sigfig validated to 1..=5"))
-            .collect();
-        for (ni, ns) in self.namespaces.list.iter().enumerate() {
-            for (((slot, def), fam), merged) in ns
-                .slots
-                .iter()
-                .zip(&self.catalog.metrics)
-                .zip(&mut families)
-                .zip(&mut merged)
-            {
-                match slot {
-                    Slot::Empty => continue,
-                    Slot::Counter(v) => fam.samples.push(Sample::value(ni, v.get())),
-                    Slot::Gauge { value, seen, .. } => {
-                        if now.saturating_duration_since(*seen) > def.ttl {
-                            continue;
-                        }
-                        fam.samples.push(Sample::value(ni, *value));
-                    }
-                    Slot::Histogram(h) => {
-                        fam.samples.push(Sample {
-                            namespace: ni,
-                            value: h.sum.get(),
-                            count: h.count,
-                        });
-                        let mut below = 0;
-                        fam.buckets.extend(h.buckets.iter().map(|c| {
-                            below += c;
-                            below
-                        }));
-                        if let Some(slots) = &h.exemplars {
-                            fam.exemplars.extend(slots.iter().cloned());
-                        }
-                        fam.native.push(h.native.clone());
-                        if let (Some(w), Some(wd)) = (&h.window, &def.window) {
-                            let live = w.live(window_step(def, self.started, now), merged);
-                            // Lowest equivalent, as the buckets count it; NaN:
-                            // nothing recorded within the window.
-                            let value = |v: u64| live.lowest_equivalent(v) as f64 / def.hdr_scale;
-                            let start = fam.window_values.len();
-                            if live.is_empty() {
-                                fam.window_values
-                                    .extend(wd.quantiles.iter().map(|_| f64::NAN));
-                            } else if wd.quantiles.windows(2).all(|q| q[0] < q[1]) {
-                                // One pass for all of them.
-                                fam.window_values.extend(
-                                    live.value_at_quantiles(wd.quantiles.iter().copied())
-                                        .map(value),
-                                );
-                            }
-                            if fam.window_values.len() - start != wd.quantiles.len() {
-                                fam.window_values.truncate(start);
-                                fam.window_values.extend(
-                                    wd.quantiles
-                                        .iter()
-                                        .map(|&q| value(live.value_at_quantile(q))),
-                                );
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let events = self
-            .events
-            .iter()
-            .enumerate()
-            .filter(|(_, &n)| n > 0)
-            .map(|(i, &n)| (seed::event_label(i), n))
-            .collect();
-        Snapshot {
-            catalog: self.catalog.clone(),
-            namespaces: self
-                .namespaces
-                .list
-                .iter()
-                .map(|n| n.name.clone())
-                .collect(),
-            families,
-            events,
-        }
     }
 }
 
@@ -703,69 +689,6 @@ fn cumulative_counts(hdr: &Histogram<u32>, bounds: &[u64], out: &mut Vec<u64>) {
     }
 }
 
-/// One series: a counter or gauge value, or a histogram's sum and count.
-#[derive(Debug, Clone, Copy)]
-pub struct Sample {
-    pub namespace: usize,
-    pub value: f64,
-    pub count: u64,
-}
-
-impl Sample {
-    fn value(namespace: usize, value: f64) -> Sample {
-        Sample {
-            namespace,
-            value,
-            count: 0,
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-pub struct FamilySnapshot {
-    pub samples: Vec<Sample>,
-    /// Histograms only: `buckets.len()` cumulative counts per sample, in order.
-    pub buckets: Vec<u64>,
-    /// Histograms with a window: per sample, one value per configured
-    /// quantile (exposed unit; NaN when the window is empty).
-    pub window_values: Vec<f64>,
-    /// Histograms with exemplars: per sample, one slot per bucket and one
-    /// above the last bound (the `+Inf` bucket's own).
-    pub exemplars: Vec<Option<Exemplar>>,
-    /// Histograms: each sample's native buckets.
-    pub native: Vec<Native>,
-}
-
-/// Everything a scrape renders, detached from the fold.
-pub struct Snapshot {
-    pub catalog: Arc<Catalog>,
-    pub namespaces: Vec<Arc<str>>,
-    /// Parallel to `catalog.metrics`.
-    pub families: Vec<FamilySnapshot>,
-    pub events: Vec<(&'static str, u64)>,
-}
-
-impl Snapshot {
-    pub fn series(&self) -> usize {
-        let domain: usize = self
-            .families
-            .iter()
-            .zip(&self.catalog.metrics)
-            .map(|(f, d)| {
-                let per_sample = match d.kind {
-                    Kind::Histogram => d.buckets.len() + 3,
-                    _ => 1,
-                };
-                // A window adds _sum and _count per sample, and its live quantiles.
-                let window = d.window.as_ref().map_or(0, |_| 2 * f.samples.len());
-                let quantiles = f.window_values.iter().filter(|v| !v.is_nan()).count();
-                f.samples.len() * per_sample + window + quantiles
-            })
-            .sum();
-        domain + self.events.len()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -822,6 +745,44 @@ mod tests {
         assert_eq!(buckets, vec![1, 1, 1, 2, 3, 3, 3, 3, 3, 3, 3, 4]);
         assert_eq!(count, 4);
         assert!((sum - 302.502).abs() < 1e-9);
+    }
+
+    #[test]
+    fn exemplars_keep_the_latest_trace_of_each_bucket_whatever_its_length() {
+        let mut f = fold();
+        let now = Instant::now();
+        let wait = |trace: &str, ms: u32| {
+            format!(
+                r#"{{"name":"MetricAcquiringDsWaitTimeEvent","namespace":"g","traceId":"{trace}","payload":{{"message":"{ms}"}}}}"#
+            )
+        };
+        // Inline and boxed ids, replacing each other in one bucket (le=2).
+        let ids: Vec<String> = [32, 38, 39, 120, 5, 120, 38]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| format!("{i}{}", "x".repeat(n - 1)))
+            .collect();
+        let slots = 13;
+        for (i, id) in ids.iter().enumerate() {
+            apply(&mut f, &wait(id, 1500 + i as u32), now).unwrap();
+            let s = f.snapshot(now);
+            let ex = family(&s, "session_ds_acquisition_wait_seconds").exemplars(0, slots);
+            let (e, trace) = ex.get(4).expect("the le=2 bucket's exemplar");
+            assert_eq!((trace, e.value), (id.as_str(), 1.5 + i as f64 / 1000.0));
+        }
+        // Another bucket gets its own; untraced events leave both alone.
+        apply(&mut f, &wait("fast", 50), now).unwrap();
+        apply(
+            &mut f,
+            &ev("MetricAcquiringDsWaitTimeEvent", "g", "60", ""),
+            now,
+        )
+        .unwrap();
+        let s = f.snapshot(now);
+        let ex = family(&s, "session_ds_acquisition_wait_seconds").exemplars(0, slots);
+        let present: Vec<usize> = (0..slots).filter(|&b| ex.get(b).is_some()).collect();
+        assert_eq!(present, [0, 4]);
+        assert_eq!(ex.get(0).unwrap().1, "fast");
     }
 
     #[test]

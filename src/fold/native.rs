@@ -26,6 +26,15 @@ pub struct Native {
     pub buckets: Vec<(i32, u64)>,
 }
 
+/// A native histogram as a snapshot holds it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NativeView<'a> {
+    pub schema: i8,
+    pub zero_count: u64,
+    /// (bucket key, count), sorted by key.
+    pub buckets: &'a [(i32, u64)],
+}
+
 impl Native {
     pub fn new(schema: i8) -> Native {
         Native {
