@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::{Fallback, Source, ValueSpec};
-use crate::scan::{self, ScanError};
+use crate::scan::{self, RawString, ScanError};
 
 /// Why an event was not folded. The label values of
 /// `session_exporter_events_rejected_total{reason}`.
@@ -73,10 +73,9 @@ pub struct Event<'a> {
     /// Envelope `namespace`, else `payload.namespace`; never empty.
     pub namespace: Option<Cow<'a, str>>,
     pub timestamp: Option<Cow<'a, str>>,
-    /// `traceId`, when one an exemplar can carry (see [`check_trace_id`]).
-    pub trace_id: Option<Cow<'a, str>>,
-    /// Why a `traceId` the event has is not kept.
-    pub trace_problem: Option<TraceProblem>,
+    /// `traceId` when it is a string, undecoded and unchecked: see
+    /// [`Event::trace`].
+    pub trace_id: Option<RawString<'a>>,
     /// `payload.message` as raw JSON text: decoded only when a mapping reads
     /// it, so counters and unmapped events never unescape it.
     pub message: Option<&'a str>,
@@ -130,7 +129,12 @@ pub enum TraceProblem {
 }
 
 impl TraceProblem {
+    /// In the order of [`TraceProblem::index`].
     pub const ALL: [TraceProblem; 2] = [TraceProblem::TooLong, TraceProblem::Invalid];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -173,9 +177,6 @@ pub fn decode(raw: &[u8]) -> Result<Event<'_>, Reason> {
         Some(n) if !n.is_empty() => n,
         _ => return Err(Reason::MissingName),
     };
-    let checked = f.trace_id.as_deref().map(check_trace_id);
-    let trace_problem = checked.and_then(Result::err);
-    let trace_id = f.trace_id.filter(|_| checked == Some(Ok(())));
     let namespace = [f.namespace, f.payload_namespace]
         .into_iter()
         .flatten()
@@ -186,14 +187,22 @@ pub fn decode(raw: &[u8]) -> Result<Event<'_>, Reason> {
         name,
         namespace,
         timestamp: f.timestamp,
-        trace_problem,
-        trace_id,
+        trace_id: f.trace_id,
         message: f.message,
         user_count: f.user_count,
     })
 }
 
-impl Event<'_> {
+impl<'a> Event<'a> {
+    /// The `traceId` an exemplar can carry, or why it cannot; `None` when
+    /// there is none or it is not a string that decodes (ignored, uncounted).
+    /// Decoded and checked only when asked: by the fold, for observations
+    /// that keep exemplars.
+    pub fn trace(&self) -> Option<Result<Cow<'a, str>, TraceProblem>> {
+        let text = self.trace_id?.text()?;
+        Some(check_trace_id(&text).map(|()| text))
+    }
+
     /// The event's own time (its RFC 3339 `timestamp`), in Unix seconds.
     pub fn time(&self) -> Option<f64> {
         self.timestamp.as_deref().and_then(parse_rfc3339)

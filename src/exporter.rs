@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Catalog, ConfigError};
-use crate::event::{decode_limited, Reason};
+use crate::event::{decode_limited, Reason, TraceProblem};
 use crate::exposition::{self, openmetrics, protobuf, Format};
 use crate::fold::{CheckpointError, Fold, Outcome, Restored, Resume, Snapshot};
 use crate::stats::Stats;
@@ -179,12 +179,6 @@ impl Exporter {
             received += 1;
             let decoded = decode_limited(p, max);
             let result = decoded.as_ref().map_err(|r| *r).and_then(|ev| {
-                if let Some(p) = ev.trace_problem {
-                    self.stats
-                        .exemplars_dropped
-                        .with_label_values(&[p.as_str()])
-                        .inc();
-                }
                 let stamped = ev.time();
                 let outcome = fold.apply(ev, now, stamped.unwrap_or(wall))?;
                 if let (Some(t), Outcome::Folded | Outcome::Overflowed) = (stamped, outcome) {
@@ -204,8 +198,17 @@ impl Exporter {
         }
         self.stats.namespaces.set(fold.namespace_count() as i64);
         self.changes.fetch_add(received, Ordering::Relaxed);
+        let dropped = fold.take_exemplars_dropped();
         drop(fold);
         lag.flush();
+        for (p, n) in TraceProblem::ALL.iter().zip(dropped) {
+            if n > 0 {
+                self.stats
+                    .exemplars_dropped
+                    .with_label_values(&[p.as_str()])
+                    .inc_by(n);
+            }
+        }
         // After folding: a scrape that sees a message as received sees its effect.
         self.stats.events_folded.inc_by(folded);
         self.stats.messages_received.inc_by(received);

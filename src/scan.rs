@@ -27,9 +27,9 @@ pub struct Fields<'a> {
     pub name: Option<Cow<'a, str>>,
     pub namespace: Option<Cow<'a, str>>,
     pub timestamp: Option<Cow<'a, str>>,
-    /// `traceId` when it is a string that decodes; otherwise absent, and the
-    /// event is read as if it had none (an exemplar is optional).
-    pub trace_id: Option<Cow<'a, str>>,
+    /// `traceId` when it is a string, undecoded: most events feed no
+    /// exemplar, so it is decoded only for those that do.
+    pub trace_id: Option<RawString<'a>>,
     pub payload_namespace: Option<Cow<'a, str>>,
     /// `payload.message` as raw JSON text (`null` reads as absent).
     pub message: Option<&'a str>,
@@ -37,6 +37,25 @@ pub struct Fields<'a> {
 }
 
 type Result<T> = std::result::Result<T, ScanError>;
+
+/// A string value as it stands in the message, quotes included, read on
+/// demand.
+#[derive(Debug, Clone, Copy)]
+pub struct RawString<'a> {
+    quoted: &'a [u8],
+    escaped: bool,
+}
+
+impl<'a> RawString<'a> {
+    /// Its text; `None` when it does not decode (not UTF-8, a lone surrogate).
+    pub fn text(&self) -> Option<Cow<'a, str>> {
+        if self.escaped {
+            return unescape(self.quoted).ok().map(Cow::Owned);
+        }
+        let inner = &self.quoted[1..self.quoted.len() - 1];
+        std::str::from_utf8(inner).ok().map(Cow::Borrowed)
+    }
+}
 
 pub fn envelope(b: &[u8]) -> Result<Fields<'_>> {
     let mut s = Scanner {
@@ -60,7 +79,7 @@ pub fn envelope(b: &[u8]) -> Result<Fields<'_>> {
             b"name" => f.name = s.reading(NAME).opt_string()?,
             b"namespace" => f.namespace = s.reading(NAMESPACE).opt_string()?,
             b"timestamp" => f.timestamp = s.reading(TIMESTAMP).opt_string()?,
-            b"traceId" => f.trace_id = s.lenient_string()?,
+            b"traceId" => f.trace_id = s.raw_string()?,
             b"payload" => {
                 // A repeated key replaces the whole earlier payload, as in serde_json.
                 (f.payload_namespace, f.message, f.user_count) = (None, None, None);
@@ -224,19 +243,18 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// A string, if the value is one and decodes; any other value is only
-    /// validated, as an unread one would be.
-    fn lenient_string(&mut self) -> Result<Option<Cow<'a, str>>> {
+    /// A string, if the value is one, left undecoded; any other value is
+    /// only validated, as an unread one would be.
+    fn raw_string(&mut self) -> Result<Option<RawString<'a>>> {
         self.ws();
         if self.peek() != Some(b'"') {
             return self.skip_value(1).map(|_| None);
         }
         let (raw, escaped) = self.string()?;
-        Ok(if escaped {
-            unescape(self.quoted(raw)).ok().map(Cow::Owned)
-        } else {
-            std::str::from_utf8(raw).ok().map(Cow::Borrowed)
-        })
+        Ok(Some(RawString {
+            quoted: self.quoted(raw),
+            escaped,
+        }))
     }
 
     /// The length of an array, or null.
@@ -520,7 +538,7 @@ pub mod parity {
             o(f.payload_namespace),
             f.user_count,
             msg,
-            o(f.trace_id),
+            f.trace_id.and_then(|t| t.text()).map(Cow::into_owned),
         ))
     }
 

@@ -210,8 +210,8 @@ fn stamp(out: &mut String, at: Option<f64>) {
     }
 }
 
-/// ` # {trace_id="…"} value time`, after a bucket's value (and timestamp).
-/// ` # {trace_id="…"} value time`: `time` in Unix seconds.
+/// ` # {trace_id="…"} value time`, after a bucket's value (and timestamp);
+/// `time` in Unix seconds.
 fn exemplar(out: &mut String, trace_id: &str, value: f64, time: f64) {
     out.push_str(" # {trace_id=\"");
     escape(out, trace_id, true);

@@ -464,6 +464,9 @@ pub struct Fold {
     scratch: Vec<f64>,
     /// Time zero of the windows' steps.
     started: Instant,
+    /// Observations recorded without their exemplar, by
+    /// [`crate::event::TraceProblem::index`], until taken.
+    exemplars_dropped: [u64; 2],
 }
 
 impl Fold {
@@ -475,6 +478,7 @@ impl Fold {
             dedup: None,
             scratch: Vec::new(),
             started: Instant::now(),
+            exemplars_dropped: [0; 2],
         }
     }
 
@@ -519,18 +523,35 @@ impl Fold {
             };
             self.scratch.push(v);
         }
+        // Only observations that keep exemplars read the trace id.
+        let metrics = &self.catalog.metrics;
+        let keeps = rules.iter().any(|r| metrics[r.metric].exemplars);
+        let trace = match keeps.then(|| ev.trace()).flatten() {
+            Some(Ok(t)) => Some(t),
+            Some(Err(p)) => {
+                self.exemplars_dropped[p.index()] += 1;
+                None
+            }
+            None => None,
+        };
         let (slot_ns, outcome) = self.namespaces.find_or_insert(ns, &self.catalog);
         let slots = &mut self.namespaces.list[slot_ns].slots;
         let at = At {
             event_time,
             now,
-            trace: ev.trace_id.as_deref(),
+            trace: trace.as_deref(),
         };
         for (rule, &v) in rules.iter().zip(&self.scratch) {
             let def = &self.catalog.metrics[rule.metric];
             record(&mut slots[rule.metric], def, v, &at, self.started);
         }
         Ok(outcome)
+    }
+
+    /// Observations recorded without their exemplar since the last call, by
+    /// [`crate::event::TraceProblem::index`].
+    pub fn take_exemplars_dropped(&mut self) -> [u64; 2] {
+        std::mem::take(&mut self.exemplars_dropped)
     }
 
     /// Fold only the gauge mappings of an event, and nothing else: not the
@@ -783,6 +804,49 @@ mod tests {
         let present: Vec<usize> = (0..slots).filter(|&b| ex.get(b).is_some()).collect();
         assert_eq!(present, [0, 4]);
         assert_eq!(ex.get(0).unwrap().1, "fast");
+    }
+
+    #[test]
+    fn trace_ids_are_checked_only_for_observations_that_keep_exemplars() {
+        let mut f = fold();
+        let now = Instant::now();
+        let with_trace = |name: &str, msg: &str, trace: &str| {
+            format!(
+                r#"{{"name":"{name}","namespace":"g","traceId":"{trace}","payload":{{"message":"{msg}"}}}}"#
+            )
+        };
+        let long = "a".repeat(121);
+        // No exemplars on counters or gauges: their trace ids are not read.
+        apply(
+            &mut f,
+            &with_trace("MetricAcquiringDsEvent", "", "bad id"),
+            now,
+        )
+        .unwrap();
+        apply(
+            &mut f,
+            &with_trace("MetricTotalActiveSessionEvent", "3", &long),
+            now,
+        )
+        .unwrap();
+        assert_eq!(f.take_exemplars_dropped(), [0, 0]);
+        // A rejected event records nothing, so drops nothing.
+        let bad = with_trace("MetricAcquiringDsWaitTimeEvent", "soon", "bad id");
+        assert_eq!(apply(&mut f, &bad, now), Err(Reason::InvalidValue));
+        assert_eq!(f.take_exemplars_dropped(), [0, 0]);
+        // Observations that keep exemplars: counted once each, then reset.
+        for trace in [long.as_str(), "bad id", "", r"a\u0022b"] {
+            let e = with_trace("MetricAcquiringDsWaitTimeEvent", "100", trace);
+            apply(&mut f, &e, now).unwrap();
+        }
+        assert_eq!(f.take_exemplars_dropped(), [1, 3]);
+        assert_eq!(f.take_exemplars_dropped(), [0, 0]);
+        // An escaped id that decodes to a good one is kept.
+        let e = with_trace("MetricAcquiringDsWaitTimeEvent", "100", r"t\u0031");
+        apply(&mut f, &e, now).unwrap();
+        let s = f.snapshot(now);
+        let ex = family(&s, "session_ds_acquisition_wait_seconds").exemplars(0, 13);
+        assert_eq!(ex.get(0).map(|e| e.1), Some("t1"));
     }
 
     #[test]
