@@ -281,30 +281,33 @@ fn close(out: &mut Vec<u8>, start: usize) {
         out[start] = len as u8;
         return;
     }
-    let mut head = [0u8; 10];
-    let mut n = 0;
-    let mut v = len as u64;
-    while v >= 0x80 {
-        head[n] = (v as u8) | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    head[n] = v as u8;
-    out.resize(end + n, 0);
-    out.copy_within(start + 1..end, start + 1 + n);
-    out[start..=start + n].copy_from_slice(&head[..=n]);
+    // The body moves right by the bytes the length needs beyond the one kept.
+    let (head, n) = varint_bytes(len as u64);
+    out.resize(end + n - 1, 0);
+    out.copy_within(start + 1..end, start + n);
+    out[start..start + n].copy_from_slice(&head[..n]);
 }
 
 fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
     varint(out, (u64::from(field) << 3) | u64::from(wire));
 }
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
+fn varint(out: &mut Vec<u8>, v: u64) {
+    let (bytes, n) = varint_bytes(v);
+    out.extend_from_slice(&bytes[..n]);
+}
+
+/// `v` as a varint: its bytes, and how many.
+fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
+    let mut bytes = [0u8; 10];
+    let mut n = 0;
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        bytes[n] = (v as u8) | 0x80;
         v >>= 7;
+        n += 1;
     }
-    out.push(v as u8);
+    bytes[n] = v as u8;
+    (bytes, n + 1)
 }
 
 fn uint(out: &mut Vec<u8>, field: u32, v: u64) {

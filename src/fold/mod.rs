@@ -227,7 +227,8 @@ struct Window {
     /// The quantiles last computed, and the step and version they are of: a
     /// scrape visits every namespace, most of which nothing changed since
     /// the last (reading a quantile scans the histogram's counts).
-    cached: Option<(u64, u64, Box<[f64]>)>,
+    cached: Option<(u64, u64)>,
+    values: Vec<f64>,
 }
 
 impl Window {
@@ -239,6 +240,7 @@ impl Window {
             held: [0; WINDOW_STEPS],
             version: 0,
             cached: None,
+            values: Vec::new(),
         }
     }
 
@@ -285,12 +287,13 @@ impl Window {
         hdr_scale: f64,
         scratch: &mut Histogram<u32>,
     ) -> &[f64] {
-        let fresh = matches!(&self.cached, Some((s, v, _)) if (*s, *v) == (step, self.version));
-        if !fresh {
+        if self.cached != Some((step, self.version)) {
+            // Refilled in place: no allocation per window per scrape.
+            let mut values = std::mem::take(&mut self.values);
+            values.clear();
             let live = self.live(step, scratch);
             // Lowest equivalent, as the buckets count it.
             let value = |v: u64| live.lowest_equivalent(v) as f64 / hdr_scale;
-            let mut values: Vec<f64> = Vec::with_capacity(def.quantiles.len());
             if live.is_empty() {
                 values.extend(def.quantiles.iter().map(|_| f64::NAN));
             } else if def.quantiles.windows(2).all(|q| q[0] < q[1]) {
@@ -308,9 +311,10 @@ impl Window {
                         .map(|&q| value(live.value_at_quantile(q))),
                 );
             }
-            self.cached = Some((step, self.version, values.into_boxed_slice()));
+            self.values = values;
+            self.cached = Some((step, self.version));
         }
-        self.cached.as_ref().map_or(&[], |c| &c.2)
+        &self.values
     }
 }
 
