@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::partition::{self, Partition};
 use crate::seed;
 use crate::source::state::{valid_key, OnInvalid, StateConfig};
 use crate::source::{JetStreamConfig, NatsConfig};
@@ -49,6 +50,23 @@ pub enum Command {
         session-exporter replay --step 1m --format openmetrics capture.jsonl > history.om\n  \
         promtool tsdb create-blocks-from openmetrics history.om data/")]
     Replay(ReplayArgs),
+    /// Print the partition each namespace belongs to, as replicas with
+    /// --partition.count N and NATS's `{{partition(N, token)}}` place it.
+    #[command(
+        after_help = "Example:\n  session-exporter partition --partition.count 3 mygame othergame\n\n\
+        Prints one line per namespace: the namespace, a tab, its partition index."
+    )]
+    Partition(PartitionArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PartitionArgs {
+    /// How many partitions.
+    #[arg(long = "partition.count", value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: u32,
+    /// Game namespaces.
+    #[arg(required = true)]
+    pub namespaces: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -202,40 +220,43 @@ pub struct RunArgs {
         default_value = "mpv2SessionHistory.MetricTotalActiveSessionEvent"
     )]
     pub broadcast_subjects: Vec<String>,
-    /// Consume this JetStream stream through a durable pull consumer instead of core subjects.
+    /// Read this JetStream stream instead of core subjects: without acks from
+    /// the checkpointed position with --state.bucket, else through an acking
+    /// durable consumer.
     #[arg(
         long = "nats.jetstream.stream",
         env = "SESSION_EXPORTER_NATS_JETSTREAM_STREAM"
     )]
     pub js_stream: Option<String>,
-    /// Durable consumer name (shared by replicas, which then split the stream).
+    /// Durable consumer name, without a state store (shared by replicas,
+    /// which then split the stream).
     #[arg(
         long = "nats.jetstream.consumer",
         env = "SESSION_EXPORTER_NATS_JETSTREAM_CONSUMER",
         default_value = "session-exporter"
     )]
     pub js_consumer: String,
-    /// Recent event ids remembered to drop JetStream redeliveries (0 turns it off).
+    /// Recent event ids remembered to drop duplicates (a publisher's retries,
+    /// redeliveries) in JetStream mode (0 turns it off).
     #[arg(
         long = "nats.jetstream.dedup-window",
         env = "SESSION_EXPORTER_NATS_JETSTREAM_DEDUP_WINDOW",
         default_value_t = 100_000
     )]
     pub js_dedup_window: usize,
-    /// How long the server waits for an ack before redelivering. Keep it well
-    /// above --state.interval (acks wait for a checkpoint).
+    /// Without a state store: how long the server waits for an ack before
+    /// redelivering.
     #[arg(long = "nats.jetstream.ack-wait", env = "SESSION_EXPORTER_NATS_JETSTREAM_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub js_ack_wait: std::time::Duration,
-    /// Messages delivered and not yet acked, across all replicas of the
-    /// consumer. With a state store, a checkpoint is stored whenever a replica
-    /// holds a quarter of this unacked.
+    /// Without a state store: messages delivered and not yet acked, across
+    /// all replicas of the consumer.
     #[arg(
         long = "nats.jetstream.max-ack-pending",
         env = "SESSION_EXPORTER_NATS_JETSTREAM_MAX_ACK_PENDING",
         default_value_t = 200_000
     )]
     pub js_max_ack_pending: i64,
-    /// Messages asked for per pull request.
+    /// Messages asked for per pull request (the acking consumer).
     #[arg(
         long = "nats.jetstream.pull-batch",
         env = "SESSION_EXPORTER_NATS_JETSTREAM_PULL_BATCH",
@@ -286,6 +307,25 @@ pub struct RunArgs {
     /// Mapping file (YAML). Default: the built-in mapping (see print-default-config).
     #[arg(long = "config.file", env = "SESSION_EXPORTER_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
+    /// Partitions of the namespaces: replicas with the same count fold
+    /// disjoint shares (by a hash of the namespace), so each series exists
+    /// once. 1: this replica holds every namespace.
+    #[arg(long = "partition.count", env = "SESSION_EXPORTER_PARTITION_COUNT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub partition_count: u32,
+    /// This replica's partition, 0 to count-1. Default: the StatefulSet
+    /// ordinal at the end of the host name (`session-exporter-2` is 2).
+    #[arg(long = "partition.index", env = "SESSION_EXPORTER_PARTITION_INDEX")]
+    pub partition_index: Option<u32>,
+    /// Where the subjects carry the partition (a NATS `{{partition(N,k)}}`
+    /// mapping): this replica reads only these subjects, `{index}` replaced
+    /// by its index (repeat or comma-separate), instead of reading all and
+    /// skipping others' namespaces.
+    #[arg(
+        long = "partition.filter-subject",
+        env = "SESSION_EXPORTER_PARTITION_FILTER_SUBJECTS",
+        value_delimiter = ','
+    )]
+    pub partition_filter_subjects: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -381,8 +421,65 @@ impl RunArgs {
                 pull_batch: self.js_pull_batch.clamp(1, 100_000),
             }),
             state: self.state_config()?,
+            partition: self.partition()?,
+            partition_subjects: self.partition_subjects()?,
             ..self.nats.config()
         })
+    }
+
+    /// This replica's partition, checked against the other flags.
+    pub fn partition(&self) -> Result<Partition, String> {
+        let count = self.partition_count.max(1);
+        let index = match (self.partition_index, count) {
+            (Some(i), _) => i,
+            (None, 1) => 0,
+            (None, _) => {
+                let host = host_name().unwrap_or_default();
+                partition::ordinal(&host).ok_or_else(|| {
+                    format!(
+                        "--partition.index: not given, and the host name {host:?} does not end in -<ordinal> \
+                         (a StatefulSet pod's name does, e.g. session-exporter-2); set --partition.index"
+                    )
+                })?
+            }
+        };
+        if index >= count {
+            return Err(format!(
+                "--partition.index {index}: partitions are numbered 0 to {} (--partition.count {count})",
+                count - 1
+            ));
+        }
+        if count > 1 && self.queue_group.is_some() {
+            return Err("--partition.count and --nats.queue-group: a partition replica reads every \
+                        event and folds its own namespaces; a queue group would hide some of them from it"
+                .into());
+        }
+        if count > 1 && self.js_stream.is_some() && self.state_bucket.is_none() {
+            return Err(
+                "--partition.count with --nats.jetstream.stream needs a state store \
+                        (--state.bucket): each partition replica reads the stream without acks, \
+                        from the position its checkpoint holds"
+                    .into(),
+            );
+        }
+        Ok(Partition { count, index })
+    }
+
+    fn partition_subjects(&self) -> Result<Vec<String>, String> {
+        let index = self.partition()?.index.to_string();
+        self.partition_filter_subjects
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| {
+                if s.contains("{index}") {
+                    Ok(s.replace("{index}", &index))
+                } else {
+                    Err(format!(
+                        "--partition.filter-subject {s:?}: it must name the partition as {{index}}, e.g. sessions.{{index}}.>"
+                    ))
+                }
+            })
+            .collect()
     }
 
     fn state_config(&self) -> Result<Option<StateConfig>, String> {
@@ -467,6 +564,54 @@ mod tests {
             cfg.broadcast_subjects,
             ["mpv2SessionHistory.MetricTotalActiveSessionEvent"]
         );
+    }
+
+    #[test]
+    fn partition_flags_are_checked() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["session-exporter"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().run.nats_config()
+        };
+        let p = parse(&["--partition.count", "3", "--partition.index", "2"]).unwrap();
+        assert_eq!(p.partition, Partition { count: 3, index: 2 });
+        let unsplit = parse(&[]).unwrap();
+        assert_eq!(unsplit.partition, Partition::default());
+        let err = parse(&["--partition.count", "3", "--partition.index", "3"]).unwrap_err();
+        assert!(err.contains("0 to 2"), "{err}");
+        let queue = [
+            "--partition.count",
+            "2",
+            "--partition.index",
+            "0",
+            "--nats.queue-group",
+            "q",
+        ];
+        assert!(parse(&queue).unwrap_err().contains("--nats.queue-group"));
+        let no_state = [
+            "--partition.count",
+            "2",
+            "--partition.index",
+            "1",
+            "--nats.jetstream.stream",
+            "S",
+        ];
+        assert!(parse(&no_state)
+            .unwrap_err()
+            .contains("needs a state store"));
+        let filter = parse(&[
+            "--partition.count",
+            "3",
+            "--partition.index",
+            "1",
+            "--partition.filter-subject",
+            "sessions.{index}.*.*",
+        ])
+        .unwrap();
+        assert_eq!(filter.partition_subjects, ["sessions.1.*.*"]);
+        let err = parse(&["--partition.filter-subject", "sessions.>"]).unwrap_err();
+        assert!(err.contains("{index}"), "{err}");
+        assert!(Cli::try_parse_from(["session-exporter", "--partition.count", "0"]).is_err());
     }
 
     #[test]

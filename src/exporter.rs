@@ -10,6 +10,7 @@ use crate::config::{Catalog, ConfigError};
 use crate::event::{decode_limited, Reason, TraceProblem};
 use crate::exposition::{self, openmetrics, protobuf, Format};
 use crate::fold::{CheckpointError, Fold, Outcome, Restored, Resume, Snapshot};
+use crate::partition::{Owner, Partition};
 use crate::stats::Stats;
 use crate::stats::{SERIES, SERIES_HELP};
 
@@ -32,6 +33,14 @@ pub struct Exporter {
     /// checkpoint (`None` until the first), so that no value it serves can be
     /// lost by a crash: a restart never shows a counter lower than before.
     published: Option<Mutex<Option<Arc<Snapshot>>>>,
+    /// The namespaces this replica folds; others' messages are skipped.
+    partition: Partition,
+    /// Whether it skips others' messages itself (not when the server sends
+    /// it only its partition's subjects).
+    skips: bool,
+    /// Counts connections to NATS, so a source can make its consumer anew
+    /// after a reconnect (rather than wait for missed heartbeats).
+    connections: tokio::sync::watch::Sender<u64>,
 }
 
 /// One checkpoint, taken under the fold lock: the encoded state and the
@@ -60,7 +69,39 @@ impl Exporter {
             changes: AtomicU64::new(0),
             stored_changes: AtomicU64::new(0),
             published: None,
+            partition: Partition::default(),
+            skips: false,
+            connections: tokio::sync::watch::Sender::new(0),
         }
+        .with_partition(Partition::default(), false)
+    }
+
+    /// Fold only the namespaces of `partition`: skip others' messages, or,
+    /// when the server already sends only this partition's subjects
+    /// (`by_server`), fold all it sends.
+    pub fn with_partition(mut self, partition: Partition, by_server: bool) -> Exporter {
+        self.partition = partition;
+        self.skips = partition.is_split() && !by_server;
+        self.stats.partition.reset();
+        self.stats
+            .partition
+            .with_label_values(&[&partition.count.to_string(), &partition.index.to_string()])
+            .set(1);
+        self
+    }
+
+    pub fn partition(&self) -> Partition {
+        self.partition
+    }
+
+    /// A connection to NATS was made (the first, or after an outage).
+    pub fn connected(&self) {
+        self.connections.send_modify(|n| *n += 1);
+    }
+
+    /// Changes with every connection to NATS.
+    pub fn connections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.connections.subscribe()
     }
 
     /// Serve only checkpointed state (see `published`): for a state store.
@@ -120,10 +161,40 @@ impl Exporter {
     }
 
     /// Load a stored checkpoint into the (still empty) fold, and serve it.
-    pub fn restore(&self, bytes: &[u8]) -> Result<Restored, CheckpointError> {
+    /// It must hold this replica's partition, and a position in `stream`
+    /// (when it holds one and a stream is read).
+    pub fn restore(
+        &self,
+        bytes: &[u8],
+        partition: Partition,
+        stream: Option<&str>,
+    ) -> Result<Restored, CheckpointError> {
         let now = Instant::now();
         let mut fold = self.lock();
         let restored = fold.restore(bytes, now, unix_now())?;
+        let held = restored.resume.partition;
+        let mismatch = if held != partition {
+            Some(format!(
+                "it holds partition {} of {}, and this replica is partition {} of {}: a change of \
+                 --partition.count moves namespaces between replicas, so each one's checkpoint must \
+                 be read anew from the stream (delete the replicas' keys, or --state.on-invalid=start-empty)",
+                held.index, held.count, partition.index, partition.count
+            ))
+        } else {
+            match stream {
+                Some(s) if !restored.resume.stream.is_empty() && restored.resume.stream != s => {
+                    Some(format!(
+                        "it holds a position in stream {:?}, and this exporter reads stream {s:?}",
+                        restored.resume.stream
+                    ))
+                }
+                _ => None,
+            }
+        };
+        if let Some(m) = mismatch {
+            fold.clear();
+            return Err(CheckpointError(m));
+        }
         self.stats.namespaces.set(fold.namespace_count() as i64);
         let snapshot = fold.snapshot(now);
         drop(fold);
@@ -171,13 +242,23 @@ impl Exporter {
         let wall = unix_now();
         let now = Instant::now();
         let max = self.max_message_bytes.load(Ordering::Relaxed);
-        let (mut received, mut folded) = (0, 0);
+        let (mut received, mut folded, mut skipped) = (0, 0, 0);
         // Lag is observed locally and flushed once per batch: no atomics per event.
         let lag = self.stats.event_lag.local();
         let mut fold = self.lock();
         for p in payloads {
+            let decoded = if self.skips {
+                match self.partition.owner(p, max) {
+                    Owner::Mine(decoded) => decoded,
+                    Owner::Skipped | Owner::Theirs => {
+                        skipped += 1;
+                        continue;
+                    }
+                }
+            } else {
+                decode_limited(p, max)
+            };
             received += 1;
-            let decoded = decode_limited(p, max);
             let result = decoded.as_ref().map_err(|r| *r).and_then(|ev| {
                 let stamped = ev.time();
                 let outcome = fold.apply(ev, now, stamped.unwrap_or(wall))?;
@@ -197,7 +278,9 @@ impl Exporter {
             }
         }
         self.stats.namespaces.set(fold.namespace_count() as i64);
-        self.changes.fetch_add(received, Ordering::Relaxed);
+        // Skipped messages move the stream position: a checkpoint records it.
+        self.changes
+            .fetch_add(received + skipped, Ordering::Relaxed);
         let dropped = fold.take_exemplars_dropped();
         drop(fold);
         lag.flush();
@@ -212,6 +295,9 @@ impl Exporter {
         // After folding: a scrape that sees a message as received sees its effect.
         self.stats.events_folded.inc_by(folded);
         self.stats.messages_received.inc_by(received);
+        if skipped > 0 {
+            self.stats.partition_skipped.inc_by(skipped);
+        }
         folded as usize
     }
 

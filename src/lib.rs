@@ -13,6 +13,7 @@ pub mod exporter;
 pub mod exposition;
 pub mod fold;
 pub mod http;
+pub mod partition;
 pub mod replay;
 pub mod scan;
 pub mod seed;
@@ -41,7 +42,8 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         None => Catalog::default_mapping(),
     };
     let nats = args.nats_config()?;
-    let mut exporter = Exporter::new(catalog, args.config_file.clone(), args.dedup_window());
+    let mut exporter = Exporter::new(catalog, args.config_file.clone(), args.dedup_window())
+        .with_partition(nats.partition, !nats.partition_subjects.is_empty());
     if nats.state.is_some() {
         exporter = exporter.serving_checkpoints();
     }

@@ -18,6 +18,12 @@ fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::Replay(args)) => replay(&args),
+        Some(Command::Partition(args)) => {
+            for ns in &args.namespaces {
+                println!("{ns}\t{}", session_exporter::partition::of(ns, args.count));
+            }
+            Ok(())
+        }
         Some(Command::Simulate(args)) => runtime().and_then(|rt| rt.block_on(simulate(*args))),
         None => runtime()
             .and_then(|rt| rt.block_on(session_exporter::run(cli.run, shutdown::terminate()))),

@@ -100,6 +100,34 @@ pub fn envelope(b: &[u8]) -> Result<Fields<'_>> {
     Ok(f)
 }
 
+/// The first top-level `namespace` member, when its value is a string, read
+/// without scanning past it: what a partition replica needs to skip another
+/// partition's event (`partition::Partition::owner`). `None` when the message
+/// is not an object, breaks, or ends before one.
+pub fn leading_namespace(b: &[u8]) -> Option<RawString<'_>> {
+    let mut s = Scanner {
+        b,
+        i: 0,
+        wrong: 0,
+        field: 0,
+        bad_utf8: false,
+    };
+    s.ws();
+    if s.peek() != Some(b'{') {
+        return None;
+    }
+    let mut found = None;
+    // Stopping early is an error to `object`; `found` tells the two apart.
+    let _ = s.object(0, |s, key| {
+        if key == b"namespace" {
+            found = s.raw_string()?;
+            return Err(ScanError::Syntax);
+        }
+        s.skip_value(1)
+    });
+    found
+}
+
 /// The fields read, one bit each, for `Scanner::wrong`.
 const ID: u32 = 1;
 const NAME: u32 = 2;

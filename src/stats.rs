@@ -40,7 +40,16 @@ pub struct Stats {
     pub js_redeliveries: IntCounter,
     pub duplicates: IntCounter,
     pub broadcast_messages: IntCounter,
-    pub js_unacked: IntGauge,
+    /// Messages of other partitions' namespaces, left to their replicas.
+    pub partition_skipped: IntCounter,
+    /// This replica's partition: `{count, index}`, always 1.
+    pub partition: IntGaugeVec,
+    /// Stream messages this replica never read, by reason (`stream_truncated`).
+    pub events_lost: IntCounterVec,
+    /// The last stream sequence folded (ack-free JetStream reading).
+    pub stream_position: IntGauge,
+    /// Stream messages after the last one delivered, as the server reports them.
+    pub stream_pending: IntGauge,
     pub checkpoints: IntCounter,
     pub state_pending: IntGauge,
     pub checkpoint_failures: IntCounter,
@@ -122,6 +131,23 @@ impl Stats {
         for result in ["restored", "empty", "invalid"] {
             restores.with_label_values(&[result]);
         }
+        let events_lost = counter_vec(
+            &r,
+            "events_lost_total",
+            "Stream messages this replica could never read, by reason: stream_truncated (removed by the stream's limits before it read them).",
+            "reason",
+        );
+        events_lost.with_label_values(&["stream_truncated"]);
+        let partition = IntGaugeVec::new(
+            Opts::new(
+                name("partition_info"),
+                "This replica's partition of the namespaces (count 1: it holds them all); always 1.",
+            ),
+            &["count", "index"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(partition.clone()))
+            .expect("unique metric");
         let build = IntGaugeVec::new(
             Opts::new(name("build_info"), "Build information; always 1."),
             &["version", "revision", "rustc"],
@@ -190,10 +216,22 @@ impl Stats {
                 "broadcast_messages_total",
                 "Messages of the broadcast subjects (gauge events every replica folds), outside messages_received_total.",
             ),
-            js_unacked: gauge(
+            partition_skipped: counter(
                 &r,
-                "jetstream_unacked_messages",
-                "JetStream messages folded and waiting for a stored checkpoint before they are acknowledged.",
+                "partition_skipped_messages_total",
+                "Messages of namespaces another partition owns, skipped unfolded (outside messages_received_total).",
+            ),
+            partition,
+            events_lost,
+            stream_position: gauge(
+                &r,
+                "jetstream_stream_position",
+                "Stream sequence of the last message read from the JetStream stream (its checkpoint resumes after it).",
+            ),
+            stream_pending: gauge(
+                &r,
+                "jetstream_pending_messages",
+                "Messages in the stream after the last one delivered to this replica (its filter only), as the server reports them.",
             ),
             checkpoints: counter(&r, "state_checkpoints_total", "Checkpoints stored in the state bucket."),
             state_pending: gauge(
@@ -204,7 +242,7 @@ impl Stats {
             checkpoint_failures: counter(
                 &r,
                 "state_checkpoint_failures_total",
-                "Checkpoints that could not be stored (their messages stay unacknowledged and go into the next one).",
+                "Checkpoints that could not be stored (what they held goes into the next one).",
             ),
             checkpoint_duration: histogram(
                 &r,

@@ -180,3 +180,39 @@ fn a_comma_separated_nats_url_lists_a_cluster() {
     let exporter = Exporter::start(&format!("{down}, {}", nats.url()), &[]);
     exporter.wait_ready();
 }
+
+/// Without --partition.index, a partition replica takes the StatefulSet
+/// ordinal at the end of its host name; a name without one is refused at
+/// start, before anything is read.
+#[test]
+fn the_partition_index_comes_from_the_host_name_or_the_start_is_refused() {
+    let out = Command::new(EXPORTER)
+        .args([
+            "--partition.count",
+            "3",
+            "--web.listen-address",
+            "127.0.0.1:0",
+        ])
+        .env("HOSTNAME", "exporter-without-ordinal")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--partition.index") && err.contains("exporter-without-ordinal"),
+        "{err}"
+    );
+    let nats = Nats::start();
+    let mut cmd = Command::new(EXPORTER);
+    cmd.args(["--nats.url", &nats.url(), "--partition.count", "3"])
+        .args(["--web.listen-address", "127.0.0.1:0"])
+        .env("HOSTNAME", "session-exporter-1");
+    let e = Exporter::spawn(cmd);
+    e.wait_ready();
+    let m = e.metrics();
+    let info = "session_exporter_partition_info{count=\"3\",index=\"1\"} 1";
+    assert!(m.lines().any(|l| l == info), "{m}");
+    let (code, out, _) = run(&["partition", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--partition.count"), "{out}");
+}

@@ -317,16 +317,20 @@ fn the_pods_run_as_their_manifests_say() {
     let sts = run_pod(
         &format!("{STATEFULSET}/statefulset.yaml"),
         &nats.url(),
-        "session-exporter-0",
+        "session-exporter-2",
     );
     let log = sts.log();
     assert!(
-        log.contains("session-exporter-0"),
+        log.contains("key session-exporter-2"),
         "the pod name is the state key:\n{log}"
     );
-    assert!(sts
-        .metrics()
-        .contains("session_exporter_state_checkpoints_total"));
+    let m = sts.metrics();
+    assert!(m.contains("session_exporter_state_checkpoints_total"));
+    // Its ordinal is its partition, of as many as the StatefulSet has.
+    let replicas =
+        yaml(&repo_path(&format!("{STATEFULSET}/statefulset.yaml")))["spec"]["replicas"].clone();
+    let info = format!("session_exporter_partition_info{{count=\"{replicas}\",index=\"2\"}} 1");
+    assert!(m.lines().any(|l| l == info), "{info}:\n{m}");
 }
 
 #[test]

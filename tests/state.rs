@@ -1,8 +1,9 @@
-//! The state store: an exporter killed at any moment (SIGKILL between
-//! checkpoints, aborted mid-checkpoint, aborted between a stored checkpoint
-//! and its acks) ends with exactly the values of one that never died, and
-//! never serves a counter lower than it served before. Against Debian's
-//! nats-server 2.9 and the pinned current release.
+//! The state store: an exporter reading a stream without acks and killed at
+//! any moment (SIGKILL between checkpoints, aborted mid-checkpoint, aborted
+//! between a fold and the checkpoint holding it) ends with exactly the values
+//! of one that never died, and never serves a counter lower than it served
+//! before. Truncated streams are counted, same-key writers fenced. Against
+//! Debian's nats-server 2.9 and the pinned current release.
 
 mod common;
 
@@ -74,12 +75,6 @@ fn crash_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![
         "--nats.jetstream.stream",
         "SESSIONS",
-        "--nats.jetstream.consumer",
-        "crashy",
-        "--nats.jetstream.ack-wait",
-        "2s",
-        "--nats.jetstream.max-ack-pending",
-        "2000",
         "--state.bucket",
         "STATE",
         "--state.key",
@@ -122,7 +117,7 @@ fn crash_and_compare(bin: &Path) {
         Death::KillAfter(200),
         Death::Failpoint("checkpoint-before-manifest:1"),
         Death::KillAfter(50),
-        Death::Failpoint("checkpoint-before-acks:1"),
+        Death::Failpoint("after-fold:3"),
         Death::KillAfter(1),
     ];
     let mut last_served: Vec<String> = Vec::new();
@@ -142,18 +137,37 @@ fn crash_and_compare(bin: &Path) {
         }
         match death {
             Death::KillAfter(n) => {
-                rt.block_on(js_publish(&context, parts[i + 1]));
-                wait_for(Duration::from_secs(20), "messages folded", || {
-                    assert!(e.exited().is_none(), "exporter died:\n{}", e.log());
-                    let m = e.metrics();
-                    last_served = domain(&m);
-                    (value(&m, "session_exporter_messages_received_total")? >= *n as f64)
-                        .then_some(())
+                // Published a little at a time while it folds and
+                // checkpoints, so the kill lands somewhere in between.
+                let part = parts[i + 1].to_vec();
+                let url = url.clone();
+                let publisher = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Runtime::new().unwrap();
+                    let js = rt.block_on(async {
+                        jetstream::new(async_nats::connect(&url).await.unwrap())
+                    });
+                    for chunk in part.chunks(20) {
+                        rt.block_on(js_publish(&js, chunk));
+                        std::thread::sleep(Duration::from_millis(3));
+                    }
                 });
+                wait_for(
+                    Duration::from_secs(20),
+                    "messages folded and checkpointed",
+                    || {
+                        assert!(e.exited().is_none(), "exporter died:\n{}", e.log());
+                        let m = e.metrics();
+                        last_served = domain(&m);
+                        let received = value(&m, "session_exporter_messages_received_total")?;
+                        let stored = value(&m, "session_exporter_state_checkpoints_total")?;
+                        (received >= *n as f64 && stored >= 1.0).then_some(())
+                    },
+                );
                 if let Some(m) = served(&e) {
                     last_served = m;
                 }
                 e.kill();
+                publisher.join().unwrap();
             }
             Death::Failpoint(p) => {
                 wait_for(Duration::from_secs(30), p, || {
@@ -180,8 +194,8 @@ fn crash_and_compare(bin: &Path) {
         want.len() > 100,
         "the reference folded the corpus: {want:?}"
     );
-    // Once caught up (redeliveries come after the 2 s ack wait) and
-    // checkpointed, line for line what the immortal reference shows.
+    // Once caught up and checkpointed, line for line what the immortal
+    // reference shows.
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     let mut got = Vec::new();
     while std::time::Instant::now() < deadline {
@@ -199,11 +213,14 @@ fn crash_and_compare(bin: &Path) {
         survivor.metrics()
     );
     let m = survivor.metrics();
-    assert!(
+    assert_eq!(
         value(
             &m,
             "session_exporter_state_restores_total{result=\"restored\"}"
-        ) == Some(1.0)
+        ),
+        Some(1.0),
+        "{}",
+        survivor.log()
     );
     assert!(value(&m, "session_exporter_state_checkpoints_total").unwrap() >= 1.0);
 }
@@ -337,41 +354,157 @@ fn core_nats_keeps_counters_across_restarts() {
     assert_eq!(value(&e.metrics(), acquisitions), Some(2.0));
 }
 
-/// With checkpoints far apart, a replica still checkpoints (and acks)
-/// whenever a quarter of `max_ack_pending` waits: the server would otherwise
-/// stop delivering at `max_ack_pending` until the next interval.
+/// A stream that dropped messages (its limits) while the exporter was down:
+/// the gap is counted exactly, in stream messages, logged with its range,
+/// and reading goes on from the first message the stream still has.
 #[test]
-fn unacked_messages_trigger_checkpoints_before_the_server_stalls() {
+fn a_truncated_stream_is_counted_not_silent() {
+    for bin in nats_servers() {
+        let nats = Nats::start_jetstream_on(&bin);
+        let url = nats.url();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let js = rt.block_on(async {
+            let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+            js.create_stream(jetstream::stream::Config {
+                name: "SMALL".into(),
+                subjects: vec!["mpv2SessionHistory.>".into()],
+                max_messages: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            js
+        });
+        let acquisition = |i: usize| {
+            let body =
+                format!(r#"{{"id":"t{i}","name":"MetricAcquiringDsEvent","namespace":"trunc"}}"#);
+            (
+                "mpv2SessionHistory.MetricAcquiringDsEvent".to_string(),
+                body.into_bytes(),
+            )
+        };
+        let events: Vec<_> = (0..250).map(acquisition).collect();
+        rt.block_on(js_publish(&js, &events[..50]));
+        let args = [
+            "--nats.jetstream.stream",
+            "SMALL",
+            "--state.bucket",
+            "STATE",
+            "--state.key",
+            "trunc-0",
+            "--state.interval",
+            "100ms",
+        ];
+        let mut e = Exporter::start(&url, &args);
+        e.wait_received(50);
+        e.signal("TERM");
+        assert_eq!(e.wait_exit(), Some(0), "{}", e.log());
+        // 200 more while it is down: the stream keeps the last 100 (151..250).
+        rt.block_on(js_publish(&js, &events[50..]));
+        let e = Exporter::start(&url, &args);
+        let counter = "session_ds_acquisitions_total{game_namespace=\"trunc\"}";
+        let m = wait_for(Duration::from_secs(20), "the rest folded", || {
+            let m = e.metrics();
+            (value(&m, counter)? >= 150.0).then_some(m)
+        });
+        let version = nats_version(&bin);
+        assert_eq!(value(&m, counter), Some(150.0), "{version}: {m}");
+        let lost = "session_exporter_events_lost_total{reason=\"stream_truncated\"}";
+        assert_eq!(value(&m, lost), Some(100.0), "{version}: {m}");
+        let log = e.log();
+        assert!(
+            log.contains("from_sequence=51") && log.contains("to_sequence=150"),
+            "{version}: {log}"
+        );
+    }
+}
+
+/// Two processes with one `--state.key`: checkpoints are written over the
+/// revision a process last read or wrote, so the one behind exits non-zero
+/// naming the key, and the other's checkpoint is never overwritten.
+#[test]
+fn a_second_writer_of_one_key_is_fenced_off() {
     let nats = Nats::start_jetstream();
     let url = nats.url();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let js = rt.block_on(channels_stream(&url, "SESSIONS"));
+    let args = |interval: &'static str| {
+        [
+            "--nats.jetstream.stream",
+            "SESSIONS",
+            "--state.bucket",
+            "STATE",
+            "--state.key",
+            "shared-key",
+            "--state.interval",
+            interval,
+        ]
+    };
     let events = corpus(400);
-    rt.block_on(js_publish(&js, &events));
+    rt.block_on(js_publish(&js, &events[..200]));
+    let first = Exporter::start(&url, &args("100ms"));
+    wait_for(Duration::from_secs(20), "a checkpoint", || {
+        let m = first.metrics();
+        (value(&m, "session_exporter_state_checkpoints_total")? >= 1.0
+            && value(&m, "session_exporter_state_pending_messages")? == 0.0)
+            .then_some(())
+    });
+    // The second restores that checkpoint, then the first writes on.
+    let mut second = Exporter::start(&url, &args("1s"));
+    second.wait_ready();
+    rt.block_on(js_publish(&js, &events[200..]));
+    let code = second.wait_exit();
+    assert_eq!(code, Some(1), "{}", second.log());
+    let log = second.log();
+    assert!(
+        log.contains("key shared-key") && log.contains("share --state.key"),
+        "{log}"
+    );
+    // The first goes on storing its checkpoints.
+    let before = value(&first.metrics(), "session_exporter_state_checkpoints_total").unwrap();
+    rt.block_on(js_publish(&js, &corpus(10)));
+    wait_for(Duration::from_secs(20), "the first stores on", || {
+        let m = first.metrics();
+        (value(&m, "session_exporter_state_checkpoints_total")? > before).then_some(())
+    });
+    let m = first.metrics();
+    assert_eq!(
+        value(&m, "session_exporter_state_checkpoint_failures_total"),
+        Some(0.0),
+        "{m}"
+    );
+}
+
+/// A stream that removes what is acknowledged (or has no interest) cannot be
+/// read from a checkpointed position: refused at start, saying why.
+#[test]
+fn a_work_queue_stream_is_refused_with_a_state_store() {
+    let nats = Nats::start_jetstream();
+    let url = nats.url();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+        js.create_stream(jetstream::stream::Config {
+            name: "WORK".into(),
+            subjects: vec!["mpv2SessionHistory.>".into()],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
     let args = [
         "--nats.jetstream.stream",
-        "SESSIONS",
-        "--nats.jetstream.max-ack-pending",
-        "40",
-        "--nats.jetstream.pull-batch",
-        "8",
+        "WORK",
         "--state.bucket",
         "STATE",
         "--state.key",
-        "threshold",
-        "--state.interval",
-        "1h",
+        "w",
     ];
-    let e = Exporter::start(&url, &args);
-    e.wait_received(events.len() as u64);
-    // All acked but for fewer than a quarter of 40, which wait for the hour.
-    let m = wait_for(Duration::from_secs(20), "acks", || {
-        let m = e.metrics();
-        let acked = value(&m, "session_exporter_jetstream_acks_total")?;
-        (acked > (events.len() - 10) as f64).then_some(m)
-    });
-    let checkpoints = value(&m, "session_exporter_state_checkpoints_total").unwrap();
-    assert!(checkpoints >= 10.0, "{m}");
-    let waiting = value(&m, "session_exporter_jetstream_unacked_messages").unwrap();
-    assert!(waiting < 10.0, "{m}");
+    let mut e = Exporter::start(&url, &args);
+    assert_eq!(e.wait_exit(), Some(1));
+    let log = e.log();
+    assert!(
+        log.contains("stream WORK: retention WorkQueue") && log.contains("limits retention"),
+        "{log}"
+    );
 }

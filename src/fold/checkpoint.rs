@@ -8,10 +8,16 @@
 //! reported. Times are stored as ages, so gauge expiry and windowed quantiles
 //! carry on across a restart.
 //!
-//! Format 1, in order: magic `SXST`, format, checkpoint wall time, the
+//! Format 2, in order: magic `SXST`, format, checkpoint wall time, the
 //! `session_events_total` counts by label, the metric table, the namespaces
 //! with one slot per table entry, the de-duplication window, and the source's
-//! [`Resume`] (acks to send, the broadcast consumer's position).
+//! [`Resume`]: the partition (count, index), the stream and the last stream
+//! sequence folded. The fold and the position it stands for are one value, so
+//! they can never disagree.
+//!
+//! Format 1 (the acking design) ends instead with the reply subjects of
+//! messages that may not have been acked, and the broadcast consumer's
+//! position; it still loads (`Resume::legacy_acks`), with no stream position.
 
 use std::time::{Duration, Instant};
 
@@ -21,25 +27,32 @@ use super::{
     step_nanos, window_step, Dedup, Exact, Fold, Hist, Namespace, Slot, Window, WINDOW_STEPS,
 };
 use crate::config::{Kind, MetricDef};
+use crate::partition::Partition;
 use crate::seed;
 
 const MAGIC: &[u8; 4] = b"SXST";
-pub const FORMAT: u64 = 1;
+pub const FORMAT: u64 = 2;
 
 /// What the source needs to carry on where the checkpoint left off.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Resume {
-    /// Reply subjects of JetStream messages folded into this checkpoint that
-    /// may not have been acknowledged yet: acked again on restore.
-    pub acks: Vec<String>,
-    /// Stream sequence of the last broadcast (gauge) message folded.
-    pub broadcast_seq: u64,
+    /// The partition of the namespaces this fold holds.
+    pub partition: Partition,
+    /// The JetStream stream read without acks (empty on core NATS).
+    pub stream: String,
+    /// The last sequence of `stream` folded (0: none yet).
+    pub stream_seq: u64,
+    /// Format 1 only: reply subjects of messages the checkpoint holds that
+    /// its writer may not have acknowledged.
+    pub legacy_acks: Vec<String>,
 }
 
 /// What a restore found, for the log and the self-metrics.
 #[derive(Debug, Default)]
 pub struct Restored {
     pub resume: Resume,
+    /// The format it was written in.
+    pub format: u64,
     pub namespaces: usize,
     /// Metrics in the checkpoint that the current mapping has not (or has with
     /// another type or HDR layout): their state was dropped.
@@ -109,9 +122,10 @@ impl Fold {
                 w.varint(0);
             }
         }
-        w.varint(resume.acks.len() as u64);
-        resume.acks.iter().for_each(|a| w.str(a));
-        w.varint(resume.broadcast_seq);
+        w.varint(u64::from(resume.partition.count));
+        w.varint(u64::from(resume.partition.index));
+        w.str(&resume.stream);
+        w.varint(resume.stream_seq);
         w.0
     }
 
@@ -169,13 +183,18 @@ impl Fold {
     ) -> Result<Restored, CheckpointError> {
         let result = self.restore_inner(bytes, now, wall);
         if result.is_err() {
-            self.namespaces = Default::default();
-            self.events.iter_mut().for_each(|n| *n = 0);
-            if let Some(d) = &mut self.dedup {
-                *d = Dedup::new(d.cap, d.key);
-            }
+            self.clear();
         }
         result
+    }
+
+    /// Back to empty, as just built with the current mapping.
+    pub fn clear(&mut self) {
+        self.namespaces = Default::default();
+        self.events.iter_mut().for_each(|n| *n = 0);
+        if let Some(d) = &mut self.dedup {
+            *d = Dedup::new(d.cap, d.key);
+        }
     }
 
     fn restore_inner(
@@ -191,7 +210,7 @@ impl Fold {
             ));
         }
         let format = r.varint()?;
-        if format != FORMAT {
+        if !(1..=FORMAT).contains(&format) {
             return Err(CheckpointError(format!(
                 "checkpoint format {format} is not one this build reads (format {FORMAT})"
             )));
@@ -200,6 +219,7 @@ impl Fold {
         let age = (wall - written).max(0.0);
         let mut out = Restored {
             age_seconds: age,
+            format,
             ..Restored::default()
         };
         for _ in 0..r.count(2)? {
@@ -287,10 +307,25 @@ impl Fold {
                 d.remember(h);
             }
         }
-        out.resume.acks = (0..r.count(1)?)
-            .map(|_| r.str().map(str::to_string))
-            .collect::<Result<_, _>>()?;
-        out.resume.broadcast_seq = r.varint()?;
+        if format == 1 {
+            out.resume.legacy_acks = (0..r.count(1)?)
+                .map(|_| r.str().map(str::to_string))
+                .collect::<Result<_, _>>()?;
+            r.varint()?; // the broadcast consumer's position: no such consumer now
+        } else {
+            let (count, index) = (r.varint()?, r.varint()?);
+            if count == 0 || index >= count || count > u64::from(u32::MAX) {
+                return Err(CheckpointError(format!(
+                    "partition {index} of {count} is not a partition"
+                )));
+            }
+            out.resume.partition = Partition {
+                count: count as u32,
+                index: index as u32,
+            };
+            out.resume.stream = r.str()?.to_string();
+            out.resume.stream_seq = r.varint()?;
+        }
         if r.at != bytes.len() {
             return Err(CheckpointError(format!(
                 "{} bytes after the end of the checkpoint",
@@ -607,8 +642,10 @@ mod tests {
     fn round_trip_renders_the_same() {
         let (mut f, now) = sample_fold();
         let resume = Resume {
-            acks: vec!["$JS.ACK.S.c.1.7.7.0.0".into()],
-            broadcast_seq: 9,
+            partition: Partition { count: 3, index: 2 },
+            stream: "SESSIONS".into(),
+            stream_seq: 12345,
+            legacy_acks: Vec::new(),
         };
         let bytes = f.encode(now, 1.7e9, &resume);
         let mut g = empty();
@@ -640,6 +677,7 @@ mod tests {
         let now = Instant::now();
         let restored = g.restore(FORMAT_1, now, 1.7e9 + 60.0).unwrap();
         assert_eq!(restored.namespaces, 3);
+        assert_eq!((restored.format, restored.resume.stream_seq), (1, 0));
         let text = render(&mut g, now);
         for line in [
             "session_ds_acquisition_wait_seconds_count{game_namespace=\"g\"} 2",
@@ -650,6 +688,36 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
+    }
+
+    /// A format-2 checkpoint as the first ack-free release wrote it
+    /// (`sample_fold().encode` at wall time 1.7e9, partition 1 of 3 of
+    /// stream SESSIONS at sequence 4242). Never regenerate it.
+    const FORMAT_2: &[u8] = include_bytes!("../../tests/data/checkpoint-format-2.bin");
+
+    #[test]
+    fn format_2_checkpoints_load_with_their_position() {
+        let mut g = empty();
+        let now = Instant::now();
+        let restored = g.restore(FORMAT_2, now, 1.7e9 + 60.0).unwrap();
+        assert_eq!(restored.format, 2);
+        let want = Resume {
+            partition: Partition { count: 3, index: 1 },
+            stream: "SESSIONS".into(),
+            stream_seq: 4242,
+            legacy_acks: Vec::new(),
+        };
+        assert_eq!(restored.resume, want);
+        let text = render(&mut g, now);
+        assert!(
+            text.contains("session_ds_acquisition_wait_seconds_count{game_namespace=\"g\"} 2\n")
+        );
+        // A partition that is not one is refused.
+        let mut bad = FORMAT_2.to_vec();
+        let tail = bad.len() - (1 + 1 + 1 + "SESSIONS".len() + 2);
+        bad[tail + 1] = 3;
+        let e = empty().restore(&bad, now, 1.7e9).unwrap_err();
+        assert!(e.0.contains("partition 3 of 3"), "{e}");
     }
 
     /// Checkpoints the fuzzer made: each refused with a message, the fold left empty.

@@ -1,5 +1,7 @@
-//! Core NATS subjects: plain subscriptions, or a queue group shared by
-//! replicas plus a plain subscription to the broadcast subjects.
+//! Core NATS subjects: plain subscriptions (each partition replica reads
+//! them all and folds its own namespaces, or reads only its partition's
+//! subjects), or a queue group shared by replicas plus a plain subscription
+//! to the broadcast subjects.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::time::Duration;
 use async_nats::Client;
 use futures_util::StreamExt;
 
-use super::progress::Progress;
+use super::checkpoints::Checkpoints;
 use super::{ticker, Merged, NatsConfig, SourceError, BATCH};
 use crate::exporter::Exporter;
 
@@ -16,12 +18,17 @@ pub(super) async fn run(
     client: Client,
     cfg: &NatsConfig,
     exporter: Arc<Exporter>,
-    mut progress: Progress,
+    mut checkpoints: Checkpoints,
     interval: Option<Duration>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SourceError> {
+    let subjects = if cfg.partition_subjects.is_empty() {
+        &cfg.subjects
+    } else {
+        &cfg.partition_subjects
+    };
     let mut subs = Vec::new();
-    for subject in &cfg.subjects {
+    for subject in subjects {
         let sub = match &cfg.queue_group {
             Some(q) => client.queue_subscribe(subject.clone(), q.clone()).await,
             None => client.subscribe(subject.clone()).await,
@@ -40,6 +47,11 @@ pub(super) async fn run(
             broadcast.push(sub);
         }
     }
+    // Ready means the server has the subscriptions: what is published from
+    // now on reaches them.
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "NATS flush after subscribing failed");
+    }
     let broadcasting = !broadcast.is_empty();
     exporter
         .stats
@@ -47,8 +59,10 @@ pub(super) async fn run(
         .set((subs.len() + broadcast.len()) as i64);
     exporter.set_subscribed(true);
     tracing::info!(
-        subjects = ?cfg.subjects,
+        subjects = ?subjects,
         queue_group = ?cfg.queue_group,
+        partition = cfg.partition.index,
+        partitions = cfg.partition.count,
         broadcast = ?broadcasting.then_some(&cfg.broadcast_subjects),
         "subscribed"
     );
@@ -60,7 +74,7 @@ pub(super) async fn run(
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            stored = progress.stored() => progress.settle(stored).await,
+            stored = checkpoints.stored() => checkpoints.settle(stored)?,
             batch = messages.next() => match batch {
                 Some(batch) => {
                     exporter.ingest(batch.iter().map(|m| m.payload.as_ref()));
@@ -70,7 +84,7 @@ pub(super) async fn run(
             Some(batch) = gauges.next(), if broadcasting => {
                 exporter.ingest_gauges(batch.iter().map(|m| m.payload.as_ref()));
             }
-            _ = tick.tick() => progress.tick(),
+            _ = tick.tick() => checkpoints.tick(),
         }
     }
     exporter.set_subscribed(false);
@@ -92,9 +106,9 @@ pub(super) async fn run(
         tracing::warn!("drain did not finish within 5s");
     }
     exporter.stats.subscriptions.set(0);
-    progress.finish(Duration::from_secs(10)).await;
+    let last = checkpoints.finish(Duration::from_secs(10)).await;
     if let Err(e) = client.drain().await {
         tracing::warn!(error = %e, "NATS drain failed");
     }
-    Ok(())
+    last
 }

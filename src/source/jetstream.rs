@@ -1,9 +1,9 @@
-//! A JetStream durable pull consumer, shared by replicas, and an ordered
-//! consumer of the broadcast subjects of each replica's own.
+//! Without a state store: a JetStream durable pull consumer, shared by
+//! replicas (at-least-once), and an ordered consumer of the broadcast
+//! subjects of each replica's own. (With one, `stream` reads without acks.)
 //!
 //! Acks are sent (not awaited: an ack is a publish) for each batch once it is
-//! folded, or, with a state store, once a checkpoint that includes it is
-//! stored. Never `AckAll`: on a consumer shared by replicas it would
+//! folded. Never `AckAll`: on a consumer shared by replicas it would
 //! acknowledge other replicas' messages in flight.
 
 use std::future::Future;
@@ -15,8 +15,7 @@ use async_nats::jetstream::{self, stream::Stream};
 use async_nats::Client;
 use futures_util::{FutureExt, StreamExt};
 
-use super::progress::Progress;
-use super::{ticker, JetStreamConfig, NatsConfig, SourceError, BATCH};
+use super::{server_version, JetStreamConfig, NatsConfig, SourceError, BATCH};
 use crate::exporter::Exporter;
 
 pub(super) async fn run(
@@ -24,8 +23,6 @@ pub(super) async fn run(
     cfg: &NatsConfig,
     js_cfg: &JetStreamConfig,
     exporter: Arc<Exporter>,
-    mut progress: Progress,
-    interval: Option<Duration>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SourceError> {
     let js = jetstream::new(client.clone());
@@ -61,13 +58,7 @@ pub(super) async fn run(
         .map_err(|e| SourceError(format!("JetStream consumer {}: {e}", js_cfg.consumer)))?;
     let mut messages = messages.ready_chunks(BATCH);
     let since = exporter.gauge_ttl();
-    let broadcast = broadcast(
-        &stream,
-        &cfg.broadcast_subjects,
-        progress.broadcast_seq,
-        since,
-    )
-    .await;
+    let broadcast = broadcast(&stream, &cfg.broadcast_subjects, since).await;
     let broadcasting = broadcast.is_some();
     let mut gauges = futures_util::stream::iter(broadcast)
         .flatten()
@@ -86,32 +77,25 @@ pub(super) async fn run(
         broadcast = ?broadcasting.then_some(&cfg.broadcast_subjects),
         "consuming JetStream"
     );
-    let mut tick = ticker(interval);
     loop {
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            stored = progress.stored() => progress.settle(stored).await,
             batch = messages.next() => match batch {
-                Some(batch) => fold(&exporter, &mut progress, batch).await,
+                Some(batch) => fold(&client, &exporter, batch).await,
                 None => break,
             },
             Some(batch) = gauges.next(), if broadcasting => {
                 let batch: Vec<_> = batch.into_iter().filter_map(Result::ok).collect();
                 exporter.ingest_gauges(batch.iter().map(|m| m.payload.as_ref()));
-                if let Some(seq) = batch.iter().filter_map(|m| m.info().ok()).map(|i| i.stream_sequence).max() {
-                    progress.broadcast_seq = progress.broadcast_seq.max(seq);
-                }
             }
-            _ = tick.tick() => progress.tick(),
         }
     }
     exporter.set_subscribed(false);
     // Fold what was already delivered rather than leave it to redelivery.
     while let Some(Some(batch)) = messages.next().now_or_never() {
-        fold(&exporter, &mut progress, batch).await;
+        fold(&client, &exporter, batch).await;
     }
-    progress.finish(Duration::from_secs(10)).await;
     if let Err(e) = client.flush().await {
         tracing::warn!(error = %e, "NATS flush of the last acks failed");
     }
@@ -121,7 +105,7 @@ pub(super) async fn run(
 
 type Pulled = Result<jetstream::Message, pull::MessagesError>;
 
-async fn fold(exporter: &Exporter, progress: &mut Progress, batch: Vec<Pulled>) {
+async fn fold(client: &Client, exporter: &Exporter, batch: Vec<Pulled>) {
     let batch: Vec<_> = batch
         .into_iter()
         .filter_map(|m| {
@@ -137,19 +121,14 @@ async fn fold(exporter: &Exporter, progress: &mut Progress, batch: Vec<Pulled>) 
     exporter.ingest(batch.iter().map(|m| m.payload.as_ref()));
     // After folding: a crash before the ack means redelivery, and the
     // event-id window drops what was folded already.
-    progress
-        .folded(batch.into_iter().filter_map(|m| m.message.reply))
-        .await;
-}
-
-/// The server's (major, minor) version, e.g. (2, 9).
-fn server_version(client: &Client) -> (u32, u32) {
-    let v = client.server_info().version;
-    let mut parts = v
-        .trim_start_matches('v')
-        .split('.')
-        .map(|p| p.parse().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    let mut acked = 0;
+    for reply in batch.into_iter().filter_map(|m| m.message.reply) {
+        if let Err(e) = client.publish(reply, bytes::Bytes::new()).await {
+            tracing::debug!(error = %e, "JetStream ack not sent");
+        }
+        acked += 1;
+    }
+    exporter.stats.js_acks.inc_by(acked);
 }
 
 /// Create the durable consumer, or update it to this configuration.
@@ -190,25 +169,17 @@ async fn durable(
     }
 }
 
-/// This replica's own ordered consumer of the broadcast subjects, from just
-/// after `after` (a checkpoint's position), else from `since` ago: an older
-/// gauge update would have expired already, and replaying it would show a
-/// namespace that went quiet long ago as live for another TTL.
-async fn broadcast(
-    stream: &Stream,
-    subjects: &[String],
-    after: u64,
-    since: Duration,
-) -> Option<pull::Ordered> {
+/// This replica's own ordered consumer of the broadcast subjects, from
+/// `since` ago: an older gauge update would have expired already, and
+/// replaying it would show a namespace that went quiet long ago as live for
+/// another TTL.
+async fn broadcast(stream: &Stream, subjects: &[String], since: Duration) -> Option<pull::Ordered> {
     if subjects.is_empty() {
         return None;
     }
     let start = crate::simulate::unix_ms().saturating_sub(since.as_millis() as u64);
     let start = async_nats::datetime::parse_rfc3339(&crate::simulate::rfc3339(start));
     let deliver_policy = match start {
-        _ if after > 0 => DeliverPolicy::ByStartSequence {
-            start_sequence: after + 1,
-        },
         Ok(start_time) => DeliverPolicy::ByStartTime { start_time },
         Err(_) => DeliverPolicy::All,
     };

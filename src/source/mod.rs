@@ -1,18 +1,22 @@
-//! NATS in: connect (surviving outages), subscribe to core subjects (`core`)
-//! or pull from a JetStream durable consumer (`jetstream`), feed message
-//! batches to the exporter, and acknowledge or checkpoint what was folded
-//! (`progress`, `state`).
+//! NATS in: connect (surviving outages), subscribe to core subjects (`core`),
+//! read a JetStream stream without acks from the checkpointed position
+//! (`stream`, with a state store) or through an acking durable consumer
+//! (`jetstream`, without one), feed message batches to the exporter, and
+//! checkpoint what was folded (`checkpoints`, `state`).
 //!
-//! Replicas split the events through a queue group or a shared durable
-//! consumer. The gauge is the exception: each replica also receives every
-//! message of the *broadcast subjects* (by default the active-sessions
+//! Replicas either own partitions of the namespaces (each reads everything,
+//! or its share where the subjects carry the partition, and folds only its
+//! namespaces), or split the events through a queue group or a shared durable
+//! consumer. There the gauge is the exception: each replica also receives
+//! every message of the *broadcast subjects* (by default the active-sessions
 //! event's), on a plain subscription or an ordered consumer of its own, and
 //! folds only their gauges, so `max by` over replicas is the latest value.
 
+mod checkpoints;
 mod core;
 mod jetstream;
-mod progress;
 pub mod state;
+mod stream;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -27,7 +31,8 @@ use std::task::{Context, Poll};
 
 use crate::exporter::Exporter;
 use crate::fold::Resume;
-use progress::Progress;
+use crate::partition::Partition;
+use checkpoints::Checkpoints;
 use state::{LoadError, OnInvalid, StateConfig, StateStore};
 
 /// Messages folded under one lock at most. Large enough to amortise the lock
@@ -61,6 +66,11 @@ pub struct NatsConfig {
     pub broadcast_subjects: Vec<String>,
     pub jetstream: Option<JetStreamConfig>,
     pub state: Option<StateConfig>,
+    /// The namespaces this replica folds.
+    pub partition: Partition,
+    /// Where the subjects carry the partition: this replica's own subjects,
+    /// read instead of `subjects` (and without skipping anything).
+    pub partition_subjects: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +80,7 @@ pub struct JetStreamConfig {
     /// Filter the consumer on these subjects (servers 2.10+, or one subject
     /// on 2.9); empty: everything the stream holds.
     pub filter_subjects: Vec<String>,
+    /// The acking consumer's (without a state store).
     pub ack_wait: Duration,
     pub max_ack_pending: i64,
     /// Messages asked for per pull request.
@@ -136,6 +147,7 @@ fn on_event(exporter: &Exporter, connected_before: &AtomicBool, event: Event) {
                 s.nats_reconnects.inc();
             }
             s.nats_connected.set(1);
+            exporter.connected();
             tracing::info!("connected to NATS");
         }
         Event::Disconnected => {
@@ -181,42 +193,56 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SourceError> {
     tokio::pin!(shutdown);
-    let (store, resume) = match &cfg.state {
-        None => (None, Resume::default()),
+    let (store, resume, restored) = match &cfg.state {
+        None => (None, Resume::default(), false),
         Some(state) => {
-            let restored = tokio::select! {
-                r = restore(&client, state, &exporter) => r?,
+            let r = tokio::select! {
+                r = restore(&client, cfg, state, &exporter) => r?,
                 _ = &mut shutdown => return Ok(()),
             };
-            (Some(Arc::new(restored.0)), restored.1)
+            (Some(Arc::new(r.0)), r.1, r.2)
         }
     };
-    // Acks a crashed predecessor stored but may not have sent.
-    for reply in &resume.acks {
-        let _ = client.publish(reply.clone(), bytes::Bytes::new()).await;
-    }
-    let threshold = cfg
-        .jetstream
-        .as_ref()
-        .map_or(usize::MAX, |js| (js.max_ack_pending.max(4) / 4) as usize);
-    let mut progress = Progress::new(client.clone(), exporter.clone(), store, threshold);
-    progress.broadcast_seq = resume.broadcast_seq;
+    let resume = Resume {
+        partition: cfg.partition,
+        ..resume
+    };
     let interval = cfg.state.as_ref().map(|s| s.interval);
+    let has_store = store.is_some();
+    let checkpoints = Checkpoints::new(exporter.clone(), store, resume);
     match &cfg.jetstream {
-        None => core::run(client, cfg, exporter, progress, interval, shutdown).await,
-        Some(js) => jetstream::run(client, cfg, js, exporter, progress, interval, shutdown).await,
+        None => core::run(client, cfg, exporter, checkpoints, interval, shutdown).await,
+        Some(js) if has_store => {
+            // A restored checkpoint without a position in this stream.
+            let legacy = restored && checkpoints.resume.stream.is_empty();
+            let s = stream::run(
+                client,
+                cfg,
+                js,
+                exporter,
+                checkpoints,
+                legacy,
+                interval,
+                shutdown,
+            );
+            s.await
+        }
+        Some(js) => jetstream::run(client, cfg, js, exporter, shutdown).await,
     }
 }
 
 /// Open the store and load its checkpoint into the exporter, retrying while
-/// NATS or the bucket cannot be reached.
+/// NATS or the bucket cannot be reached. Also says whether a checkpoint was
+/// restored.
 async fn restore(
     client: &Client,
+    nats: &NatsConfig,
     cfg: &StateConfig,
     exporter: &Exporter,
-) -> Result<(StateStore, Resume), SourceError> {
+) -> Result<(StateStore, Resume, bool), SourceError> {
     let mut delay = Duration::from_millis(100);
     let where_ = format!("state bucket {} key {}", cfg.bucket, cfg.key);
+    let stream = nats.jetstream.as_ref().map(|js| js.stream.as_str());
     loop {
         let store = match StateStore::open(client, cfg).await {
             Ok(store) => store,
@@ -231,9 +257,9 @@ async fn restore(
             Ok(None) => {
                 exporter.stats.restores.with_label_values(&["empty"]).inc();
                 tracing::info!(state = %where_, "no checkpoint yet; starting empty");
-                return Ok((store, Resume::default()));
+                return Ok((store, Resume::default(), false));
             }
-            Ok(Some(bytes)) => match exporter.restore(&bytes) {
+            Ok(Some(bytes)) => match exporter.restore(&bytes, nats.partition, stream) {
                 Ok(r) => {
                     exporter
                         .stats
@@ -245,12 +271,13 @@ async fn restore(
                         namespaces = r.namespaces,
                         bytes = bytes.len(),
                         age_seconds = r.age_seconds,
-                        unacked = r.resume.acks.len(),
+                        format = r.format,
+                        stream_sequence = r.resume.stream_seq,
                         rebucketed = ?r.rebucketed,
                         dropped_metrics = ?r.dropped_metrics,
                         "state restored"
                     );
-                    return Ok((store, r.resume));
+                    return Ok((store, r.resume, true));
                 }
                 Err(e) => e.to_string(),
             },
@@ -273,10 +300,20 @@ async fn restore(
             OnInvalid::StartEmpty => {
                 exporter.stats.restores.with_label_values(&["invalid"]).inc();
                 tracing::error!(state = %where_, error = %reason, "unreadable checkpoint; starting empty (--state.on-invalid=start-empty), the next checkpoint replaces it");
-                return Ok((store, Resume::default()));
+                return Ok((store, Resume::default(), false));
             }
         }
     }
+}
+
+/// The server's (major, minor) version, e.g. (2, 9).
+fn server_version(client: &Client) -> (u32, u32) {
+    let v = client.server_info().version;
+    let mut parts = v
+        .trim_start_matches('v')
+        .split('.')
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 /// Several subscriptions as one stream, polled round-robin. Unlike

@@ -175,6 +175,11 @@ impl Nats {
             .collect()
     }
 
+    /// A JetStream server from `bin` with extra flags (e.g. `-c mapping.conf`).
+    pub fn start_jetstream_with(bin: &Path, extra: &[&str]) -> Nats {
+        Nats::spawn(bin, None, Some(temp_dir("js")), extra)
+    }
+
     /// With extra nats-server flags (e.g. `--user u --pass p`).
     pub fn start_with(extra: &[&str]) -> Nats {
         Nats::spawn(Path::new("nats-server"), None, None, extra)
@@ -742,4 +747,103 @@ print(sum(len(f.samples) for f in parse(sys.stdin.read())))\n";
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+pub fn namespace_of(line: &str) -> Option<&str> {
+    let rest = line.split("game_namespace=\"").nth(1)?;
+    rest.split('"').next()
+}
+
+/// The replicas' domain series, together, equal the reference's, line for
+/// line; every namespace is on exactly one replica, the one its hash names;
+/// the event counts add up.
+/// `restarted`: replicas were restarted, so their self-metrics (process
+/// counters) start again from 0 and are not compared.
+pub fn assert_partitions_equal(
+    what: &str,
+    reference: &Exporter,
+    replicas: &[Exporter],
+    n: usize,
+    restarted: bool,
+) {
+    reference.wait_received(n as u64);
+    let want = domain(&reference.metrics());
+    let total = |name: &str| -> f64 { replicas.iter().map(|r| sum(&r.metrics(), name)).sum() };
+    let want_series: std::collections::BTreeMap<String, f64> = series(&want).into_iter().collect();
+    // Namespaced series come from one replica each; the rest (events by
+    // name) add up over the replicas.
+    let combine = |pages: &[Vec<String>]| {
+        let mut all = std::collections::BTreeMap::<String, f64>::new();
+        for page in pages {
+            for (k, v) in series(page) {
+                if namespace_of(&k).is_some() && all.contains_key(&k) {
+                    all.insert(format!("{k} (twice)"), v);
+                } else {
+                    *all.entry(k).or_default() += v;
+                }
+            }
+        }
+        all
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pages = loop {
+        let pages: Vec<Vec<String>> = replicas.iter().map(|r| domain(&r.metrics())).collect();
+        let got = combine(&pages);
+        if got == want_series {
+            break pages;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<_> = want_series
+                .iter()
+                .filter(|(k, v)| got.get(*k) != Some(v))
+                .map(|(k, v)| format!("{k}: {v} (replicas: {:?})", got.get(k)))
+                .take(20)
+                .collect();
+            let extra: Vec<_> = got
+                .iter()
+                .filter(|(k, _)| !want_series.contains_key(*k))
+                .take(20)
+                .collect();
+            panic!("{what}: replicas differ from the reference:\nreference has {missing:#?}\nreplicas have {extra:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let count = replicas.len() as u32;
+    let mut seen: std::collections::BTreeMap<String, std::collections::BTreeSet<usize>> =
+        std::collections::BTreeMap::new();
+    for (i, page) in pages.iter().enumerate() {
+        for ns in page.iter().filter_map(|l| namespace_of(l)) {
+            seen.entry(ns.to_string()).or_default().insert(i);
+        }
+    }
+    let namespaces: std::collections::BTreeSet<&str> =
+        want.iter().filter_map(|l| namespace_of(l)).collect();
+    assert!(
+        namespaces.len() >= 5
+            && seen
+                .keys()
+                .map(String::as_str)
+                .eq(namespaces.iter().copied()),
+        "{what}: namespaces {seen:?}"
+    );
+    for (ns, on) in &seen {
+        let home = session_exporter::partition::of(ns, count) as usize;
+        assert_eq!(
+            on,
+            &std::collections::BTreeSet::from([home]),
+            "{what}: {ns} is on replicas {on:?}"
+        );
+    }
+    if restarted {
+        return;
+    }
+    let reference_page = reference.metrics();
+    for name in [
+        "session_exporter_messages_received_total",
+        "session_exporter_events_folded_total",
+        "session_exporter_events_rejected_total",
+        "session_exporter_events_duplicate_total",
+    ] {
+        assert_eq!(total(name), sum(&reference_page, name), "{what}: {name}");
+    }
 }

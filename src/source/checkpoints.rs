@@ -1,0 +1,158 @@
+//! When checkpoints are stored, and what happens once one is: `/metrics`
+//! serves its snapshot from then on.
+//!
+//! Checkpoints are taken by the source loop between batches (so the fold and
+//! the stream position in [`Checkpoints::resume`] agree) and stored by a task
+//! of their own while folding goes on; at most one is in flight.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use super::state::{SaveError, StateStore};
+use super::SourceError;
+use crate::exporter::Exporter;
+use crate::fold::{Resume, Snapshot};
+
+pub struct Checkpoints {
+    exporter: Arc<Exporter>,
+    store: Option<Arc<StateStore>>,
+    /// Where the fold stands; the source updates it after every batch.
+    pub resume: Resume,
+    inflight: Option<JoinHandle<Stored>>,
+}
+
+impl Checkpoints {
+    pub fn new(exporter: Arc<Exporter>, store: Option<Arc<StateStore>>, resume: Resume) -> Self {
+        Checkpoints {
+            exporter,
+            store,
+            resume,
+            inflight: None,
+        }
+    }
+
+    /// The timer: store a checkpoint if anything changed since the last.
+    pub fn tick(&mut self) {
+        if self.store.is_none() || self.inflight.is_some() {
+            return;
+        }
+        let stored = self.exporter.stored_changes();
+        if self.exporter.changes() != stored {
+            self.start();
+        } else {
+            // Nothing new: serve a fresh snapshot of the same state, so gauges
+            // still expire and windows still slide.
+            let (snapshot, changes) = self.exporter.snapshot();
+            if changes == stored {
+                self.exporter.publish(snapshot, changes);
+            }
+        }
+    }
+
+    fn start(&mut self) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        if self.inflight.is_some() {
+            return;
+        }
+        let started = Instant::now();
+        let cp = self.exporter.checkpoint(&self.resume);
+        self.inflight = Some(tokio::spawn(async move {
+            Stored {
+                result: store.save(cp.bytes).await,
+                snapshot: Some(cp.snapshot),
+                changes: cp.changes,
+                started,
+            }
+        }));
+    }
+
+    /// Resolves when the checkpoint in flight is stored or has failed; never
+    /// while none is. Cancel-safe: hand the result to [`Checkpoints::settle`].
+    pub async fn stored(&mut self) -> Stored {
+        let Some(handle) = &mut self.inflight else {
+            return std::future::pending().await;
+        };
+        let joined = handle.await;
+        self.inflight = None;
+        joined.unwrap_or_else(|e| Stored {
+            result: Err(SaveError::Failed(format!("checkpoint task failed: {e}"))),
+            snapshot: None,
+            changes: 0,
+            started: Instant::now(),
+        })
+    }
+
+    /// Serve what a stored checkpoint holds. An error only when another
+    /// process writes this key: then the source must stop.
+    pub fn settle(&mut self, stored: Stored) -> Result<(), SourceError> {
+        let stats = &self.exporter.stats;
+        stats
+            .checkpoint_duration
+            .observe(stored.started.elapsed().as_secs_f64());
+        match stored.result {
+            Ok(bytes) => {
+                stats.checkpoints.inc();
+                stats.checkpoint_bytes.set(bytes as i64);
+                stats.checkpoint_last_success.set(unix_secs());
+                if let Some(s) = stored.snapshot {
+                    self.exporter.publish(s, stored.changes);
+                }
+                Ok(())
+            }
+            Err(SaveError::Failed(e)) => {
+                stats.checkpoint_failures.inc();
+                tracing::warn!(error = %e, "checkpoint not stored; retrying with the next");
+                Ok(())
+            }
+            Err(SaveError::Fenced(e)) => {
+                stats.checkpoint_failures.inc();
+                Err(SourceError(e))
+            }
+        }
+    }
+
+    /// On shutdown: wait for the checkpoint in flight, then store a last one,
+    /// all within `limit` (logged when it does not make it: what it would have
+    /// held is read again from the stream, or lost on core NATS).
+    pub async fn finish(&mut self, limit: Duration) -> Result<(), SourceError> {
+        if self.store.is_none() {
+            return Ok(());
+        }
+        let last = async {
+            if self.inflight.is_some() {
+                let s = self.stored().await;
+                self.settle(s)?;
+            }
+            if self.exporter.changes() != self.exporter.stored_changes() {
+                self.start();
+                let s = self.stored().await;
+                self.settle(s)?;
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(limit, last).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!("last checkpoint not stored within {limit:?}");
+                Ok(())
+            }
+        }
+    }
+}
+
+pub struct Stored {
+    result: Result<usize, SaveError>,
+    snapshot: Option<Snapshot>,
+    changes: u64,
+    started: Instant,
+}
+
+fn unix_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
