@@ -382,126 +382,290 @@ fn run_bare_jetstream(url: &str, stream: &str, n: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-/// The exporter in JetStream mode consuming a stream that already holds the
-/// corpus (filled untimed), until every event is folded. Returns (events/s, lost).
-fn run_jetstream(url: &str, name: &str, corpus: &Arc<Corpus>, state: bool) -> (f64, u64) {
+/// A bare async-nats ordered consumer of the stream (no acks) that only
+/// counts: the baseline of the ack-free reading.
+fn run_bare_ordered(url: &str, stream: &str, n: usize) -> f64 {
+    use async_nats::jetstream::consumer::pull;
     let rt = runtime();
-    let mut exporter = Exporter::new(Catalog::default_mapping(), None, 100_000);
-    if state {
-        exporter = exporter.serving_checkpoints();
-    }
-    let exporter = Arc::new(exporter);
-    let (stop, stopped) = watch::channel(false);
-    let mut cfg = nats_config(url);
-    cfg.jetstream = Some(source::JetStreamConfig {
-        stream: name.to_string(),
-        consumer: "bench".into(),
-        filter_subjects: Vec::new(),
-        ack_wait: Duration::from_secs(30),
-        max_ack_pending: JS_MAX_ACK_PENDING,
-        pull_batch: JS_PULL_BATCH,
+    let t = Instant::now();
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let mut batches = js
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .create_consumer(pull::OrderedConfig::default())
+            .await
+            .unwrap()
+            .messages()
+            .await
+            .unwrap()
+            .ready_chunks(512);
+        let mut count = 0;
+        while count < n {
+            count += batches.next().await.unwrap().len();
+        }
     });
-    cfg.state = state.then(|| source::state::StateConfig {
-        bucket: "BENCHSTATE".into(),
-        key: format!("bench-{}", unix_ms()),
-        interval: Duration::from_secs(5),
-        replicas: 1,
-        on_invalid: source::state::OnInvalid::Refuse,
-    });
-    let e = exporter.clone();
-    let cpu = cpu_secs("publisher");
-    let start = Instant::now();
-    // As the binary runs it: the source loop in `block_on` on its own thread.
-    let handle = rt.handle().clone();
-    let source = thread::spawn(move || {
-        handle.block_on(async move {
-            let client = source::connect(&cfg, e.clone()).await.unwrap();
-            let mut rx = stopped;
-            source::run(client, &cfg, e, async move {
-                let _ = rx.wait_for(|s| *s).await;
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Experiment: a push ordered consumer (flow control) that only counts.
+fn run_bare_push(url: &str, stream: &str, n: usize) -> f64 {
+    use async_nats::jetstream::consumer::push;
+    let rt = runtime();
+    let t = Instant::now();
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let mut batches = js
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: client.new_inbox(),
+                ..Default::default()
             })
             .await
-            .unwrap();
-        })
+            .unwrap()
+            .messages()
+            .await
+            .unwrap()
+            .ready_chunks(512);
+        let mut count = 0;
+        while count < n {
+            count += batches.next().await.unwrap().len();
+        }
     });
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Experiment: an ephemeral pull consumer without acks, `batch` per pull.
+fn run_bare_pull_none(url: &str, stream: &str, n: usize, batch: usize) -> f64 {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    let rt = runtime();
+    let t = Instant::now();
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let mut batches = js
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .create_consumer(pull::Config {
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .stream()
+            .max_messages_per_batch(batch)
+            .messages()
+            .await
+            .unwrap()
+            .ready_chunks(512);
+        let mut count = 0;
+        while count < n {
+            count += batches.next().await.unwrap().len();
+        }
+    });
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// How the exporter reads the stream in a JetStream run.
+#[derive(Clone, Copy)]
+enum Reading {
+    /// No state store: an acking durable consumer.
+    Acking,
+    /// A state store: without acks, from the checkpoint's position, split
+    /// over this many partition replicas (in this process, each with its
+    /// own source loop and fold).
+    AckFree(u32),
+}
+
+/// The exporter in JetStream mode reading a stream that already holds the
+/// corpus (filled untimed), until every event is received. Returns
+/// (events/s, lost).
+fn run_jetstream(url: &str, name: &str, corpus: &Arc<Corpus>, reading: Reading) -> (f64, u64) {
+    let rt = runtime();
+    let replicas = match reading {
+        Reading::Acking => 1,
+        Reading::AckFree(n) => n,
+    };
+    let run = unix_ms();
+    let (stop, stopped) = watch::channel(false);
+    let mut exporters = Vec::new();
+    let mut sources = Vec::new();
+    for index in 0..replicas {
+        let partition = session_exporter::partition::Partition {
+            count: replicas,
+            index,
+        };
+        let mut exporter = Exporter::new(Catalog::default_mapping(), None, 100_000)
+            .with_partition(partition, false);
+        let mut cfg = nats_config(url);
+        cfg.partition = partition;
+        cfg.jetstream = Some(source::JetStreamConfig {
+            stream: name.to_string(),
+            consumer: "bench".into(),
+            filter_subjects: Vec::new(),
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: JS_MAX_ACK_PENDING,
+            pull_batch: JS_PULL_BATCH,
+        });
+        if let Reading::AckFree(_) = reading {
+            exporter = exporter.serving_checkpoints();
+            cfg.state = Some(source::state::StateConfig {
+                bucket: "BENCHSTATE".into(),
+                key: format!("bench-{run}-{index}"),
+                interval: Duration::from_secs(5),
+                replicas: 1,
+                on_invalid: source::state::OnInvalid::Refuse,
+            });
+        }
+        let e = Arc::new(exporter);
+        exporters.push(e.clone());
+        let handle = rt.handle().clone();
+        let mut rx = stopped.clone();
+        // As the binary runs it: the source loop in `block_on` on its own thread.
+        sources.push(thread::spawn(move || {
+            handle.block_on(async move {
+                let client = source::connect(&cfg, e.clone()).await.unwrap();
+                source::run(client, &cfg, e, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+                .unwrap();
+            })
+        }));
+    }
+    let cpu = cpu_secs("publisher");
+    let start = Instant::now();
     let (secs, got) = wait_count(start, corpus.len() as u64, || {
-        exporter.stats.events_folded.get()
+        exporters
+            .iter()
+            .map(|e| e.stats.messages_received.get())
+            .sum()
     });
     CPU_US.with(|c| c.set((cpu_secs("publisher") - cpu) * 1e6 / got.max(1) as f64));
     let _ = stop.send(true);
-    source.join().unwrap();
+    sources.into_iter().for_each(|s| s.join().unwrap());
     rt.shutdown_timeout(Duration::from_secs(2));
-    let acked = exporter.stats.js_acks.get();
-    if acked != got {
-        eprintln!("    folded {got}, acked {acked}");
-    }
     (got as f64 / secs, corpus.len() as u64 - got)
 }
 
 const JS_MAX_ACK_PENDING: i64 = 200_000;
 const JS_PULL_BATCH: usize = 1024;
 
-/// Returns medians of (exporter JetStream events/s, ÷ exporter core, ÷ bare
-/// JetStream consumer, bare events/s, with a state store ÷ without, exporter
-/// CPU µs per event on core NATS and on JetStream) and the events lost.
-fn bench_jetstream(url: &str, reps: usize) -> ([f64; 7], u64) {
+/// Medians of a JetStream run, each against a baseline of the same rep.
+struct JetStream {
+    /// Ack-free, with a state store: events/s, ÷ core NATS, ÷ a bare ordered consumer.
+    events_per_s: f64,
+    ratio: f64,
+    bare_ratio: f64,
+    bare_events_per_s: f64,
+    /// Three partition replicas reading the one stream together.
+    partitioned_events_per_s: f64,
+    partitioned_ratio: f64,
+    /// Without a state store: the acking durable consumer, ÷ core, and a bare acking consumer.
+    acking_events_per_s: f64,
+    acking_ratio: f64,
+    bare_acking_events_per_s: f64,
+    core_cpu_us: f64,
+    cpu_us: f64,
+    acking_cpu_us: f64,
+    lost: u64,
+}
+
+fn bench_jetstream(url: &str, reps: usize) -> JetStream {
     let corpus = Arc::new(corpus(300_000, 1000, 4));
     eprintln!(
         "jetstream: {} events read from a stream (filled untimed) vs the same events live on core NATS, {reps} repetitions",
         corpus.len()
     );
-    let (mut js, mut core, mut bare, mut stated, mut lost) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
-    let (mut core_us, mut js_us) = (Vec::new(), Vec::new());
+    let mut v: [Vec<f64>; 10] = Default::default();
+    let mut lost = 0;
     for rep in 0..reps {
         let (c, l) = run_exporter(url, &corpus, &[], None);
-        core_us.push(CPU_US.with(|c| c.get()));
+        let core_us = CPU_US.with(|c| c.get());
         // The stream is only there while it is read: on core runs it would
-        // store what they publish.
+        // store what they publish. No reader here removes anything from it.
         fill_stream(url, "BENCH", &corpus);
-        let b = run_bare_jetstream(url, "BENCH", corpus.len());
-        let (j, jl) = run_jetstream(url, "BENCH", &corpus, false);
-        js_us.push(CPU_US.with(|c| c.get()));
-        delete_stream(url, "BENCH");
-        fill_stream(url, "BENCH", &corpus);
-        let (st, sl) = run_jetstream(url, "BENCH", &corpus, true);
+        let bare = run_bare_ordered(url, "BENCH", corpus.len());
+        let (free, fl) = run_jetstream(url, "BENCH", &corpus, Reading::AckFree(1));
+        let free_us = CPU_US.with(|c| c.get());
+        let (split, sl) = run_jetstream(url, "BENCH", &corpus, Reading::AckFree(3));
+        let bare_acking = run_bare_jetstream(url, "BENCH", corpus.len());
+        let (acking, al) = run_jetstream(url, "BENCH", &corpus, Reading::Acking);
+        let acking_us = CPU_US.with(|c| c.get());
         delete_stream(url, "BENCH");
         eprintln!(
-            "  rep {rep}: core {c:.0}/s, jetstream {j:.0}/s, with state store {st:.0}/s, bare jetstream consumer {b:.0}/s, lost {l} / {jl} / {sl}"
+            "  rep {rep}: core {c:.0}/s; ack-free {free:.0}/s, 3 partitions {split:.0}/s, bare ordered consumer {bare:.0}/s; acking {acking:.0}/s, bare acking consumer {bare_acking:.0}/s; lost {l} / {fl} / {sl} / {al}"
         );
-        core.push(c);
-        js.push(j);
-        bare.push(b);
-        stated.push(st);
-        lost += l + jl + sl;
+        let row = [
+            free,
+            free / c,
+            free / bare,
+            bare,
+            split,
+            split / c,
+            acking,
+            acking / c,
+            bare_acking,
+            0.0,
+        ];
+        for (col, x) in v.iter_mut().zip(row) {
+            col.push(x);
+        }
+        v[9].push(core_us);
+        lost += l + fl + sl + al;
+        CPU.with_borrow_mut(|cpu| cpu.push((free_us, acking_us)));
     }
-    let ratio =
-        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
-    let (to_core, to_bare, state_cost) =
-        (ratio(&js, &core), ratio(&js, &bare), ratio(&stated, &js));
-    eprintln!("  core:            {}", spread(&core));
-    eprintln!("  jetstream:       {}", spread(&js));
-    eprintln!("  bare jetstream:  {}", spread(&bare));
-    eprintln!("  ÷ core:          {}", spread(&to_core));
-    eprintln!("  ÷ bare:          {}", spread(&to_bare));
-    eprintln!("  state ÷ none:    {}", spread(&state_cost));
+    let names = [
+        "ack-free",
+        "÷ core",
+        "÷ bare ordered",
+        "bare ordered",
+        "3 partitions",
+        "3 partitions ÷ core",
+        "acking",
+        "acking ÷ core",
+        "bare acking",
+    ];
+    for (name, col) in names.iter().zip(&v) {
+        eprintln!("  {name:<20} {}", spread(col));
+    }
+    let (free_us, acking_us): (Vec<f64>, Vec<f64>) = CPU.with_borrow(|c| c.iter().copied().unzip());
+    eprintln!("  exporter CPU µs per event, core:     {}", spread(&v[9]));
     eprintln!(
-        "  exporter CPU µs per event, core:      {}",
-        spread(&core_us)
+        "  exporter CPU µs per event, ack-free: {}",
+        spread(&free_us)
     );
-    eprintln!("  exporter CPU µs per event, jetstream: {}", spread(&js_us));
-    (
-        [
-            median(&js),
-            median(&to_core),
-            median(&to_bare),
-            median(&bare),
-            median(&state_cost),
-            median(&core_us),
-            median(&js_us),
-        ],
+    eprintln!(
+        "  exporter CPU µs per event, acking:   {}",
+        spread(&acking_us)
+    );
+    JetStream {
+        events_per_s: median(&v[0]),
+        ratio: median(&v[1]),
+        bare_ratio: median(&v[2]),
+        bare_events_per_s: median(&v[3]),
+        partitioned_events_per_s: median(&v[4]),
+        partitioned_ratio: median(&v[5]),
+        acking_events_per_s: median(&v[6]),
+        acking_ratio: median(&v[7]),
+        bare_acking_events_per_s: median(&v[8]),
+        core_cpu_us: median(&v[9]),
+        cpu_us: median(&free_us),
+        acking_cpu_us: median(&acking_us),
         lost,
-    )
+    }
+}
+
+thread_local! {
+    /// (ack-free, acking) exporter CPU µs per event, one pair per rep.
+    static CPU: std::cell::RefCell<Vec<(f64, f64)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn delete_stream(url: &str, name: &str) {
@@ -511,15 +675,118 @@ fn delete_stream(url: &str, name: &str) {
     });
 }
 
-fn print_jetstream(figures: [f64; 7], lost: u64) {
-    println!("bench js_events_per_s {:.0}", figures[0]);
-    println!("bench js_ratio {:.3}", figures[1]);
-    println!("bench js_bare_ratio {:.3}", figures[2]);
-    println!("bench js_bare_events_per_s {:.0}", figures[3]);
-    println!("bench js_state_ratio {:.3}", figures[4]);
-    println!("bench core_cpu_us_per_event {:.2}", figures[5]);
-    println!("bench js_cpu_us_per_event {:.2}", figures[6]);
-    println!("bench js_lost {lost}");
+impl JetStream {
+    fn print(&self) {
+        println!("bench js_events_per_s {:.0}", self.events_per_s);
+        println!("bench js_ratio {:.3}", self.ratio);
+        println!("bench js_bare_ratio {:.3}", self.bare_ratio);
+        println!("bench js_bare_events_per_s {:.0}", self.bare_events_per_s);
+        println!(
+            "bench js_partitioned_events_per_s {:.0}",
+            self.partitioned_events_per_s
+        );
+        println!("bench js_partitioned_ratio {:.3}", self.partitioned_ratio);
+        println!(
+            "bench js_acking_events_per_s {:.0}",
+            self.acking_events_per_s
+        );
+        println!("bench js_acking_ratio {:.3}", self.acking_ratio);
+        println!(
+            "bench js_bare_acking_events_per_s {:.0}",
+            self.bare_acking_events_per_s
+        );
+        println!("bench core_cpu_us_per_event {:.2}", self.core_cpu_us);
+        println!("bench js_cpu_us_per_event {:.2}", self.cpu_us);
+        println!("bench js_acking_cpu_us_per_event {:.2}", self.acking_cpu_us);
+        println!("bench js_lost {}", self.lost);
+    }
+}
+
+// ---------------------------------------------------------------- partitions
+
+/// At `namespaces` namespaces (every family populated), read from one
+/// stream: one exporter holding all against three partition replicas, each
+/// its own process. Series and RSS of each, once everything is served.
+fn bench_partition_memory(url: &str, namespaces: usize) -> [f64; 4] {
+    let events = populate_corpus(namespaces);
+    fill_stream(url, "MEMORY", &events);
+    let mapping = common::temp_dir("bench").join("mapping.yml");
+    let yaml = session_exporter::config::DEFAULT_MAPPING.replace(
+        "max_namespaces: 10000",
+        &format!("max_namespaces: {}", namespaces * 2),
+    );
+    assert!(yaml.contains(&format!("max_namespaces: {}", namespaces * 2)));
+    std::fs::write(&mapping, yaml).unwrap();
+    let run = unix_ms();
+    let start = |count: u32, index: u32| {
+        let key = format!("memory-{run}-{count}-{index}");
+        let (count, index) = (count.to_string(), index.to_string());
+        let args = [
+            "--config.file",
+            mapping.to_str().unwrap(),
+            "--nats.jetstream.stream",
+            "MEMORY",
+            "--state.bucket",
+            "BENCHSTATE",
+            "--state.key",
+            &key,
+            "--state.interval",
+            "1s",
+            "--partition.count",
+            &count,
+            "--partition.index",
+            &index,
+        ];
+        common::Exporter::start(url, &args)
+    };
+    let single = start(1, 0);
+    let replicas: Vec<common::Exporter> = (0..3).map(|i| start(3, i)).collect();
+    let served = |e: &common::Exporter| {
+        let m = e.metrics();
+        let received = common::value(&m, "session_exporter_messages_received_total")?;
+        let pending = common::value(&m, "session_exporter_state_pending_messages")?;
+        let checkpoints = common::value(&m, "session_exporter_state_checkpoints_total")?;
+        (pending == 0.0 && checkpoints >= 1.0).then_some((m, received))
+    };
+    let pages = common::wait_for(
+        Duration::from_secs(300),
+        "everything read and served",
+        || {
+            let all: Vec<(String, f64)> = std::iter::once(&single)
+                .chain(&replicas)
+                .map(served)
+                .collect::<Option<_>>()?;
+            let split: f64 = all[1..].iter().map(|p| p.1).sum();
+            (all[0].1 == events.len() as f64 && split == events.len() as f64).then_some(all)
+        },
+    );
+    let figure = |m: &str| {
+        (
+            common::value(m, "session_exporter_series").unwrap(),
+            common::value(m, "process_resident_memory_bytes").unwrap() / 1048576.0,
+        )
+    };
+    let (series, rss) = figure(&pages[0].0);
+    let each: Vec<(f64, f64)> = pages[1..].iter().map(|p| figure(&p.0)).collect();
+    let split_series = each.iter().map(|e| e.0).fold(0.0, f64::max);
+    let split_rss = each.iter().map(|e| e.1).fold(0.0, f64::max);
+    eprintln!(
+        "partitions: {namespaces} namespaces, {} events: one exporter {series} series, {rss:.1} MiB; 3 partitions {:?} series, {:?} MiB",
+        events.len(),
+        each.iter().map(|e| e.0).collect::<Vec<_>>(),
+        each.iter().map(|e| (e.1 * 10.0).round() / 10.0).collect::<Vec<_>>(),
+    );
+    delete_stream(url, "MEMORY");
+    [series, split_series, rss, split_rss]
+}
+
+fn print_partition_memory(f: [f64; 4]) {
+    println!("bench series_30k {:.0}", f[0]);
+    println!("bench partition_series_per_replica_30k {:.0}", f[1]);
+    println!("bench partition_series_ratio {:.3}", f[1] / f[0]);
+    println!("bench rss_mib_30k {:.1}", f[2]);
+    println!("bench partition_rss_mib_per_replica_30k {:.1}", f[3]);
+    println!("bench partition_rss_ratio {:.3}", f[3] / f[2]);
 }
 
 fn get_metrics(addr: &str) -> usize {
@@ -846,8 +1113,29 @@ fn main() {
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     if only == "jetstream" {
         let nats = common::Nats::start_jetstream();
-        let (figures, lost) = bench_jetstream(&nats.url(), reps.min(3));
-        print_jetstream(figures, lost);
+        bench_jetstream(&nats.url(), reps.min(3)).print();
+        return;
+    }
+    if only == "jsexp" {
+        let nats = common::Nats::start_jetstream();
+        let url = nats.url();
+        let corpus = Arc::new(corpus(300_000, 1000, 4));
+        for rep in 0..reps.min(3) {
+            let (c, _) = run_exporter(&url, &corpus, &[], None);
+            fill_stream(&url, "BENCH", &corpus);
+            let ordered = run_bare_ordered(&url, "BENCH", corpus.len());
+            let push = run_bare_push(&url, "BENCH", corpus.len());
+            let p500 = run_bare_pull_none(&url, "BENCH", corpus.len(), 500);
+            let p4k = run_bare_pull_none(&url, "BENCH", corpus.len(), 4096);
+            let p16k = run_bare_pull_none(&url, "BENCH", corpus.len(), 16384);
+            delete_stream(&url, "BENCH");
+            eprintln!("  rep {rep}: core exporter {c:.0}; bare ordered pull {ordered:.0}, push ordered {push:.0}, pull none 500 {p500:.0}, 4096 {p4k:.0}, 16384 {p16k:.0}");
+        }
+        return;
+    }
+    if only == "partitions" {
+        let nats = common::Nats::start_jetstream();
+        print_partition_memory(bench_partition_memory(&nats.url(), 30_000));
         return;
     }
     if only == "scrape" {
@@ -863,7 +1151,8 @@ fn main() {
     let nats = common::Nats::start_jetstream();
     let url = nats.url();
     let (e2e, e2e_ratio, lost) = bench_e2e(&url, reps.min(3));
-    let (js, js_lost) = bench_jetstream(&url, reps.min(3));
+    let js = bench_jetstream(&url, reps.min(3));
+    let partitions = bench_partition_memory(&url, 30_000);
     let (checkpoint_ms, checkpoint_bytes) = bench_checkpoint(10_000);
     let scrape_1k = bench_scrape(1_000);
     let scrape_10k = bench_scrape(10_000);
@@ -875,7 +1164,8 @@ fn main() {
     println!("bench e2e_events_per_s {e2e:.0}");
     println!("bench e2e_ratio {e2e_ratio:.3}");
     println!("bench e2e_lost {lost}");
-    print_jetstream(js, js_lost);
+    js.print();
+    print_partition_memory(partitions);
     println!("bench checkpoint_ms_10k {checkpoint_ms:.1}");
     println!("bench checkpoint_bytes_10k {checkpoint_bytes}");
     scrape_1k.print("1k");

@@ -1,5 +1,7 @@
-//! Reading a JetStream stream without acks: each replica's own ordered
-//! consumer, started right after the stream sequence its checkpoint holds.
+//! Reading a JetStream stream without acks: each replica's own ordered push
+//! consumer (flow-controlled: measured 1.5× the ordered pull consumer's rate,
+//! whose pulls are 500 messages at most), started right after the stream
+//! sequence its checkpoint holds.
 //! The checkpoint is the position (as Flink's NATS connector and Feldera
 //! keep it): no ack per event, no redelivery, no `ack_wait`, and a restart
 //! resumes exactly where the stored fold ends.
@@ -13,7 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::consumer::{push, DeliverPolicy};
 use async_nats::jetstream::stream::{RetentionPolicy, Stream};
 use async_nats::jetstream::{self, Message};
 use async_nats::Client;
@@ -110,7 +112,7 @@ pub(super) async fn run(
         );
         at.last = state.first_sequence - 1;
     }
-    let mut config = pull::OrderedConfig::default();
+    let mut config = push::OrderedConfig::default();
     match filters.as_slice() {
         [] => {}
         [one] => config.filter_subject = one.clone(),
@@ -124,7 +126,7 @@ pub(super) async fn run(
             at.gaps_are_losses = true;
         }
     }
-    let Some(mut messages) = open(&stream, &config, at.last, &mut shutdown).await else {
+    let Some(mut messages) = open(&client, &stream, &config, at.last, &mut shutdown).await else {
         return Ok(());
     };
     let mut connections = exporter.connections();
@@ -156,7 +158,7 @@ pub(super) async fn run(
             // missed heartbeats (30 s).
             Ok(()) = connections.changed() => {
                 tracing::info!(from_sequence = at.last + 1, "reconnected: making the ordered consumer anew");
-                match open(&stream, &config, at.last, &mut shutdown).await {
+                match open(&client, &stream, &config, at.last, &mut shutdown).await {
                     Some(m) => messages = m,
                     None => break,
                 }
@@ -172,21 +174,24 @@ pub(super) async fn run(
     checkpoints.finish(Duration::from_secs(10)).await
 }
 
-type Read = Result<Message, pull::OrderedError>;
-type Messages = futures_util::stream::ReadyChunks<pull::Ordered>;
+type Read = Result<Message, push::OrderedError>;
+type Messages = futures_util::stream::ReadyChunks<push::Ordered>;
 
 /// An ordered consumer from just after `last`, retried with backoff until it
 /// is made; `None` if `shutdown` comes first.
 async fn open(
+    client: &Client,
     stream: &Stream,
-    config: &pull::OrderedConfig,
+    config: &push::OrderedConfig,
     last: u64,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Option<Messages> {
-    let config = pull::OrderedConfig {
+    let config = push::OrderedConfig {
         deliver_policy: DeliverPolicy::ByStartSequence {
             start_sequence: last + 1,
         },
+        // A subject of its own: an earlier consumer may still push to the last.
+        deliver_subject: client.new_inbox(),
         ..config.clone()
     };
     let mut delay = Duration::from_millis(100);

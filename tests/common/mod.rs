@@ -532,15 +532,27 @@ pub async fn js_publish(js: &async_nats::jetstream::Context, events: &[(String, 
     }
 }
 
+/// Publish on core NATS; returns once the server has taken every message
+/// (a flush only writes them to the socket, and closing a socket that has
+/// unread data from the server resets it, losing what was still in flight).
 pub async fn publish(url: &str, messages: &[(String, Vec<u8>)]) {
+    use futures_util::StreamExt;
     let client = async_nats::connect(url).await.expect("connect to NATS");
+    let done = client.new_inbox();
+    let mut echo = client.subscribe(done.clone()).await.unwrap();
     for (subject, body) in messages {
         client
             .publish(subject.clone(), body.clone().into())
             .await
             .unwrap();
     }
+    // The server handles one connection's messages in order.
+    client.publish(done, bytes::Bytes::new()).await.unwrap();
     client.flush().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), echo.next())
+        .await
+        .expect("the server took the messages")
+        .expect("the echo");
 }
 
 pub fn repo_path(rel: &str) -> PathBuf {
