@@ -341,6 +341,44 @@ fn fill_stream(url: &str, name: &str, corpus: &Corpus) {
     });
 }
 
+/// The corpus in a fresh stream whose subjects carry the partition:
+/// published as `sessions.<namespace>.<event>`, stored by the server's
+/// mapping (`deploy/nats/partitions.conf`) as `sessions.<p>.<namespace>.<event>`.
+fn fill_partitioned_stream(url: &str, name: &str, corpus: &Corpus) {
+    let mapped: Corpus = corpus
+        .iter()
+        .map(|(subject, body)| {
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            let ns = v["namespace"].as_str().unwrap_or("none");
+            let event = subject.rsplit('.').next().unwrap_or("x");
+            (format!("sessions.{ns}.{event}"), body.clone())
+        })
+        .collect();
+    runtime().block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let _ = js.delete_stream(name).await;
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.to_string(),
+            subjects: vec!["sessions.*.*.*".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        common::js_publish(&js, &mapped).await;
+    });
+}
+
+/// nats-server with the partition mapping of `deploy/nats/partitions.conf`.
+fn nats_with_partitions() -> common::Nats {
+    let conf = common::temp_dir("bench").join("partitions.conf");
+    std::fs::write(&conf, include_str!("../deploy/nats/partitions.conf")).unwrap();
+    common::Nats::start_jetstream_with(
+        std::path::Path::new("nats-server"),
+        &["-c", conf.to_str().unwrap()],
+    )
+}
+
 /// A bare async-nats pull consumer of the stream that acks every message
 /// (sent per ready batch, as the exporter does) and only counts.
 fn run_bare_jetstream(url: &str, stream: &str, n: usize) -> f64 {
@@ -382,8 +420,8 @@ fn run_bare_jetstream(url: &str, stream: &str, n: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-/// A bare async-nats ordered consumer of the stream (no acks) that only
-/// counts: the baseline of the ack-free reading.
+/// A bare async-nats ordered pull consumer of the stream (no acks) that
+/// only counts (for `BENCH_ONLY=readers`).
 fn run_bare_ordered(url: &str, stream: &str, n: usize) -> f64 {
     use async_nats::jetstream::consumer::pull;
     let rt = runtime();
@@ -410,7 +448,8 @@ fn run_bare_ordered(url: &str, stream: &str, n: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Experiment: a push ordered consumer (flow control) that only counts.
+/// A bare async-nats ordered push consumer (flow control) that only counts:
+/// the baseline of the ack-free reading, which reads through one.
 fn run_bare_push(url: &str, stream: &str, n: usize) -> f64 {
     use async_nats::jetstream::consumer::push;
     let rt = runtime();
@@ -440,7 +479,8 @@ fn run_bare_push(url: &str, stream: &str, n: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Experiment: an ephemeral pull consumer without acks, `batch` per pull.
+/// An ephemeral pull consumer without acks, `batch` per pull, that only
+/// counts (for `BENCH_ONLY=readers`).
 fn run_bare_pull_none(url: &str, stream: &str, n: usize, batch: usize) -> f64 {
     use async_nats::jetstream::consumer::{pull, AckPolicy};
     let rt = runtime();
@@ -482,6 +522,10 @@ enum Reading {
     /// over this many partition replicas (in this process, each with its
     /// own source loop and fold).
     AckFree(u32),
+    /// As `AckFree`, each replica reading only its partition's subjects (a
+    /// stream filled by `fill_partitioned_stream` through the server's
+    /// `partition()` mapping).
+    ServerSide(u32),
 }
 
 /// The exporter in JetStream mode reading a stream that already holds the
@@ -491,7 +535,7 @@ fn run_jetstream(url: &str, name: &str, corpus: &Arc<Corpus>, reading: Reading) 
     let rt = runtime();
     let replicas = match reading {
         Reading::Acking => 1,
-        Reading::AckFree(n) => n,
+        Reading::AckFree(n) | Reading::ServerSide(n) => n,
     };
     let run = unix_ms();
     let (stop, stopped) = watch::channel(false);
@@ -502,10 +546,14 @@ fn run_jetstream(url: &str, name: &str, corpus: &Arc<Corpus>, reading: Reading) 
             count: replicas,
             index,
         };
+        let by_server = matches!(reading, Reading::ServerSide(_));
         let mut exporter = Exporter::new(Catalog::default_mapping(), None, 100_000)
-            .with_partition(partition, false);
+            .with_partition(partition, by_server);
         let mut cfg = nats_config(url);
         cfg.partition = partition;
+        if by_server {
+            cfg.partition_subjects = vec![format!("sessions.{index}.*.*")];
+        }
         cfg.jetstream = Some(source::JetStreamConfig {
             stream: name.to_string(),
             consumer: "bench".into(),
@@ -514,7 +562,7 @@ fn run_jetstream(url: &str, name: &str, corpus: &Arc<Corpus>, reading: Reading) 
             max_ack_pending: JS_MAX_ACK_PENDING,
             pull_batch: JS_PULL_BATCH,
         });
-        if let Reading::AckFree(_) = reading {
+        if !matches!(reading, Reading::Acking) {
             exporter = exporter.serving_checkpoints();
             cfg.state = Some(source::state::StateConfig {
                 bucket: "BENCHSTATE".into(),
@@ -560,7 +608,7 @@ const JS_PULL_BATCH: usize = 1024;
 
 /// Medians of a JetStream run, each against a baseline of the same rep.
 struct JetStream {
-    /// Ack-free, with a state store: events/s, ÷ core NATS, ÷ a bare ordered consumer.
+    /// Ack-free, with a state store: events/s, ÷ core NATS, ÷ a bare ordered push consumer.
     events_per_s: f64,
     ratio: f64,
     bare_ratio: f64,
@@ -568,6 +616,9 @@ struct JetStream {
     /// Three partition replicas reading the one stream together.
     partitioned_events_per_s: f64,
     partitioned_ratio: f64,
+    /// Three partition replicas each reading only its subjects (server-side partitions).
+    server_partitioned_events_per_s: f64,
+    server_partitioned_ratio: f64,
     /// Without a state store: the acking durable consumer, ÷ core, and a bare acking consumer.
     acking_events_per_s: f64,
     acking_ratio: f64,
@@ -584,7 +635,7 @@ fn bench_jetstream(url: &str, reps: usize) -> JetStream {
         "jetstream: {} events read from a stream (filled untimed) vs the same events live on core NATS, {reps} repetitions",
         corpus.len()
     );
-    let mut v: [Vec<f64>; 10] = Default::default();
+    let mut v: [Vec<f64>; 12] = Default::default();
     let mut lost = 0;
     for rep in 0..reps {
         let (c, l) = run_exporter(url, &corpus, &[], None);
@@ -592,7 +643,7 @@ fn bench_jetstream(url: &str, reps: usize) -> JetStream {
         // The stream is only there while it is read: on core runs it would
         // store what they publish. No reader here removes anything from it.
         fill_stream(url, "BENCH", &corpus);
-        let bare = run_bare_ordered(url, "BENCH", corpus.len());
+        let bare = run_bare_push(url, "BENCH", corpus.len());
         let (free, fl) = run_jetstream(url, "BENCH", &corpus, Reading::AckFree(1));
         let free_us = CPU_US.with(|c| c.get());
         let (split, sl) = run_jetstream(url, "BENCH", &corpus, Reading::AckFree(3));
@@ -600,8 +651,11 @@ fn bench_jetstream(url: &str, reps: usize) -> JetStream {
         let (acking, al) = run_jetstream(url, "BENCH", &corpus, Reading::Acking);
         let acking_us = CPU_US.with(|c| c.get());
         delete_stream(url, "BENCH");
+        fill_partitioned_stream(url, "PARTITIONED", &corpus);
+        let (server, pl) = run_jetstream(url, "PARTITIONED", &corpus, Reading::ServerSide(3));
+        delete_stream(url, "PARTITIONED");
         eprintln!(
-            "  rep {rep}: core {c:.0}/s; ack-free {free:.0}/s, 3 partitions {split:.0}/s, bare ordered consumer {bare:.0}/s; acking {acking:.0}/s, bare acking consumer {bare_acking:.0}/s; lost {l} / {fl} / {sl} / {al}"
+            "  rep {rep}: core {c:.0}/s; ack-free {free:.0}/s, 3 partitions {split:.0}/s, 3 server-side partitions {server:.0}/s, bare ordered push consumer {bare:.0}/s; acking {acking:.0}/s, bare acking consumer {bare_acking:.0}/s; lost {l} / {fl} / {sl} / {pl} / {al}"
         );
         let row = [
             free,
@@ -613,13 +667,14 @@ fn bench_jetstream(url: &str, reps: usize) -> JetStream {
             acking,
             acking / c,
             bare_acking,
-            0.0,
+            core_us,
+            server,
+            server / c,
         ];
         for (col, x) in v.iter_mut().zip(row) {
             col.push(x);
         }
-        v[9].push(core_us);
-        lost += l + fl + sl + al;
+        lost += l + fl + sl + al + pl;
         CPU.with_borrow_mut(|cpu| cpu.push((free_us, acking_us)));
     }
     let names = [
@@ -637,7 +692,6 @@ fn bench_jetstream(url: &str, reps: usize) -> JetStream {
         eprintln!("  {name:<20} {}", spread(col));
     }
     let (free_us, acking_us): (Vec<f64>, Vec<f64>) = CPU.with_borrow(|c| c.iter().copied().unzip());
-    eprintln!("  exporter CPU µs per event, core:     {}", spread(&v[9]));
     eprintln!(
         "  exporter CPU µs per event, ack-free: {}",
         spread(&free_us)
@@ -653,6 +707,8 @@ fn bench_jetstream(url: &str, reps: usize) -> JetStream {
         bare_events_per_s: median(&v[3]),
         partitioned_events_per_s: median(&v[4]),
         partitioned_ratio: median(&v[5]),
+        server_partitioned_events_per_s: median(&v[10]),
+        server_partitioned_ratio: median(&v[11]),
         acking_events_per_s: median(&v[6]),
         acking_ratio: median(&v[7]),
         bare_acking_events_per_s: median(&v[8]),
@@ -686,6 +742,14 @@ impl JetStream {
             self.partitioned_events_per_s
         );
         println!("bench js_partitioned_ratio {:.3}", self.partitioned_ratio);
+        println!(
+            "bench js_server_partitioned_events_per_s {:.0}",
+            self.server_partitioned_events_per_s
+        );
+        println!(
+            "bench js_server_partitioned_ratio {:.3}",
+            self.server_partitioned_ratio
+        );
         println!(
             "bench js_acking_events_per_s {:.0}",
             self.acking_events_per_s
@@ -1112,11 +1176,11 @@ fn main() {
     let t = Instant::now();
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     if only == "jetstream" {
-        let nats = common::Nats::start_jetstream();
+        let nats = nats_with_partitions();
         bench_jetstream(&nats.url(), reps.min(3)).print();
         return;
     }
-    if only == "jsexp" {
+    if only == "readers" {
         let nats = common::Nats::start_jetstream();
         let url = nats.url();
         let corpus = Arc::new(corpus(300_000, 1000, 4));
@@ -1129,7 +1193,9 @@ fn main() {
             let p4k = run_bare_pull_none(&url, "BENCH", corpus.len(), 4096);
             let p16k = run_bare_pull_none(&url, "BENCH", corpus.len(), 16384);
             delete_stream(&url, "BENCH");
-            eprintln!("  rep {rep}: core exporter {c:.0}; bare ordered pull {ordered:.0}, push ordered {push:.0}, pull none 500 {p500:.0}, 4096 {p4k:.0}, 16384 {p16k:.0}");
+            eprintln!(
+                "  rep {rep}: core exporter {c:.0}/s; bare readers of the stream: ordered pull {ordered:.0}/s, ordered push {push:.0}/s, pull without acks 500 a pull {p500:.0}/s, 4096 {p4k:.0}/s, 16384 {p16k:.0}/s"
+            );
         }
         return;
     }
@@ -1148,7 +1214,7 @@ fn main() {
         println!("bench fold_ratio {fold_ratio:.3}");
         return;
     }
-    let nats = common::Nats::start_jetstream();
+    let nats = nats_with_partitions();
     let url = nats.url();
     let (e2e, e2e_ratio, lost) = bench_e2e(&url, reps.min(3));
     let js = bench_jetstream(&url, reps.min(3));

@@ -508,3 +508,89 @@ fn a_work_queue_stream_is_refused_with_a_state_store() {
         "{log}"
     );
 }
+
+/// A checkpoint of format 1 (the acking design) holds no stream position: the
+/// exporter sends the acks it lists, then reads on after the old durable
+/// consumer's ack floor, on top of the restored fold.
+#[test]
+fn a_format_1_checkpoint_reads_on_after_the_old_consumers_ack_floor() {
+    use std::io::Write;
+    let nats = Nats::start_jetstream();
+    let url = nats.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let acquisition = |i: usize| {
+        let body = format!(r#"{{"id":"old{i}","name":"MetricAcquiringDsEvent","namespace":"g"}}"#);
+        (
+            "mpv2SessionHistory.MetricAcquiringDsEvent".to_string(),
+            body.into_bytes(),
+        )
+    };
+    let events: Vec<_> = (0..10).map(acquisition).collect();
+    rt.block_on(async {
+        let js = channels_stream(&url, "SESSIONS").await;
+        js_publish(&js, &events).await;
+        // The old design's durable consumer: the first four acked.
+        let consumer: jetstream::consumer::PullConsumer = js
+            .get_stream("SESSIONS")
+            .await
+            .unwrap()
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some("session-exporter".into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut batch = consumer.fetch().max_messages(4).messages().await.unwrap();
+        use futures_util::StreamExt;
+        while let Some(m) = batch.next().await {
+            m.unwrap().double_ack().await.unwrap();
+        }
+        js.create_stream(jetstream::stream::Config {
+            name: "KV_STATE".into(),
+            subjects: vec!["$KV.STATE.>".into()],
+            max_messages_per_subject: 1,
+            allow_direct: true,
+            allow_rollup: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let kv = js.get_key_value("STATE").await.unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(include_bytes!("data/checkpoint-format-1.bin"))
+            .unwrap();
+        let chunk = gz.finish().unwrap();
+        let manifest = format!(
+            r#"{{"format":1,"generation":7,"slot":"a","chunks":1,"bytes":{}}}"#,
+            chunk.len()
+        );
+        kv.put("old.a.0", chunk.into()).await.unwrap();
+        kv.put("old", manifest.into()).await.unwrap();
+    });
+    let args = [
+        "--nats.jetstream.stream",
+        "SESSIONS",
+        "--state.bucket",
+        "STATE",
+        "--state.key",
+        "old",
+        "--state.interval",
+        "100ms",
+    ];
+    let e = Exporter::start(&url, &args);
+    let acquisitions = "session_ds_acquisitions_total{game_namespace=\"g\"}";
+    // Six come after the ack floor (4), on top of the fixture's counts.
+    let m = wait_for(Duration::from_secs(20), "the rest folded", || {
+        let m = e.metrics();
+        (value(&m, acquisitions)? >= 6.0).then_some(m)
+    });
+    assert_eq!(value(&m, acquisitions), Some(6.0), "{m}");
+    let by_name = "session_events_total{event=\"MetricAcquiringDsEvent\"}";
+    assert_eq!(value(&m, by_name), Some(7.0), "{m}");
+    assert!(
+        m.contains("session_events_total{event=\"onPartyCreated\"} 1"),
+        "{m}"
+    );
+    assert!(e.log().contains("after_sequence=4"), "{}", e.log());
+}
