@@ -307,6 +307,11 @@ pub struct RunArgs {
     /// Mapping file (YAML). Default: the built-in mapping (see print-default-config).
     #[arg(long = "config.file", env = "SESSION_EXPORTER_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
+    /// After SIGTERM or SIGINT: how long the drain (and the last checkpoint)
+    /// may take before the process exits anyway, e.g. with NATS gone. A
+    /// second signal exits at once.
+    #[arg(long = "shutdown.timeout", env = "SESSION_EXPORTER_SHUTDOWN_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
     /// Partitions of the namespaces: replicas with the same count fold
     /// disjoint shares (by a hash of the namespace), so each series exists
     /// once. 1: this replica holds every namespace.
@@ -356,6 +361,10 @@ pub struct SimulateArgs {
     /// Prefix for every namespace name (to run several profiles side by side).
     #[arg(long = "namespace-prefix", default_value = "")]
     pub namespace_prefix: String,
+    /// After SIGTERM or SIGINT (or the end of the plan): how long the last
+    /// flush to NATS may take before the simulator exits anyway.
+    #[arg(long = "shutdown.timeout", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {

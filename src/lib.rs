@@ -87,7 +87,11 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         r = &mut source => r,
         _ = &mut shutdown => {
             let _ = stop_tx.send(true);
-            source.await
+            // Bounded even when NATS is gone: with a state store, what the last
+            // checkpoint lacks is read again from the stream on the next start.
+            shutdown::bounded("the drain", args.shutdown_timeout, &mut source)
+                .await
+                .unwrap_or(Ok(()))
         }
     };
     let _ = stop_tx.send(true);

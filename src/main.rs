@@ -134,6 +134,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), BoxError> {
         simulate::Generator::new(profile),
         &plan,
         shutdown::terminate(),
+        args.shutdown_timeout,
     )
     .await?;
     let secs = start.elapsed().as_secs_f64();

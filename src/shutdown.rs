@@ -7,7 +7,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::exporter::Exporter;
 
-/// Resolves on the first SIGINT or SIGTERM.
+/// Resolves on the first SIGINT or SIGTERM; from then on a second one ends
+/// the process at once (exit 130 or 143), whatever the drain is waiting for.
 pub async fn terminate() {
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -18,8 +19,34 @@ pub async fn terminate() {
         }
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; draining"),
+        _ = term.recv() => tracing::info!("SIGTERM received; draining (a second signal exits at once)"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; draining (a second signal exits at once)"),
+    }
+    tokio::spawn(async move {
+        let code = tokio::select! {
+            _ = term.recv() => 143,
+            _ = tokio::signal::ctrl_c() => 130,
+        };
+        tracing::warn!("second signal: exiting without finishing the drain");
+        eprintln!("session-exporter: second signal: exiting without finishing the drain");
+        std::process::exit(code);
+    });
+}
+
+/// Run `drain` for at most `limit`; past it, log what was left and go on
+/// (the process then exits: under Kubernetes, before the grace period's
+/// SIGKILL).
+pub async fn bounded<T>(
+    what: &str,
+    limit: std::time::Duration,
+    drain: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match tokio::time::timeout(limit, drain).await {
+        Ok(v) => Some(v),
+        Err(_) => {
+            tracing::warn!(limit = ?limit, "{what} did not finish within the shutdown timeout; exiting anyway");
+            None
+        }
     }
 }
 

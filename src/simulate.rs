@@ -307,11 +307,13 @@ pub struct Plan {
 }
 
 /// Publish until the plan is done or `stop` resolves; returns events published.
+/// The last flush waits at most `flush_limit` (NATS may be gone).
 pub async fn publish(
     client: &async_nats::Client,
     mut generator: Generator,
     plan: &Plan,
     stop: impl std::future::Future<Output = ()>,
+    flush_limit: Duration,
 ) -> Result<u64, async_nats::Error> {
     tokio::pin!(stop);
     let start = Instant::now();
@@ -335,10 +337,20 @@ pub async fn publish(
             due
         };
         let now = unix_ms();
-        while sent < due {
-            let (subject, body) = generator.next_event(now);
-            client.publish(subject, Bytes::from(body)).await?;
-            sent += 1;
+        let burst = async {
+            while sent < due {
+                let (subject, body) = generator.next_event(now);
+                client.publish(subject, Bytes::from(body)).await?;
+                sent += 1;
+            }
+            Ok::<_, async_nats::Error>(())
+        };
+        // A publish waits while the client's buffer is full (NATS gone): the
+        // stop signal must still get through.
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            r = burst => r?,
         }
         let pause = if plan.rate > 0 { tick } else { Duration::ZERO };
         tokio::select! {
@@ -347,7 +359,13 @@ pub async fn publish(
             _ = tokio::time::sleep(pause) => {}
         }
     }
-    client.flush().await?;
+    match tokio::time::timeout(flush_limit, client.flush()).await {
+        Ok(r) => r?,
+        Err(_) => tracing::warn!(
+            limit = ?flush_limit,
+            "the last flush to NATS did not finish (is it reachable?): some events may not have reached it"
+        ),
+    }
     Ok(sent)
 }
 

@@ -27,7 +27,7 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
 
 /// Spawn `cmd`, keep its stderr in a shared buffer, and return the first
 /// capture of `find` over its log lines.
-fn spawn_and_find(
+pub fn spawn_and_find(
     mut cmd: Command,
     find: impl Fn(&str) -> Option<String> + Send + 'static,
 ) -> (Child, String, Arc<Mutex<String>>) {
