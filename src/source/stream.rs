@@ -131,6 +131,7 @@ pub(super) async fn run(
     };
     let mut connections = exporter.connections();
     connections.mark_unchanged();
+    exporter.stats.stream_position.set(at.last as i64);
     exporter.stats.subscriptions.set(1);
     exporter.set_subscribed(true);
     let partition = exporter.partition();
