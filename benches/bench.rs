@@ -420,6 +420,16 @@ fn run_bare_jetstream(url: &str, stream: &str, n: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Take `n` messages off `messages`, a ready batch at a time, doing nothing
+/// with them: a bare reader.
+async fn count_until<T>(messages: impl futures_util::Stream<Item = T> + Unpin, n: usize) {
+    let mut batches = messages.ready_chunks(512);
+    let mut count = 0;
+    while count < n {
+        count += batches.next().await.unwrap().len();
+    }
+}
+
 /// A bare async-nats ordered pull consumer of the stream (no acks) that
 /// only counts (for `BENCH_ONLY=readers`).
 fn run_bare_ordered(url: &str, stream: &str, n: usize) -> f64 {
@@ -429,7 +439,7 @@ fn run_bare_ordered(url: &str, stream: &str, n: usize) -> f64 {
     rt.block_on(async {
         let client = async_nats::connect(url).await.unwrap();
         let js = async_nats::jetstream::new(client.clone());
-        let mut batches = js
+        let messages = js
             .get_stream(stream)
             .await
             .unwrap()
@@ -438,12 +448,8 @@ fn run_bare_ordered(url: &str, stream: &str, n: usize) -> f64 {
             .unwrap()
             .messages()
             .await
-            .unwrap()
-            .ready_chunks(512);
-        let mut count = 0;
-        while count < n {
-            count += batches.next().await.unwrap().len();
-        }
+            .unwrap();
+        count_until(messages, n).await;
     });
     n as f64 / t.elapsed().as_secs_f64()
 }
@@ -457,7 +463,7 @@ fn run_bare_push(url: &str, stream: &str, n: usize) -> f64 {
     rt.block_on(async {
         let client = async_nats::connect(url).await.unwrap();
         let js = async_nats::jetstream::new(client.clone());
-        let mut batches = js
+        let messages = js
             .get_stream(stream)
             .await
             .unwrap()
@@ -469,12 +475,8 @@ fn run_bare_push(url: &str, stream: &str, n: usize) -> f64 {
             .unwrap()
             .messages()
             .await
-            .unwrap()
-            .ready_chunks(512);
-        let mut count = 0;
-        while count < n {
-            count += batches.next().await.unwrap().len();
-        }
+            .unwrap();
+        count_until(messages, n).await;
     });
     n as f64 / t.elapsed().as_secs_f64()
 }
@@ -488,7 +490,7 @@ fn run_bare_pull_none(url: &str, stream: &str, n: usize, batch: usize) -> f64 {
     rt.block_on(async {
         let client = async_nats::connect(url).await.unwrap();
         let js = async_nats::jetstream::new(client.clone());
-        let mut batches = js
+        let messages = js
             .get_stream(stream)
             .await
             .unwrap()
@@ -503,12 +505,8 @@ fn run_bare_pull_none(url: &str, stream: &str, n: usize, batch: usize) -> f64 {
             .max_messages_per_batch(batch)
             .messages()
             .await
-            .unwrap()
-            .ready_chunks(512);
-        let mut count = 0;
-        while count < n {
-            count += batches.next().await.unwrap().len();
-        }
+            .unwrap();
+        count_until(messages, n).await;
     });
     n as f64 / t.elapsed().as_secs_f64()
 }

@@ -191,22 +191,27 @@ fn every_panel_returns_data_and_the_ds_alert_fires_only_when_degraded() {
             "degraded-",
         ],
     );
-    let prom = Prometheus::start(
-        &exporter.addr,
-        &[repo_path("rules/session-exporter.rules.yml")],
-    );
-
-    let mut queries = dashboard_queries(&[DASHBOARDS[0].0, DASHBOARDS[1].0]);
-    assert!(queries.len() > 30);
-    queries.sort();
-    for (what, q) in &queries {
-        wait_for(
-            Duration::from_secs(60),
-            &format!("data for {what}: {q}"),
-            || (!prom.query(q).is_empty()).then_some(()),
+    for bin in prometheus_versions() {
+        let prom = Prometheus::start_on(
+            &bin,
+            &exporter.addr,
+            &[repo_path("rules/session-exporter.rules.yml")],
+            &[],
+            "",
         );
+
+        let mut queries = dashboard_queries(&[DASHBOARDS[0].0, DASHBOARDS[1].0]);
+        assert!(queries.len() > 30);
+        queries.sort();
+        for (what, q) in &queries {
+            wait_for(
+                Duration::from_secs(60),
+                &format!("data for {what}: {q}"),
+                || (!prom.query(q).is_empty()).then_some(()),
+            );
+        }
+        ds_alerts_fire_only_when_degraded(&prom);
     }
-    ds_alerts_fire_only_when_degraded(&prom);
 }
 
 /// Every panel query, and every template variable's, with the variables
@@ -225,7 +230,7 @@ fn dashboard_queries(paths: &[&str]) -> Vec<(String, String)> {
         }
         // Template variable queries: label_values(metric, label) must find values.
         for v in d["templating"]["list"].as_array().unwrap() {
-            let Some(def) = v["definition"].as_str() else {
+            let Some(def) = v["query"]["query"].as_str() else {
                 continue;
             };
             let inner = def
@@ -281,15 +286,98 @@ fn the_native_dashboard_returns_data_from_a_prometheus_with_native_histograms() 
     let exporter = Exporter::start(&nats.url(), &[]);
     exporter.wait_ready();
     let _sim = Simulator::start(&nats.url(), &["--rate", "300", "--namespaces", "3"]);
-    let prom =
-        Prometheus::start_flags(&exporter.addr, &[], &["--enable-feature=native-histograms"]);
-    let queries = dashboard_queries(&[NATIVE]);
-    assert!(queries.len() > 15);
-    for (what, q) in &queries {
-        wait_for(
-            Duration::from_secs(60),
-            &format!("data for {what}: {q}"),
-            || (!prom.query(q).is_empty()).then_some(()),
+    for bin in prometheus_versions() {
+        let prom = Prometheus::start_on(
+            &bin,
+            &exporter.addr,
+            &[],
+            &["--enable-feature=native-histograms"],
+            "",
+        );
+        let queries = dashboard_queries(&[NATIVE]);
+        assert!(queries.len() > 15);
+        for (what, q) in &queries {
+            wait_for(
+                Duration::from_secs(60),
+                &format!("data for {what}: {q}"),
+                || (!prom.query(q).is_empty()).then_some(()),
+            );
+        }
+    }
+}
+
+/// Every dashboard (the generated native one and the ConfigMap copies too)
+/// type-checks as Grafana's own `Dashboard` (npm `@grafana/schema`, pinned in
+/// scripts/setup) with `tsc --strict`: object literals, so unknown keys and
+/// wrong shapes are errors. A broken copy must fail.
+#[test]
+fn dashboards_satisfy_grafanas_schema() {
+    let node = repo_path(".tools/node");
+    let tsc = node.join("node_modules/.bin/tsc");
+    assert!(tsc.exists(), "{}: run scripts/setup", tsc.display());
+    let mut sources: Vec<(String, String)> = DASHBOARDS
+        .iter()
+        .map(|(p, _)| p.to_string())
+        .chain([NATIVE.to_string()])
+        .map(|p| (p.clone(), std::fs::read_to_string(repo_path(&p)).unwrap()))
+        .collect();
+    for entry in std::fs::read_dir(repo_path("deploy/kubernetes/base/generated")).unwrap() {
+        let path = entry.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("dashboard-")
+        {
+            continue;
+        }
+        let cm: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for (key, json) in cm["data"].as_object().unwrap() {
+            sources.push((
+                format!("{} {key}", path.display()),
+                json.as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    assert!(sources.len() >= 6, "{}", sources.len());
+    let check = |what: &str, dashboards: &[(String, String)]| -> (bool, String) {
+        // Under .tools/node, so `@grafana/schema` resolves from its node_modules.
+        let dir = node.join(format!("check-{}-{what}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ts = String::from("import type { Dashboard } from '@grafana/schema';\n");
+        for (i, (name, json)) in dashboards.iter().enumerate() {
+            ts.push_str(&format!(
+                "// {name}\nexport const d{i}: Dashboard = {json};\n"
+            ));
+        }
+        std::fs::write(dir.join("check.ts"), ts).unwrap();
+        std::fs::write(
+            dir.join("tsconfig.json"),
+            r#"{"compilerOptions": {"strict": true, "noEmit": true, "module": "nodenext", "moduleResolution": "nodenext", "target": "es2022", "skipLibCheck": true}, "files": ["check.ts"]}"#,
+        )
+        .unwrap();
+        let out = std::process::Command::new(&tsc)
+            .arg("-p")
+            .arg(dir.join("tsconfig.json"))
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success(), said)
+    };
+    let (ok, said) = check("all", &sources);
+    assert!(ok, "tsc against @grafana/schema:\n{said}");
+    // Negative controls: an unknown key, and the empty `current` these
+    // dashboards used to carry, must each fail.
+    let (name, json) = &sources[0];
+    let unknown = json.replacen("\"templating\": {", "\"templating\": {\"bogus\": 1, ", 1);
+    let empty_current = json.replacen("\"refresh\": 2,", "\"refresh\": 2, \"current\": {},", 1);
+    for (broken, says) in [(unknown, "bogus"), (empty_current, "VariableOption")] {
+        assert_ne!(&broken, json);
+        let (ok, said) = check("broken", &[(name.clone(), broken)]);
+        assert!(
+            !ok && said.contains(says),
+            "a broken dashboard passed:\n{said}"
         );
     }
 }

@@ -51,7 +51,12 @@ fn prometheus_rule_carries_the_rules_file() {
     // The spec itself is a rules file promtool accepts (JSON is YAML).
     let file = temp_dir("prometheusrule").join("spec.rules.json");
     std::fs::write(&file, serde_json::to_string(&rule["spec"]).unwrap()).unwrap();
-    run_ok("promtool", &["check", "rules", file.to_str().unwrap()]);
+    for bin in common::prometheus_versions() {
+        run_ok(
+            bin.promtool.to_str().unwrap(),
+            &["check", "rules", file.to_str().unwrap()],
+        );
+    }
 }
 
 #[test]

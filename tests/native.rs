@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http_with, value, wait_for, Exporter, Nats, Prometheus};
+use common::{http_with, prometheus_versions, value, wait_for, Exporter, Nats, Prometheus};
 use session_exporter::simulate::{rfc3339, unix_ms};
 
 const WAIT_SUBJECT: &str = "mpv2SessionHistory.MetricAcquiringDsWaitTimeEvent";
@@ -52,76 +52,80 @@ fn prometheus_reads_native_histograms_with_exact_counts_and_close_quantiles() {
     assert_eq!(status, 200);
     assert!(head.contains("application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"), "{head}");
 
-    let prom = Prometheus::start_flags(
-        &exporter.addr,
-        &[],
-        &["--enable-feature=native-histograms,exemplar-storage"],
-    );
-    let q = "histogram_count(session_ds_acquisition_wait_seconds{game_namespace=\"g\"})";
-    let count = wait_for(
-        Duration::from_secs(30),
-        "a native histogram in Prometheus",
-        || {
-            let r = prom.query(q);
-            (!r.is_empty()).then(|| scalar(&r))
-        },
-    );
-    assert_eq!(count, 1000.0, "histogram_count is exact");
-    let sum = scalar(
-        &prom.query("histogram_sum(session_ds_acquisition_wait_seconds{game_namespace=\"g\"})"),
-    );
-    let want_sum = waits.iter().sum::<u64>() as f64 / 1000.0;
-    assert!(
-        (sum - want_sum).abs() < 1e-6 * want_sum,
-        "{sum} vs {want_sum}"
-    );
+    for bin in prometheus_versions() {
+        let prom = Prometheus::start_on(
+            &bin,
+            &exporter.addr,
+            &[],
+            &["--enable-feature=native-histograms,exemplar-storage"],
+            "",
+        );
+        let q = "histogram_count(session_ds_acquisition_wait_seconds{game_namespace=\"g\"})";
+        let count = wait_for(
+            Duration::from_secs(30),
+            "a native histogram in Prometheus",
+            || {
+                let r = prom.query(q);
+                (!r.is_empty()).then(|| scalar(&r))
+            },
+        );
+        assert_eq!(count, 1000.0, "histogram_count is exact");
+        let sum = scalar(
+            &prom.query("histogram_sum(session_ds_acquisition_wait_seconds{game_namespace=\"g\"})"),
+        );
+        let want_sum = waits.iter().sum::<u64>() as f64 / 1000.0;
+        assert!(
+            (sum - want_sum).abs() < 1e-6 * want_sum,
+            "{sum} vs {want_sum}"
+        );
 
-    // p99 within one bucket (schema 3: a factor 2^(1/8)) of the true p99.
-    waits.sort_unstable();
-    let true_p99 = waits[(0.99 * 1000.0) as usize - 1] as f64 / 1000.0;
-    let p99 = scalar(&prom.query(
-        "histogram_quantile(0.99, sum by (game_namespace) (session_ds_acquisition_wait_seconds{game_namespace=\"g\"}))",
-    ));
-    let width = 2f64.powf(1.0 / 8.0);
-    assert!(
-        p99 <= true_p99 * width && p99 >= true_p99 / width,
-        "p99 {p99} vs true {true_p99}"
-    );
+        // p99 within one bucket (schema 3: a factor 2^(1/8)) of the true p99.
+        waits.sort_unstable();
+        let true_p99 = waits[(0.99 * 1000.0) as usize - 1] as f64 / 1000.0;
+        let p99 = scalar(&prom.query(
+            "histogram_quantile(0.99, sum by (game_namespace) (session_ds_acquisition_wait_seconds{game_namespace=\"g\"}))",
+        ));
+        let width = 2f64.powf(1.0 / 8.0);
+        assert!(
+            p99 <= true_p99 * width && p99 >= true_p99 / width,
+            "p99 {p99} vs true {true_p99}"
+        );
 
-    // One series per namespace and histogram: no _bucket series at all.
-    let buckets = prom.query("count(session_ds_acquisition_wait_seconds_bucket)");
-    assert!(
-        buckets.is_empty(),
-        "classic buckets were stored too: {buckets:?}"
-    );
-    let natives = prom.query("count(session_ds_acquisition_wait_seconds)");
-    assert_eq!(scalar(&natives), 2.0);
+        // One series per namespace and histogram: no _bucket series at all.
+        let buckets = prom.query("count(session_ds_acquisition_wait_seconds_bucket)");
+        assert!(
+            buckets.is_empty(),
+            "classic buckets were stored too: {buckets:?}"
+        );
+        let natives = prom.query("count(session_ds_acquisition_wait_seconds)");
+        assert_eq!(scalar(&natives), 2.0);
 
-    // Exemplars came through protobuf as well.
-    let start = unix_ms() as f64 / 1000.0 - 600.0;
-    let end = unix_ms() as f64 / 1000.0 + 60.0;
-    let q = common::urlencode("session_ds_acquisition_wait_seconds{game_namespace=\"g\"}");
-    let data = prom.api(&format!(
-        "/api/v1/query_exemplars?query={q}&start={start}&end={end}"
-    ));
-    let traces: Vec<String> = data
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["exemplars"].as_array().cloned().unwrap_or_default())
-        .map(|e| e["labels"]["trace_id"].as_str().unwrap_or("").to_string())
-        .collect();
-    assert!(
-        !traces.is_empty() && traces.iter().all(|t| t.starts_with("trace")),
-        "{traces:?}"
-    );
-    // The text format is unchanged meanwhile.
-    let text = exporter.metrics();
-    assert_eq!(
-        value(
-            &text,
-            "session_ds_acquisition_wait_seconds_count{game_namespace=\"g\"}"
-        ),
-        Some(1000.0)
-    );
+        // Exemplars came through protobuf as well.
+        let start = unix_ms() as f64 / 1000.0 - 600.0;
+        let end = unix_ms() as f64 / 1000.0 + 60.0;
+        let q = common::urlencode("session_ds_acquisition_wait_seconds{game_namespace=\"g\"}");
+        let data = prom.api(&format!(
+            "/api/v1/query_exemplars?query={q}&start={start}&end={end}"
+        ));
+        let traces: Vec<String> = data
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["exemplars"].as_array().cloned().unwrap_or_default())
+            .map(|e| e["labels"]["trace_id"].as_str().unwrap_or("").to_string())
+            .collect();
+        assert!(
+            !traces.is_empty() && traces.iter().all(|t| t.starts_with("trace")),
+            "{traces:?}"
+        );
+        // The text format is unchanged meanwhile.
+        let text = exporter.metrics();
+        assert_eq!(
+            value(
+                &text,
+                "session_ds_acquisition_wait_seconds_count{game_namespace=\"g\"}"
+            ),
+            Some(1000.0)
+        );
+    }
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{domain, http_with, value, wait_for, Exporter, Nats, Prometheus};
+use common::{domain, http_with, prometheus_versions, value, wait_for, Exporter, Nats, Prometheus};
 use session_exporter::simulate::{rfc3339, unix_ms};
 
 const OPENMETRICS: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
@@ -122,7 +122,6 @@ fn prometheus_stores_exemplars_that_lead_to_slow_acquisitions() {
     let nats = Nats::start();
     let exporter = Exporter::start(&nats.url(), &[]);
     exporter.wait_ready();
-    let prom = Prometheus::start_flags(&exporter.addr, &[], &["--enable-feature=exemplar-storage"]);
     // Fast acquisitions with one set of traces, a few slow ones with another.
     let mut events = Vec::new();
     for i in 0..200u64 {
@@ -143,35 +142,57 @@ fn prometheus_stores_exemplars_that_lead_to_slow_acquisitions() {
     .unwrap();
     assert_eq!(count, events.len() as f64);
 
-    let start = unix_ms() as f64 / 1000.0 - 600.0;
-    let exemplars = wait_for(Duration::from_secs(30), "exemplars in Prometheus", || {
-        let end = unix_ms() as f64 / 1000.0 + 60.0;
-        let q = common::urlencode("session_ds_acquisition_wait_seconds_bucket{le=\"300\"}");
-        let data = prom.api(&format!(
-            "/api/v1/query_exemplars?query={q}&start={start}&end={end}"
-        ));
-        let traces: Vec<(String, f64)> = data
-            .as_array()?
-            .iter()
-            .flat_map(|s| s["exemplars"].as_array().cloned().unwrap_or_default())
-            .map(|e| {
-                (
-                    e["labels"]["trace_id"].as_str().unwrap_or("").to_string(),
-                    e["value"].as_str().unwrap_or("0").parse().unwrap_or(0.0),
-                )
-            })
-            .collect();
-        (!traces.is_empty()).then_some(traces)
-    });
-    // The le="300" bucket's exemplar is the latest slow acquisition.
-    for (trace, v) in &exemplars {
-        assert!(
-            slow.contains(&trace.as_str()),
-            "{trace} is not a slow acquisition"
+    for bin in prometheus_versions() {
+        let prom = Prometheus::start_on(
+            &bin,
+            &exporter.addr,
+            &[],
+            &["--enable-feature=exemplar-storage"],
+            "",
         );
-        assert!(*v > 120.0 && *v <= 300.0, "{v}");
+        let start = unix_ms() as f64 / 1000.0 - 600.0;
+        let what = format!("exemplars in {}", bin.version());
+        let exemplars = wait_for(Duration::from_secs(30), &what, || {
+            let end = unix_ms() as f64 / 1000.0 + 60.0;
+            // Prometheus 3 normalises `le` to a float's text ("300.0").
+            let q = common::urlencode(
+                "session_ds_acquisition_wait_seconds_bucket{le=~\"300(\\\\.0)?\"}",
+            );
+            let data = prom.api(&format!(
+                "/api/v1/query_exemplars?query={q}&start={start}&end={end}"
+            ));
+            let traces: Vec<(String, f64)> = data
+                .as_array()?
+                .iter()
+                .flat_map(|s| s["exemplars"].as_array().cloned().unwrap_or_default())
+                .map(|e| {
+                    (
+                        e["labels"]["trace_id"].as_str().unwrap_or("").to_string(),
+                        e["value"].as_str().unwrap_or("0").parse().unwrap_or(0.0),
+                    )
+                })
+                .collect();
+            (!traces.is_empty()).then_some(traces)
+        });
+        // The le="300" bucket's exemplar is the latest slow acquisition.
+        for (trace, v) in &exemplars {
+            assert!(
+                slow.contains(&trace.as_str()),
+                "{trace} is not a slow acquisition"
+            );
+            assert!(*v > 120.0 && *v <= 300.0, "{v}");
+        }
+        // And the classic series Prometheus stored (through OpenMetrics) are the text values.
+        let got = prom.query("session_ds_acquisition_wait_seconds_count{game_namespace=\"g\"}");
+        assert_eq!(got[0]["value"][1], count.to_string(), "{}", bin.version());
+        // What 3.x changed: the stored `le` of an integer bound reads "300.0".
+        let buckets =
+            prom.query("session_ds_acquisition_wait_seconds_bucket{game_namespace=\"g\"}");
+        let les: Vec<&str> = buckets
+            .iter()
+            .filter_map(|b| b["metric"]["le"].as_str())
+            .collect();
+        let want = if bin.major >= 3 { "300.0" } else { "300" };
+        assert!(les.contains(&want), "{}: {les:?}", bin.version());
     }
-    // And the classic series Prometheus stored (through OpenMetrics) are the text values.
-    let got = prom.query("session_ds_acquisition_wait_seconds_count{game_namespace=\"g\"}");
-    assert_eq!(got[0]["value"][1], count.to_string());
 }

@@ -138,44 +138,51 @@ fn stepped_history_loads_into_prometheus_through_promtool() {
     );
     assert_eq!(code, 0, "{stderr}");
 
-    let dir = common::temp_dir("backfill");
-    let file = dir.join("history.om");
-    std::fs::write(&file, &om).unwrap();
-    let data = dir.join("data");
-    common::run_ok(
-        "promtool",
-        &[
-            "tsdb",
-            "create-blocks-from",
-            "openmetrics",
-            file.to_str().unwrap(),
-            data.to_str().unwrap(),
-        ],
-    );
-    let prom = Prometheus::start_on_blocks(&data);
+    for bin in common::prometheus_versions() {
+        let version = bin.version();
+        let dir = common::temp_dir("backfill");
+        let file = dir.join("history.om");
+        std::fs::write(&file, &om).unwrap();
+        let data = dir.join("data");
+        common::run_ok(
+            bin.promtool.to_str().unwrap(),
+            &[
+                "tsdb",
+                "create-blocks-from",
+                "openmetrics",
+                file.to_str().unwrap(),
+                data.to_str().unwrap(),
+            ],
+        );
+        let prom = Prometheus::start_on_blocks(&bin, &data);
 
-    // At a past step boundary: every acquisition of `a` stamped at or before it.
-    let at_ms = start + 95 * minute;
-    let want = times
-        .iter()
-        .filter(|(ns, t)| *ns == "a" && *t <= at_ms)
-        .count();
-    let got = prom.query_at(
-        "session_ds_acquisitions_total{game_namespace=\"a\"}",
-        at_ms as f64 / 1000.0,
-    );
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(got[0]["value"][1], want.to_string(), "at {at_ms}");
-    // The histogram arrived too: its count is the same number.
-    let got = prom.query_at(
-        "session_ds_acquisition_wait_seconds_count{game_namespace=\"a\"}",
-        at_ms as f64 / 1000.0,
-    );
-    assert_eq!(got[0]["value"][1], want.to_string());
-    // Before the first event there was nothing.
-    let before = prom.query_at(
-        "session_ds_acquisitions_total",
-        (start - 10 * minute) as f64 / 1000.0,
-    );
-    assert!(before.is_empty(), "{before:?}");
+        // At a past step boundary: every acquisition of `a` stamped at or before it.
+        let at_ms = start + 95 * minute;
+        let want = times
+            .iter()
+            .filter(|(ns, t)| *ns == "a" && *t <= at_ms)
+            .count();
+        let got = prom.query_at(
+            "session_ds_acquisitions_total{game_namespace=\"a\"}",
+            at_ms as f64 / 1000.0,
+        );
+        assert_eq!(got.len(), 1, "{version}: {got:?}");
+        assert_eq!(
+            got[0]["value"][1],
+            want.to_string(),
+            "{version}: at {at_ms}"
+        );
+        // The histogram arrived too: its count is the same number.
+        let got = prom.query_at(
+            "session_ds_acquisition_wait_seconds_count{game_namespace=\"a\"}",
+            at_ms as f64 / 1000.0,
+        );
+        assert_eq!(got[0]["value"][1], want.to_string(), "{version}");
+        // Before the first event there was nothing.
+        let before = prom.query_at(
+            "session_ds_acquisitions_total",
+            (start - 10 * minute) as f64 / 1000.0,
+        );
+        assert!(before.is_empty(), "{version}: {before:?}");
+    }
 }

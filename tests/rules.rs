@@ -9,18 +9,23 @@ const RULES: &str = "rules/session-exporter.rules.yml";
 
 #[test]
 fn rule_files_are_valid() {
-    let out = run_ok(
-        "promtool",
-        &["check", "rules", repo_path(RULES).to_str().unwrap()],
-    );
-    assert!(out.contains("SUCCESS"), "{out}");
+    for bin in prometheus_versions() {
+        let out = run_ok(
+            bin.promtool.to_str().unwrap(),
+            &["check", "rules", repo_path(RULES).to_str().unwrap()],
+        );
+        assert!(out.contains("SUCCESS"), "{}: {out}", bin.version());
+    }
 }
 
 #[test]
 fn every_alert_has_a_firing_and_a_quiet_unit_test() {
     let tests = repo_path("rules/tests/alerts.test.yml");
-    let out = run_ok("promtool", &["test", "rules", tests.to_str().unwrap()]);
-    assert!(out.contains("SUCCESS"), "{out}");
+    for bin in prometheus_versions() {
+        let promtool = bin.promtool.to_str().unwrap();
+        let out = run_ok(promtool, &["test", "rules", tests.to_str().unwrap()]);
+        assert!(out.contains("SUCCESS"), "{}: {out}", bin.version());
+    }
 
     let rules: serde_json::Value =
         serde_saphyr::from_str(&std::fs::read_to_string(repo_path(RULES)).unwrap()).unwrap();

@@ -240,17 +240,7 @@ fn an_unreadable_checkpoint_is_refused_or_replaced_as_asked() {
     rt.block_on(async {
         let client = async_nats::connect(&url).await.unwrap();
         let js = jetstream::new(client);
-        js.create_stream(jetstream::stream::Config {
-            name: "KV_STATE".into(),
-            subjects: vec!["$KV.STATE.>".into()],
-            max_messages_per_subject: 1,
-            allow_direct: true,
-            allow_rollup: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let kv = js.get_key_value("STATE").await.unwrap();
+        let kv = state_bucket(&js).await;
         kv.put(
             "bad",
             r#"{"format":1,"generation":3,"slot":"a","chunks":1,"bytes":4}"#.into(),
@@ -299,6 +289,21 @@ fn an_unreadable_checkpoint_is_refused_or_replaced_as_asked() {
         let m = e.metrics();
         (value(&m, "session_exporter_state_checkpoints_total")? >= 1.0).then_some(())
     });
+}
+
+/// The bucket `STATE`, made by hand (to put what a test wants in it).
+async fn state_bucket(js: &jetstream::Context) -> jetstream::kv::Store {
+    js.create_stream(jetstream::stream::Config {
+        name: "KV_STATE".into(),
+        subjects: vec!["$KV.STATE.>".into()],
+        max_messages_per_subject: 1,
+        allow_direct: true,
+        allow_rollup: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.get_key_value("STATE").await.unwrap()
 }
 
 fn publish_sync(url: &str, events: &[(String, Vec<u8>)]) {
@@ -552,17 +557,7 @@ fn a_format_1_checkpoint_reads_on_after_the_old_consumers_ack_floor() {
         while let Some(m) = batch.next().await {
             m.unwrap().double_ack().await.unwrap();
         }
-        js.create_stream(jetstream::stream::Config {
-            name: "KV_STATE".into(),
-            subjects: vec!["$KV.STATE.>".into()],
-            max_messages_per_subject: 1,
-            allow_direct: true,
-            allow_rollup: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let kv = js.get_key_value("STATE").await.unwrap();
+        let kv = state_bucket(&js).await;
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(include_bytes!("data/checkpoint-format-1.bin"))
             .unwrap();

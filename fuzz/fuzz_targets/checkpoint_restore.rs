@@ -36,7 +36,13 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(restored) => {
             let first = render(&mut fold, now);
-            openmetrics_parser::prometheus::parse_prometheus(&first)
+            // The text format escapes only `\\`, `"` and newline in label
+            // values; this parser's grammar also ends a line at a bare CR,
+            // which Prometheus' own parser (promtool, 2.42 and 3.5) and the
+            // strict OpenMetrics parser accept inside a value (tests/hostile.rs).
+            // Masked, so the check stays on the structure.
+            let masked = first.replace('\r', "\\r");
+            openmetrics_parser::prometheus::parse_prometheus(&masked)
                 .unwrap_or_else(|e| panic!("{e:?}\n{first}"));
             let bytes = fold.encode(now, wall, &restored.resume);
             let mut again = Fold::new(catalog).with_dedup(64);

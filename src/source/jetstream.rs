@@ -15,7 +15,7 @@ use async_nats::jetstream::{self, stream::Stream};
 use async_nats::Client;
 use futures_util::{FutureExt, StreamExt};
 
-use super::{server_version, JetStreamConfig, NatsConfig, SourceError, BATCH};
+use super::{retrying, server_version, JetStreamConfig, NatsConfig, SourceError, BATCH};
 use crate::exporter::Exporter;
 
 pub(super) async fn run(
@@ -27,28 +27,20 @@ pub(super) async fn run(
 ) -> Result<(), SourceError> {
     let js = jetstream::new(client.clone());
     tokio::pin!(shutdown);
-    // The stream may not be reachable yet (NATS down): retry with backoff.
-    let mut delay = Duration::from_millis(100);
-    let (stream, consumer) = loop {
-        let attempt = async {
-            let stream = js
-                .get_stream(&js_cfg.stream)
-                .await
-                .map_err(|e| e.to_string())?;
-            let consumer = durable(&client, &stream, js_cfg).await?;
-            Ok::<_, String>((stream, consumer))
-        };
-        match attempt.await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(stream = %js_cfg.stream, error = %e, "JetStream consumer not available; retrying");
-                tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
+    let what = format!(
+        "JetStream stream {} or its consumer not available",
+        js_cfg.stream
+    );
+    let attempt = || async {
+        let stream = js
+            .get_stream(&js_cfg.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let consumer = durable(&client, &stream, js_cfg).await?;
+        Ok::<_, String>((stream, consumer))
+    };
+    let Some((stream, consumer)) = retrying(&what, &mut shutdown, attempt).await else {
+        return Ok(());
     };
     let messages = consumer
         .stream()

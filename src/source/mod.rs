@@ -306,6 +306,30 @@ async fn restore(
     }
 }
 
+/// Run `attempt` until it succeeds, waiting 100 ms doubling to 5 s between
+/// tries (NATS or the stream may not be there yet), and logging each
+/// failure as `what`; `None` if `shutdown` comes first.
+async fn retrying<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+    mut attempt: impl FnMut() -> F,
+) -> Option<T> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what}; retrying");
+                tokio::select! {
+                    _ = &mut *shutdown => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// The server's (major, minor) version, e.g. (2, 9).
 fn server_version(client: &Client) -> (u32, u32) {
     let v = client.server_info().version;

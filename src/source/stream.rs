@@ -22,7 +22,7 @@ use async_nats::Client;
 use futures_util::{FutureExt, StreamExt};
 
 use super::checkpoints::Checkpoints;
-use super::{server_version, ticker, JetStreamConfig, NatsConfig, SourceError, BATCH};
+use super::{retrying, server_version, ticker, JetStreamConfig, NatsConfig, SourceError, BATCH};
 use crate::exporter::Exporter;
 
 /// Where the reader stands: the last stream sequence folded.
@@ -46,19 +46,10 @@ pub(super) async fn run(
 ) -> Result<(), SourceError> {
     let js = jetstream::new(client.clone());
     tokio::pin!(shutdown);
-    let mut delay = Duration::from_millis(100);
-    let mut stream = loop {
-        match js.get_stream(&js_cfg.stream).await {
-            Ok(s) => break s,
-            Err(e) => {
-                tracing::warn!(stream = %js_cfg.stream, error = %e, "JetStream stream not available; retrying");
-                tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
+    let what = format!("JetStream stream {} not available", js_cfg.stream);
+    let Some(mut stream) = retrying(&what, &mut shutdown, || js.get_stream(&js_cfg.stream)).await
+    else {
+        return Ok(());
     };
     let retention = stream.cached_info().config.retention;
     if retention != RetentionPolicy::Limits {
@@ -195,29 +186,19 @@ async fn open(
         deliver_subject: client.new_inbox(),
         ..config.clone()
     };
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let made = async {
-            stream
-                .create_consumer(config.clone())
-                .await
-                .map_err(|e| e.to_string())?
-                .messages()
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match made.await {
-            Ok(m) => return Some(m.ready_chunks(BATCH)),
-            Err(e) => {
-                tracing::warn!(stream = %stream.cached_info().config.name, error = %e, "ordered consumer not created; retrying");
-                tokio::select! {
-                    _ = &mut *shutdown => return None,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let what = format!(
+        "ordered consumer of {} not made",
+        stream.cached_info().config.name
+    );
+    let attempt = || async {
+        let consumer = stream
+            .create_consumer(config.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        consumer.messages().await.map_err(|e| e.to_string())
+    };
+    let messages = retrying(&what, shutdown, attempt).await?;
+    Some(messages.ready_chunks(BATCH))
 }
 
 fn fold(

@@ -429,9 +429,16 @@ pub fn sum(metrics: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// `promtool check metrics` must accept the text with nothing to say.
+/// `promtool check metrics` of every Prometheus version must accept the
+/// text with nothing to say.
 pub fn promtool_check(metrics: &str) {
-    let mut child = Command::new("promtool")
+    for bin in prometheus_versions() {
+        promtool_check_with(&bin, metrics);
+    }
+}
+
+fn promtool_check_with(bin: &PromBin, metrics: &str) {
+    let mut child = Command::new(&bin.promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -452,7 +459,8 @@ pub fn promtool_check(metrics: &str) {
     );
     assert!(
         out.status.success() && said.trim().is_empty(),
-        "promtool check metrics:\n{said}"
+        "{} check metrics:\n{said}",
+        bin.promtool.display()
     );
 }
 
@@ -582,6 +590,60 @@ impl Drop for Simulator {
     }
 }
 
+/// A Prometheus release the tests run: Debian's 2.42, and the 3.x that
+/// `scripts/setup` unpacks from Debian sid under `.tools/`.
+#[derive(Debug, Clone)]
+pub struct PromBin {
+    pub prometheus: PathBuf,
+    pub promtool: PathBuf,
+    pub major: u32,
+}
+
+impl PromBin {
+    /// Debian's (bookworm) Prometheus on the PATH.
+    pub fn debian() -> PromBin {
+        PromBin {
+            prometheus: "prometheus".into(),
+            promtool: "promtool".into(),
+            major: 2,
+        }
+    }
+
+    pub fn version(&self) -> String {
+        let v = run_ok(self.prometheus.to_str().unwrap(), &["--version"]);
+        v.lines().next().unwrap_or("").to_string()
+    }
+}
+
+/// Every Prometheus the tests run against: 2.42 and 3.x.
+pub fn prometheus_versions() -> Vec<PromBin> {
+    let tools = repo_path(".tools");
+    let current = std::fs::read_dir(&tools)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("prometheus-3"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no Prometheus 3 under {}: run scripts/setup",
+                tools.display()
+            )
+        });
+    vec![
+        PromBin::debian(),
+        PromBin {
+            prometheus: current.join("usr/bin/prometheus"),
+            promtool: current.join("usr/bin/promtool"),
+            major: 3,
+        },
+    ]
+}
+
 /// A real Prometheus scraping `target` every second with the repo's rules.
 pub struct Prometheus {
     child: Child,
@@ -596,23 +658,36 @@ impl Prometheus {
 
     /// With extra command-line flags (`--enable-feature=…`).
     pub fn start_flags(target: &str, rule_files: &[PathBuf], flags: &[&str]) -> Prometheus {
+        Prometheus::start_on(&PromBin::debian(), target, rule_files, flags, "")
+    }
+
+    /// `bin`'s Prometheus, with extra flags and extra YAML for the scrape
+    /// job (e.g. `    scrape_protocols: [PrometheusProto]\n`).
+    pub fn start_on(
+        bin: &PromBin,
+        target: &str,
+        rule_files: &[PathBuf],
+        flags: &[&str],
+        job: &str,
+    ) -> Prometheus {
         let dir = temp_dir("prometheus");
         let rules: Vec<String> = rule_files
             .iter()
             .map(|p| format!("  - {}", p.display()))
             .collect();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n  - job_name: session-exporter\n    static_configs:\n      - targets: ['{target}']\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n  - job_name: session-exporter\n{job}    static_configs:\n      - targets: ['{target}']\n",
             rules.join("\n")
         );
         let data = dir.join("data");
-        Prometheus::launch(dir, &data, &config, flags)
+        Prometheus::launch(bin, dir, &data, &config, flags)
     }
 
     /// A Prometheus that scrapes nothing, over the TSDB blocks in `data`
     /// (as `promtool tsdb create-blocks-from` writes them).
-    pub fn start_on_blocks(data: &Path) -> Prometheus {
+    pub fn start_on_blocks(bin: &PromBin, data: &Path) -> Prometheus {
         Prometheus::launch(
+            bin,
             temp_dir("prometheus"),
             data,
             "global:\n  scrape_interval: 1m\n",
@@ -620,7 +695,13 @@ impl Prometheus {
         )
     }
 
-    fn launch(dir: PathBuf, data: &Path, config: &str, flags: &[&str]) -> Prometheus {
+    fn launch(
+        bin: &PromBin,
+        dir: PathBuf,
+        data: &Path,
+        config: &str,
+        flags: &[&str],
+    ) -> Prometheus {
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         // Prometheus cannot report a port it chose, so take a free one from the
         // kernel and retry in the rare case another process grabs it first.
@@ -631,7 +712,7 @@ impl Prometheus {
                 .ok()?
                 .port();
             let addr = format!("127.0.0.1:{port}");
-            let mut child = Command::new("prometheus")
+            let mut child = Command::new(&bin.prometheus)
                 .arg(format!(
                     "--config.file={}",
                     dir.join("prometheus.yml").display()
