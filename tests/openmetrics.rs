@@ -196,3 +196,61 @@ fn prometheus_stores_exemplars_that_lead_to_slow_acquisitions() {
         assert!(les.contains(&want), "{}: {les:?}", bin.version());
     }
 }
+
+/// What each Prometheus really asks for: a listener stands in for the
+/// exporter to capture the `Accept` of a real scrape (2.42 and 3.5.3, with and
+/// without native histograms), then the exporter answers that very header
+/// with the format Prometheus puts first.
+#[test]
+fn each_prometheus_gets_the_format_its_own_accept_header_prefers() {
+    use std::io::{BufRead, BufReader, Write};
+    let nats = Nats::start();
+    let exporter = Exporter::start(&nats.url(), &[]);
+    exporter.wait_ready();
+    for bin in prometheus_versions() {
+        for (flags, want) in [
+            (&[][..], "application/openmetrics-text; version=1.0.0"),
+            (
+                &["--enable-feature=native-histograms"][..],
+                "application/vnd.google.protobuf",
+            ),
+        ] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let target = listener.local_addr().unwrap().to_string();
+            let _prom = Prometheus::start_on(&bin, &target, &[], flags, "");
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut accept = String::new();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+                if let Some(v) = line.strip_prefix("Accept: ") {
+                    accept = v.trim().to_string();
+                }
+                line.clear();
+            }
+            let _ =
+                conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+            assert!(!accept.is_empty(), "{}: no Accept header", bin.version());
+            if bin.major >= 3 {
+                assert!(accept.contains("escaping="), "{}: {accept}", bin.version());
+            }
+            let (status, head, _) =
+                http_with(&exporter.addr, "GET", "/metrics", &[("Accept", &accept)]);
+            assert_eq!(status, 200, "{}: {accept}", bin.version());
+            let content_type = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("content-type: ")
+                        .or_else(|| l.strip_prefix("Content-Type: "))
+                })
+                .unwrap_or("")
+                .to_string();
+            assert!(
+                content_type.starts_with(want),
+                "{} {flags:?}: Accept {accept} got {content_type}",
+                bin.version()
+            );
+            eprintln!("{} {flags:?}: Accept: {accept}", bin.version());
+        }
+    }
+}

@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
             // which Prometheus' own parser (promtool, 2.42 and 3.5) and the
             // strict OpenMetrics parser accept inside a value (tests/hostile.rs).
             // Masked, so the check stays on the structure.
-            let masked = first.replace('\r', "\\r");
+            let masked = first.replace('\r', " ");
             openmetrics_parser::prometheus::parse_prometheus(&masked)
                 .unwrap_or_else(|e| panic!("{e:?}\n{first}"));
             let bytes = fold.encode(now, wall, &restored.resume);
