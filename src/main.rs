@@ -86,22 +86,21 @@ fn replay(args: &ReplayArgs) -> Result<(), BoxError> {
         step: args.step,
         dedup_window: args.dedup_window,
     };
-    let mut out = String::new();
-    let report = if args.file.as_os_str() == "-" {
-        replay::replay(std::io::stdin().lock(), catalog, &opts, &mut out)
+    let replayed = if args.file.as_os_str() == "-" {
+        replay::replay(std::io::stdin().lock(), catalog, &opts)
     } else {
         let file =
             std::fs::File::open(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
-        replay::replay(std::io::BufReader::new(file), catalog, &opts, &mut out)
+        replay::replay(std::io::BufReader::new(file), catalog, &opts)
     }
     .map_err(|e| format!("{}: {e}", args.file.display()))?;
-    eprint!("{}", report.summary());
-    if report.folded == 0 {
+    eprint!("{}", replayed.report.summary());
+    if replayed.report.folded == 0 {
         return Err(format!("{}: no event could be folded", args.file.display()).into());
     }
     use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(out.as_bytes())?;
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    replayed.write(&mut stdout)?;
     stdout.flush()?;
     Ok(())
 }

@@ -42,11 +42,40 @@ pub fn render(frames: &[Frame], out: &mut String) {
 pub fn render_families(frames: &[Frame], out: &mut String) {
     if let Some(first) = frames.first() {
         for (_, family) in families(&first.snapshot.catalog) {
-            match family {
-                Family::Events => events(frames, out),
-                Family::Metric(i) => metric(frames, i, out),
-                Family::Window(i) => window(frames, i, out),
-            }
+            family_of(frames, family, out, &mut |_, _| {});
+        }
+    }
+}
+
+/// Called with a series' key (its namespace or event; `""` for the family's
+/// header) and where its text starts in the output.
+type Mark<'m> = &'m mut dyn FnMut(&str, usize);
+
+fn family_of(frames: &[Frame], family: Family, out: &mut String, mark: Mark) {
+    match family {
+        Family::Events => events(frames, out, mark),
+        Family::Metric(i) => metric(frames, i, out, mark),
+        Family::Window(i) => window(frames, i, out, mark),
+    }
+}
+
+/// One frame cut into blocks, as `replay --step` spills them: `emit(family,
+/// key, text)` for each family (by its place in name order) its header (key
+/// `""`), then each series' text (key: its namespace, or event name), in
+/// the order [`render`] writes them. Blocks of many frames merged by
+/// (family, key), frame after frame, are `render` of those frames.
+pub fn frame_blocks(frame: Frame, mut emit: impl FnMut(u32, &str, &str)) {
+    let mut out = String::new();
+    let mut marks: Vec<(String, usize)> = Vec::new();
+    for (order, (_, family)) in families(&frame.snapshot.catalog).into_iter().enumerate() {
+        out.clear();
+        marks.clear();
+        family_of(&[frame], family, &mut out, &mut |key, at| {
+            marks.push((key.to_string(), at))
+        });
+        for (j, (key, start)) in marks.iter().enumerate() {
+            let end = marks.get(j + 1).map_or(out.len(), |m| m.1);
+            emit(order as u32, key, &out[*start..end]);
         }
     }
 }
@@ -93,16 +122,18 @@ impl<'a> Labels<'a> {
     }
 }
 
-fn metric(frames: &[Frame], i: usize, out: &mut String) {
+fn metric(frames: &[Frame], i: usize, out: &mut String, mark: Mark) {
     let def = &frames[0].snapshot.catalog.metrics[i];
     let points = points(frames, i);
     if points.is_empty() {
         return;
     }
+    mark("", out.len());
     header(out, &def.name, &def.help, def.kind);
     let les = le_labels(&def.buckets);
     let mut labels = Labels::new();
     for (ns, f, s) in points {
+        mark(ns, out.len());
         let (fam, at) = (&frames[f].snapshot.families[i], frames[f].at);
         let sample = fam.samples[s];
         let label = labels.of(ns);
@@ -143,17 +174,19 @@ fn metric(frames: &[Frame], i: usize, out: &mut String) {
 
 /// The windowed quantiles as a summary (quantiles omitted while the window is
 /// empty), with the histogram's cumulative `_count` and `_sum`.
-fn window(frames: &[Frame], i: usize, out: &mut String) {
+fn window(frames: &[Frame], i: usize, out: &mut String, mark: Mark) {
     let def = &frames[0].snapshot.catalog.metrics[i];
     let Some(w) = &def.window else { return };
     let points = points(frames, i);
     if points.is_empty() {
         return;
     }
+    mark("", out.len());
     header_as(out, &w.name, &w.help, "summary");
     let quantiles = quantile_labels(&w.quantiles);
     let mut labels = Labels::new();
     for (ns, f, s) in points {
+        mark(ns, out.len());
         let (fam, at) = (&frames[f].snapshot.families[i], frames[f].at);
         let sample = fam.samples[s];
         let label = labels.of(ns);
@@ -172,10 +205,11 @@ fn window(frames: &[Frame], i: usize, out: &mut String) {
     }
 }
 
-fn events(frames: &[Frame], out: &mut String) {
+fn events(frames: &[Frame], out: &mut String, mark: Mark) {
     if frames.iter().all(|f| f.snapshot.events.is_empty()) {
         return;
     }
+    mark("", out.len());
     header(
         out,
         EVENTS_METRIC,
@@ -188,6 +222,7 @@ fn events(frames: &[Frame], out: &mut String) {
         .collect();
     points.sort_by(|a, b| a.0.cmp(b.0));
     for (event, n, at) in points {
+        mark(event, out.len());
         out.push_str(EVENTS_METRIC);
         out.push_str("{event=\"");
         escape(out, event, true);

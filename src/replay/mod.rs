@@ -6,10 +6,14 @@
 //! events' own (`timestamp`): the state is rendered at every step boundary of
 //! event time (a frame holds every event stamped at or before it), each sample
 //! stamped with its boundary, as OpenMetrics history for
-//! `promtool tsdb create-blocks-from openmetrics`.
+//! `promtool tsdb create-blocks-from openmetrics`; the frames go to a
+//! temporary file as they are made (`spill`), so memory is the fold's, not
+//! the capture's.
+
+mod spill;
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +41,7 @@ pub struct Options {
 }
 
 /// What a replay did, for stderr.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Report {
     pub lines: u64,
     pub folded: u64,
@@ -90,13 +94,62 @@ impl EventClock {
     }
 }
 
-/// Fold every line of `input` and render into `out`.
-pub fn replay(
-    input: impl BufRead,
-    catalog: Catalog,
-    opts: &Options,
-    out: &mut String,
-) -> std::io::Result<Report> {
+/// A folded capture, ready to be written.
+pub struct Replayed {
+    pub report: Report,
+    output: Output,
+}
+
+enum Output {
+    Page(String),
+    /// `--step`: the frames, spilled to a temporary file.
+    History(spill::Spill),
+}
+
+impl Replayed {
+    /// Write the exposition (with a step: the merged history, `# EOF` last).
+    pub fn write(self, out: &mut impl Write) -> std::io::Result<()> {
+        match self.output {
+            Output::Page(page) => out.write_all(page.as_bytes()),
+            Output::History(spill) => write_history(spill, out),
+        }
+    }
+}
+
+/// The spilled frames merged into one OpenMetrics history, `# EOF` last.
+fn write_history(spill: spill::Spill, out: &mut impl Write) -> std::io::Result<()> {
+    // Every frame's blocks carry their family's header: the first one is kept.
+    let mut headed = None;
+    spill.merge(&mut |family, key, text| {
+        if key.is_empty() {
+            if headed == Some(family) {
+                return Ok(());
+            }
+            headed = Some(family);
+        }
+        out.write_all(text)
+    })?;
+    out.write_all(b"# EOF\n")
+}
+
+/// One frame into the spill, as a run of its own.
+fn spill_frame(spill: &mut spill::Spill, at: f64, snapshot: &Snapshot) -> std::io::Result<()> {
+    let frame = openmetrics::Frame {
+        snapshot,
+        at: Some(at),
+    };
+    let mut result = Ok(());
+    openmetrics::frame_blocks(frame, |family, key, text| {
+        if result.is_ok() {
+            result = spill.block(family, key.as_bytes(), text.as_bytes());
+        }
+    });
+    spill.end_run();
+    result
+}
+
+/// Fold every line of `input`; the result is written by [`Replayed::write`].
+pub fn replay(input: impl BufRead, catalog: Catalog, opts: &Options) -> std::io::Result<Replayed> {
     let started = Instant::now();
     let max = catalog.limits.max_message_bytes;
     let mut fold = Fold::new(Arc::new(catalog)).with_dedup(opts.dedup_window);
@@ -106,8 +159,12 @@ pub fn replay(
         latest: Instant::now(),
     };
     let step = opts.step.map(|s| s.as_secs_f64());
-    // Frames rendered so far, and the next boundary (event time) to render.
-    let mut frames: Vec<(f64, Snapshot)> = Vec::new();
+    let mut spill = match step {
+        Some(_) => Some(spill::Spill::new()?),
+        None => None,
+    };
+    // The last boundary written, and the next (event time) to write.
+    let mut written: Option<f64> = None;
     let mut next: Option<f64> = None;
     let mut report = Report::default();
     let wall = unix_now();
@@ -126,23 +183,25 @@ pub fn replay(
                 continue;
             }
         };
-        let (now, event_time) = match (step, ev.time()) {
-            (None, t) => (Instant::now(), t.unwrap_or(wall)),
-            (Some(_), None) => {
-                report.reject("missing_timestamp");
-                continue;
-            }
-            (Some(s), Some(t)) => {
+        let (now, event_time) = match (step, ev.time(), spill.as_mut()) {
+            (Some(s), Some(t), Some(spill)) => {
                 let boundary = next.get_or_insert((t / s).ceil() * s);
                 while t > *boundary {
-                    frames.push((*boundary, fold.snapshot(clock.at(*boundary))));
+                    spill_frame(spill, *boundary, &fold.snapshot(clock.at(*boundary)))?;
+                    report.frames += 1;
+                    written = Some(*boundary);
                     *boundary += s;
                 }
-                if frames.last().is_some_and(|f| t <= f.0) {
+                if written.is_some_and(|w| t <= w) {
                     report.late += 1;
                 }
                 (clock.at(t), t)
             }
+            (Some(_), None, _) => {
+                report.reject("missing_timestamp");
+                continue;
+            }
+            (_, t, _) => (Instant::now(), t.unwrap_or(wall)),
         };
         match fold.apply(&ev, now, event_time) {
             Ok(Outcome::Folded | Outcome::Overflowed) => report.folded += 1,
@@ -151,31 +210,31 @@ pub fn replay(
         }
     }
 
-    match (opts.format, next) {
-        (Format::Text, _) => exposition::render(&fold.snapshot(Instant::now()), out),
-        (Format::OpenMetrics, None) => {
+    let output = match (opts.format, next, spill) {
+        (Format::Text, _, _) => {
+            let mut page = String::new();
+            exposition::render(&fold.snapshot(Instant::now()), &mut page);
+            Output::Page(page)
+        }
+        (Format::OpenMetrics, Some(last), Some(mut spill)) => {
+            spill_frame(&mut spill, last, &fold.snapshot(clock.at(last)))?;
+            report.frames += 1;
+            Output::History(spill)
+        }
+        (Format::OpenMetrics, _, _) => {
             let snap = fold.snapshot(Instant::now());
             let frame = openmetrics::Frame {
                 snapshot: &snap,
                 at: None,
             };
-            openmetrics::render(&[frame], out);
+            let mut page = String::new();
+            openmetrics::render(&[frame], &mut page);
+            Output::Page(page)
         }
-        (Format::OpenMetrics, Some(last)) => {
-            frames.push((last, fold.snapshot(clock.at(last))));
-            let list: Vec<openmetrics::Frame> = frames
-                .iter()
-                .map(|(at, snapshot)| openmetrics::Frame {
-                    snapshot,
-                    at: Some(*at),
-                })
-                .collect();
-            openmetrics::render(&list, out);
-        }
-    }
-    report.frames = frames.len().max(1);
+    };
+    report.frames = report.frames.max(1);
     report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(Replayed { report, output })
 }
 
 impl Report {
@@ -208,15 +267,60 @@ mod tests {
             step: step.map(Duration::from_secs),
             dedup_window: 0,
         };
-        let mut out = String::new();
-        let report = replay(
-            input.as_bytes(),
-            Catalog::default_mapping(),
-            &opts,
-            &mut out,
-        )
-        .unwrap();
-        (out, report)
+        let replayed = replay(input.as_bytes(), Catalog::default_mapping(), &opts).unwrap();
+        let mut out = Vec::new();
+        let report = Report {
+            ..replayed.report.clone()
+        };
+        replayed.write(&mut out).unwrap();
+        (String::from_utf8(out).unwrap(), report)
+    }
+
+    /// Spilled and merged, many frames are byte for byte what rendering
+    /// them all at once in memory gives: every kind, several namespaces
+    /// coming and going, windows, a family that starts late.
+    #[test]
+    fn spilled_history_equals_rendering_every_frame_at_once() {
+        let catalog = Arc::new(Catalog::default_mapping());
+        let mut fold = Fold::new(catalog);
+        let mut g = crate::simulate::Generator::new(crate::simulate::Profile {
+            namespaces: 7,
+            seed: 3,
+            ..Default::default()
+        });
+        let origin = Instant::now();
+        let mut snapshots = Vec::new();
+        for f in 0..40u64 {
+            let events = if f < 5 { 3 } else { 60 };
+            for _ in 0..events {
+                let (_, body) = g.next_event(1_800_000_000_000 + f * 60_000);
+                let ev = crate::event::decode(&body).unwrap();
+                let _ = fold.apply(
+                    &ev,
+                    origin + Duration::from_secs(f * 60),
+                    1.8e9 + f as f64 * 60.0,
+                );
+            }
+            let at = 1.8e9 + f as f64 * 60.0;
+            snapshots.push((at, fold.snapshot(origin + Duration::from_secs(f * 60))));
+        }
+        let frames: Vec<openmetrics::Frame> = snapshots
+            .iter()
+            .map(|(at, snapshot)| openmetrics::Frame {
+                snapshot,
+                at: Some(*at),
+            })
+            .collect();
+        let mut want = String::new();
+        openmetrics::render(&frames, &mut want);
+        let mut spill = spill::Spill::new().unwrap();
+        for (at, snapshot) in &snapshots {
+            spill_frame(&mut spill, *at, snapshot).unwrap();
+        }
+        let mut got = Vec::new();
+        write_history(spill, &mut got).unwrap();
+        assert!(want.len() > 50_000, "{}", want.len());
+        assert_eq!(String::from_utf8(got).unwrap(), want);
     }
 
     fn ev(name: &str, ns: &str, ts: &str, message: &str) -> String {
