@@ -3,21 +3,26 @@
 //! checkpoint ([`checkpoint`]) writes the whole state out and reads it back.
 
 mod checkpoint;
+mod dedup;
+mod namespaces;
 pub mod native;
 mod snapshot;
+mod window;
 
 pub use checkpoint::{CheckpointError, Restored, Resume};
+use dedup::Dedup;
+use namespaces::{Namespace, Namespaces};
 use native::Native;
 pub use snapshot::{Exemplar, FamilySnapshot, Names, Sample, SampleExemplars, Snapshot};
+use window::{step_nanos, window_step, Window, WINDOW_STEPS};
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
-use crate::config::{Catalog, Kind, MetricDef, WindowDef};
+use crate::config::{Catalog, Kind, MetricDef};
 use crate::event::{Event, Reason};
 use crate::seed;
 
@@ -209,252 +214,6 @@ impl Hist {
                 n
             })
             .collect();
-    }
-}
-
-/// Sub-histograms a window rotates through: the window covers the last
-/// `length` in steps of `length / WINDOW_STEPS`.
-const WINDOW_STEPS: usize = 5;
-
-/// The recent values of one histogram, for exact windowed quantiles.
-#[derive(Debug)]
-struct Window {
-    steps: Vec<Histogram<u32>>,
-    /// The step number (time since the fold began / step length) each holds.
-    held: [u64; WINDOW_STEPS],
-    /// Bumped by every record.
-    version: u64,
-    /// The quantiles last computed, and the step and version they are of: a
-    /// scrape visits every namespace, most of which nothing changed since
-    /// the last (reading a quantile scans the histogram's counts).
-    cached: Option<(u64, u64)>,
-    values: Vec<f64>,
-}
-
-impl Window {
-    fn new(sigfig: u8) -> Window {
-        Window {
-            steps: (0..WINDOW_STEPS)
-                .map(|_| Histogram::new(sigfig).expect("sigfig validated to 1..=5"))
-                .collect(),
-            held: [0; WINDOW_STEPS],
-            version: 0,
-            cached: None,
-            values: Vec::new(),
-        }
-    }
-
-    fn record(&mut self, step: u64, v: f64) {
-        self.version += 1;
-        let i = (step % WINDOW_STEPS as u64) as usize;
-        if self.held[i] != step {
-            self.steps[i].reset();
-            self.held[i] = step;
-        }
-        record_hdr(&mut self.steps[i], v);
-    }
-
-    /// Everything recorded in the last `WINDOW_STEPS` steps: the one live
-    /// step itself, or several merged into `scratch` (a scrape visits every
-    /// namespace, so the copy is skipped when it can be).
-    fn live<'a>(&'a self, step: u64, scratch: &'a mut Histogram<u32>) -> &'a Histogram<u32> {
-        let mut live = self
-            .steps
-            .iter()
-            .zip(&self.held)
-            .filter(|(h, &held)| step.saturating_sub(held) < WINDOW_STEPS as u64 && !h.is_empty())
-            .map(|(h, _)| h);
-        let Some(first) = live.next() else {
-            scratch.reset();
-            return scratch;
-        };
-        let Some(second) = live.next() else {
-            return first;
-        };
-        scratch.reset();
-        for h in [first, second].into_iter().chain(live) {
-            let _ = scratch.add(h);
-        }
-        scratch
-    }
-
-    /// The window's quantiles at `step`, in the exposed unit (NaN: nothing
-    /// recorded within the window). `scratch` merges steps.
-    fn quantiles(
-        &mut self,
-        step: u64,
-        def: &WindowDef,
-        hdr_scale: f64,
-        scratch: &mut Histogram<u32>,
-    ) -> &[f64] {
-        if self.cached != Some((step, self.version)) {
-            // Refilled in place: no allocation per window per scrape.
-            let mut values = std::mem::take(&mut self.values);
-            values.clear();
-            let live = self.live(step, scratch);
-            // Lowest equivalent, as the buckets count it.
-            let value = |v: u64| live.lowest_equivalent(v) as f64 / hdr_scale;
-            if live.is_empty() {
-                values.extend(def.quantiles.iter().map(|_| f64::NAN));
-            } else if def.quantiles.windows(2).all(|q| q[0] < q[1]) {
-                // One pass for all of them.
-                values.extend(
-                    live.value_at_quantiles(def.quantiles.iter().copied())
-                        .map(value),
-                );
-            }
-            if values.len() != def.quantiles.len() {
-                values.clear();
-                values.extend(
-                    def.quantiles
-                        .iter()
-                        .map(|&q| value(live.value_at_quantile(q))),
-                );
-            }
-            self.values = values;
-            self.cached = Some((step, self.version));
-        }
-        &self.values
-    }
-}
-
-/// Step numbers start here rather than at 0, so a restored step that is
-/// older than the process (`now - age`) is still a positive number.
-const STEP_ORIGIN: u64 = 5 << 32;
-
-/// A window step's length in nanoseconds (1 for histograms without a window).
-fn step_nanos(def: &MetricDef) -> u64 {
-    def.window.as_ref().map_or(1, |w| {
-        (w.length.as_nanos() as u64 / WINDOW_STEPS as u64).max(1)
-    })
-}
-
-/// Which window step `now` falls in (64-bit arithmetic: 584 years of uptime).
-fn window_step(def: &MetricDef, started: Instant, now: Instant) -> u64 {
-    now.saturating_duration_since(started).as_nanos() as u64 / step_nanos(def) + STEP_ORIGIN
-}
-
-struct Namespace {
-    name: Arc<str>,
-    slots: Vec<Slot>,
-}
-
-/// Remembers the last `cap` event ids, by a 64-bit hash keyed with a random
-/// `key`. The key travels in checkpoints, so a restored window still matches
-/// the ids it remembers; producers cannot aim collisions at an unknown key.
-struct Dedup {
-    key: u64,
-    seen: HashSet<u64, BuildHasherDefault<Prehashed>>,
-    order: VecDeque<u64>,
-    cap: usize,
-}
-
-impl Dedup {
-    fn new(cap: usize, key: u64) -> Dedup {
-        Dedup {
-            key,
-            seen: HashSet::with_capacity_and_hasher(cap, Default::default()),
-            order: VecDeque::with_capacity(cap),
-            cap,
-        }
-    }
-
-    fn is_duplicate(&mut self, id: &str) -> bool {
-        !self.remember(keyed_hash(self.key, id))
-    }
-
-    /// False when `h` was already remembered.
-    fn remember(&mut self, h: u64) -> bool {
-        if !self.seen.insert(h) {
-            return false;
-        }
-        self.order.push_back(h);
-        if self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
-            }
-        }
-        true
-    }
-}
-
-/// The set's keys are already keyed hashes: hashing them again is waste.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used; fold anything else in rather than panic.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-/// FNV-1a over the key and the id, then a SplitMix64 finaliser to spread the bits.
-fn keyed_hash(key: u64, id: &str) -> u64 {
-    let h = key
-        .to_le_bytes()
-        .iter()
-        .chain(id.as_bytes())
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    let h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    let h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
-
-/// Namespaces by name, in arrival order.
-#[derive(Default)]
-struct Namespaces {
-    index: HashMap<Arc<str>, usize>,
-    list: Vec<Namespace>,
-    /// Indexes into `list`, by name: a scrape copies them out in the order
-    /// every format renders them, and sorts nothing.
-    by_name: Vec<usize>,
-}
-
-impl Namespaces {
-    /// The slot index for `name`, or for the overflow series past the limit.
-    fn find_or_insert(&mut self, name: &str, catalog: &Catalog) -> (usize, Outcome) {
-        if let Some(&i) = self.index.get(name) {
-            return (i, Outcome::Folded);
-        }
-        let live = self.list.len() - usize::from(self.index.contains_key(OVERFLOW_NAMESPACE));
-        if live >= catalog.limits.max_namespaces {
-            return (
-                self.insert(OVERFLOW_NAMESPACE, catalog),
-                Outcome::Overflowed,
-            );
-        }
-        (self.insert(name, catalog), Outcome::Folded)
-    }
-
-    fn insert(&mut self, name: &str, catalog: &Catalog) -> usize {
-        if let Some(&i) = self.index.get(name) {
-            return i;
-        }
-        let name: Arc<str> = Arc::from(name);
-        let slots = catalog.metrics.iter().map(|_| Slot::Empty).collect();
-        let at = self
-            .by_name
-            .partition_point(|&i| *self.list[i].name < *name);
-        self.by_name.insert(at, self.list.len());
-        self.list.push(Namespace {
-            name: name.clone(),
-            slots,
-        });
-        self.index.insert(name, self.list.len() - 1);
-        self.list.len() - 1
     }
 }
 

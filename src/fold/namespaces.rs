@@ -1,0 +1,58 @@
+//! The fold's namespaces: by name, in arrival order and in name order, with
+//! the overflow series past `max_namespaces`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{Outcome, Slot, OVERFLOW_NAMESPACE};
+use crate::config::Catalog;
+
+pub(super) struct Namespace {
+    pub(super) name: Arc<str>,
+    pub(super) slots: Vec<Slot>,
+}
+
+/// Namespaces by name, in arrival order.
+#[derive(Default)]
+pub(super) struct Namespaces {
+    pub(super) index: HashMap<Arc<str>, usize>,
+    pub(super) list: Vec<Namespace>,
+    /// Indexes into `list`, by name: a scrape copies them out in the order
+    /// every format renders them, and sorts nothing.
+    pub(super) by_name: Vec<usize>,
+}
+
+impl Namespaces {
+    /// The slot index for `name`, or for the overflow series past the limit.
+    pub(super) fn find_or_insert(&mut self, name: &str, catalog: &Catalog) -> (usize, Outcome) {
+        if let Some(&i) = self.index.get(name) {
+            return (i, Outcome::Folded);
+        }
+        let live = self.list.len() - usize::from(self.index.contains_key(OVERFLOW_NAMESPACE));
+        if live >= catalog.limits.max_namespaces {
+            return (
+                self.insert(OVERFLOW_NAMESPACE, catalog),
+                Outcome::Overflowed,
+            );
+        }
+        (self.insert(name, catalog), Outcome::Folded)
+    }
+
+    pub(super) fn insert(&mut self, name: &str, catalog: &Catalog) -> usize {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let name: Arc<str> = Arc::from(name);
+        let slots = catalog.metrics.iter().map(|_| Slot::Empty).collect();
+        let at = self
+            .by_name
+            .partition_point(|&i| *self.list[i].name < *name);
+        self.by_name.insert(at, self.list.len());
+        self.list.push(Namespace {
+            name: name.clone(),
+            slots,
+        });
+        self.index.insert(name, self.list.len() - 1);
+        self.list.len() - 1
+    }
+}
