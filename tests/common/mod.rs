@@ -84,23 +84,25 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The nats-server binaries every JetStream test runs against: Debian's
-/// (2.9) and the pinned current release `scripts/setup` puts under `.tools/`.
-pub fn nats_servers() -> Vec<PathBuf> {
+/// `file` inside the one folder of `.tools/` whose name starts with
+/// `prefix` (a pinned release `scripts/setup` installed).
+fn pinned_tool(prefix: &str, file: &str) -> PathBuf {
     let tools = repo_path(".tools");
-    let current = std::fs::read_dir(&tools)
+    std::fs::read_dir(&tools)
         .ok()
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
-        .map(|e| e.path().join("bin/nats-server"))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "no current nats-server under {}: run scripts/setup",
-                tools.display()
-            )
-        });
+        .find(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path().join(file))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| panic!("no {prefix}* under {}: run scripts/setup", tools.display()))
+}
+
+/// The nats-server binaries every JetStream test runs against: Debian's
+/// (2.9) and the pinned current release `scripts/setup` puts under `.tools/`.
+pub fn nats_servers() -> Vec<PathBuf> {
+    let current = pinned_tool("nats-server-", "bin/nats-server");
     vec![PathBuf::from("nats-server"), current]
 }
 
@@ -617,28 +619,12 @@ impl PromBin {
 
 /// Every Prometheus the tests run against: 2.42 and 3.x.
 pub fn prometheus_versions() -> Vec<PromBin> {
-    let tools = repo_path(".tools");
-    let current = std::fs::read_dir(&tools)
-        .ok()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("prometheus-3"))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no Prometheus 3 under {}: run scripts/setup",
-                tools.display()
-            )
-        });
+    let current = pinned_tool("prometheus-3", "usr/bin");
     vec![
         PromBin::debian(),
         PromBin {
-            prometheus: current.join("usr/bin/prometheus"),
-            promtool: current.join("usr/bin/promtool"),
+            prometheus: current.join("prometheus"),
+            promtool: current.join("promtool"),
             major: 3,
         },
     ]
