@@ -430,85 +430,73 @@ async fn count_until<T>(messages: impl futures_util::Stream<Item = T> + Unpin, n
     }
 }
 
-/// A bare async-nats ordered pull consumer of the stream (no acks) that
-/// only counts (for `BENCH_ONLY=readers`).
+/// Time a bare reader of `stream` that takes `n` messages off what `open`
+/// makes from the client and the stream, doing nothing with them.
+fn time_reader<F, Fut, S, T>(url: &str, stream: &str, n: usize, open: F) -> f64
+where
+    F: FnOnce(async_nats::Client, async_nats::jetstream::stream::Stream) -> Fut,
+    Fut: std::future::Future<Output = S>,
+    S: futures_util::Stream<Item = T> + Unpin,
+{
+    let rt = runtime();
+    let t = Instant::now();
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let stream = js.get_stream(stream).await.unwrap();
+        count_until(open(client, stream).await, n).await;
+    });
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// A bare async-nats ordered pull consumer of the stream (no acks), for
+/// `BENCH_ONLY=readers`.
 fn run_bare_ordered(url: &str, stream: &str, n: usize) -> f64 {
     use async_nats::jetstream::consumer::pull;
-    let rt = runtime();
-    let t = Instant::now();
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
-        let js = async_nats::jetstream::new(client.clone());
-        let messages = js
-            .get_stream(stream)
-            .await
-            .unwrap()
+    time_reader(url, stream, n, |_, s| async move {
+        let c = s
             .create_consumer(pull::OrderedConfig::default())
             .await
-            .unwrap()
-            .messages()
-            .await
             .unwrap();
-        count_until(messages, n).await;
-    });
-    n as f64 / t.elapsed().as_secs_f64()
+        c.messages().await.unwrap()
+    })
 }
 
-/// A bare async-nats ordered push consumer (flow control) that only counts:
-/// the baseline of the ack-free reading, which reads through one.
+/// A bare async-nats ordered push consumer (flow control): the baseline of
+/// the ack-free reading, which reads through one.
 fn run_bare_push(url: &str, stream: &str, n: usize) -> f64 {
     use async_nats::jetstream::consumer::push;
-    let rt = runtime();
-    let t = Instant::now();
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
-        let js = async_nats::jetstream::new(client.clone());
-        let messages = js
-            .get_stream(stream)
-            .await
-            .unwrap()
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: client.new_inbox(),
-                ..Default::default()
-            })
+    time_reader(url, stream, n, |client, s| async move {
+        let config = push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            ..Default::default()
+        };
+        s.create_consumer(config)
             .await
             .unwrap()
             .messages()
             .await
-            .unwrap();
-        count_until(messages, n).await;
-    });
-    n as f64 / t.elapsed().as_secs_f64()
+            .unwrap()
+    })
 }
 
-/// An ephemeral pull consumer without acks, `batch` per pull, that only
-/// counts (for `BENCH_ONLY=readers`).
+/// An ephemeral pull consumer without acks, `batch` per pull, for
+/// `BENCH_ONLY=readers`.
 fn run_bare_pull_none(url: &str, stream: &str, n: usize, batch: usize) -> f64 {
     use async_nats::jetstream::consumer::{pull, AckPolicy};
-    let rt = runtime();
-    let t = Instant::now();
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
-        let js = async_nats::jetstream::new(client.clone());
-        let messages = js
-            .get_stream(stream)
-            .await
-            .unwrap()
-            .create_consumer(pull::Config {
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .stream()
+    time_reader(url, stream, n, |_, s| async move {
+        let config = pull::Config {
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let c = s.create_consumer(config).await.unwrap();
+        c.stream()
             .max_messages_per_batch(batch)
             .messages()
             .await
-            .unwrap();
-        count_until(messages, n).await;
-    });
-    n as f64 / t.elapsed().as_secs_f64()
+            .unwrap()
+    })
 }
 
 /// How the exporter reads the stream in a JetStream run.
