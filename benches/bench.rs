@@ -111,6 +111,42 @@ fn bench_fold(reps: usize) -> (f64, f64) {
     (median(&fold), median(&ratios))
 }
 
+/// `BENCH_ONLY=ingest`, for `scripts/profile`, which counts the
+/// instructions of these two functions only: 50,000 events parsed by
+/// serde_json into `IgnoredAny` (the baseline), then folded; with
+/// `BENCH_PARTITIONS=N`, folded by partition 0 of N, which skips the others'.
+fn profile_ingest() {
+    let corpus = corpus(50_000, 1000, 1);
+    let count = std::env::var("BENCH_PARTITIONS").map_or(1, |s| s.parse().unwrap());
+    let mut exporter = Exporter::new(Catalog::default_mapping(), None, 0);
+    if count > 1 {
+        let p = session_exporter::partition::Partition { count, index: 0 };
+        exporter = exporter.with_partition(p, false);
+    }
+    let parsed = parse_all(&corpus);
+    let folded = ingest_all(&exporter, &corpus);
+    println!(
+        "ingest: {} events, {parsed} parsed, {folded} folded",
+        corpus.len()
+    );
+}
+
+#[inline(never)]
+fn parse_all(corpus: &Corpus) -> usize {
+    corpus
+        .iter()
+        .filter(|(_, b)| serde_json::from_slice::<IgnoredAny>(b).is_ok())
+        .count()
+}
+
+#[inline(never)]
+fn ingest_all(exporter: &Exporter, corpus: &Corpus) -> usize {
+    corpus
+        .chunks(512)
+        .map(|c| exporter.ingest(c.iter().map(|e| e.1.as_slice())))
+        .sum()
+}
+
 // ---------------------------------------------------------------- end to end
 
 /// CPU seconds used by this process's threads, but for those named `skip`
@@ -1192,6 +1228,10 @@ fn main() {
     }
     if only == "scrape" {
         bench_scrape(10_000).print("10k");
+        return;
+    }
+    if only == "ingest" {
+        profile_ingest();
         return;
     }
     let (fold, fold_ratio) = bench_fold(reps);

@@ -314,50 +314,50 @@ fn parse_number(s: &str) -> Result<f64, Reason> {
 /// (`2026-11-22T10:00:01Z`, `2026-11-22T10:00:01.250+01:00`).
 pub fn parse_rfc3339(s: &str) -> Option<f64> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+    let (head, rest) = b.split_first_chunk::<19>()?;
+    let [y0, y1, y2, y3, b'-', mo0, mo1, b'-', d0, d1, b'T' | b't' | b' ', h0, h1, b':', mi0, mi1, b':', s0, s1] =
+        *head
+    else {
         return None;
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let d = &b[r];
-        if d.iter().all(u8::is_ascii_digit) {
-            Some(d.iter().fold(0i64, |a, c| a * 10 + i64::from(c - b'0')))
-        } else {
-            None
-        }
     };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let digit = |c: u8| c.wrapping_sub(b'0');
+    let all = [y0, y1, y2, y3, mo0, mo1, d0, d1, h0, h1, mi0, mi1, s0, s1];
+    if all.iter().any(|&c| digit(c) > 9) {
+        return None;
+    }
+    let two = |a: u8, b: u8| i64::from(digit(a) * 10 + digit(b));
+    let year = two(y0, y1) * 100 + two(y2, y3);
+    let (month, day) = (two(mo0, mo1), two(d0, d1));
+    let (hour, min, sec) = (two(h0, h1), two(mi0, mi1), two(s0, s1));
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
         return None;
     }
-    let mut i = 19;
+    let mut i = 0;
     let mut frac = 0.0;
-    if b[i] == b'.' {
-        let start = i + 1;
-        i = start;
+    if rest.first() == Some(&b'.') {
+        i = 1;
         let (mut digits, mut scale) = (0u64, 1u64);
-        while i < b.len() && b[i].is_ascii_digit() {
+        while let Some(d) = rest.get(i).map(|&c| digit(c)).filter(|&d| d <= 9) {
             // Nanoseconds are the finest a timestamp carries; ignore the rest.
-            if i - start < 9 {
-                digits = digits * 10 + u64::from(b[i] - b'0');
+            if i <= 9 {
+                digits = digits * 10 + u64::from(d);
                 scale *= 10;
             }
             i += 1;
         }
-        if i == start {
+        if i == 1 {
             return None;
         }
         frac = digits as f64 / scale as f64;
     }
-    let offset = match b.get(i)? {
-        b'Z' | b'z' if i + 1 == b.len() => 0,
-        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
-            let (h, m) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
-            let o = h * 3600 + m * 60;
-            if *sign == b'+' {
+    let offset = match &rest[i..] {
+        [b'Z' | b'z'] => 0,
+        &[sign @ (b'+' | b'-'), a, b, b':', c, d] => {
+            if [a, b, c, d].iter().any(|&c| digit(c) > 9) {
+                return None;
+            }
+            let o = two(a, b) * 3600 + two(c, d) * 60;
+            if sign == b'+' {
                 o
             } else {
                 -o

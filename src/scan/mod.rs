@@ -5,6 +5,8 @@
 //! values are only validated. Strings that need unescaping are handed to
 //! serde_json, so escapes and surrogates follow its rules exactly.
 
+mod plain;
+
 use std::borrow::Cow;
 
 /// serde_json's own nesting limit, so hostile input cannot exhaust the stack.
@@ -18,6 +20,22 @@ pub enum ScanError {
     Type,
     /// A string we read is not UTF-8.
     Utf8,
+}
+
+/// A string as scanned: its contents without the quotes.
+enum Token<'a> {
+    Plain(plain::Run<'a>),
+    /// With escapes, undecoded.
+    Escaped(&'a [u8]),
+}
+
+impl<'a> Token<'a> {
+    fn raw(&self) -> &'a [u8] {
+        match self {
+            Token::Plain(run) => run.bytes,
+            Token::Escaped(raw) => raw,
+        }
+    }
 }
 
 /// The envelope fields the exporter reads.
@@ -156,7 +174,12 @@ impl<'a> Scanner<'a> {
         self.b.get(self.i).copied()
     }
 
+    #[inline]
     fn ws(&mut self) {
+        // Compact JSON has none: one comparison says so (whitespace is <= ' ').
+        if self.b.get(self.i).is_some_and(|&c| c > b' ') {
+            return;
+        }
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
             self.i += 1;
         }
@@ -193,19 +216,20 @@ impl<'a> Scanner<'a> {
         }
         loop {
             self.ws();
-            let (raw, escaped) = self.string()?;
+            let key = self.string()?;
             self.eat(b':')?;
-            if escaped {
-                let key = match unescape(self.quoted(raw)) {
-                    Err(ScanError::Utf8) => {
-                        self.bad_utf8 = true;
-                        String::new()
-                    }
-                    key => key?,
-                };
-                field(self, key.as_bytes())?;
-            } else {
-                field(self, raw)?;
+            match key {
+                Token::Plain(run) => field(self, run.bytes)?,
+                Token::Escaped(raw) => {
+                    let key = match unescape(self.quoted(raw)) {
+                        Err(ScanError::Utf8) => {
+                            self.bad_utf8 = true;
+                            String::new()
+                        }
+                        key => key?,
+                    };
+                    field(self, key.as_bytes())?;
+                }
             }
             self.ws();
             match self.peek() {
@@ -253,13 +277,9 @@ impl<'a> Scanner<'a> {
             Some(b'n') => return self.literal(b"null").map(|_| None),
             _ => return self.skip_wrong_type(1).map(|_| None),
         }
-        let (raw, escaped) = self.string()?;
-        let text = if escaped {
-            unescape(self.quoted(raw)).map(Cow::Owned)
-        } else {
-            std::str::from_utf8(raw)
-                .map(Cow::Borrowed)
-                .map_err(|_| ScanError::Utf8)
+        let text = match self.string()? {
+            Token::Plain(run) => run.text().map(Cow::Borrowed).map_err(|_| ScanError::Utf8),
+            Token::Escaped(raw) => unescape(self.quoted(raw)).map(Cow::Owned),
         };
         match text {
             Ok(t) => Ok(Some(t)),
@@ -278,10 +298,10 @@ impl<'a> Scanner<'a> {
         if self.peek() != Some(b'"') {
             return self.skip_value(1).map(|_| None);
         }
-        let (raw, escaped) = self.string()?;
+        let token = self.string()?;
         Ok(Some(RawString {
-            quoted: self.quoted(raw),
-            escaped,
+            quoted: self.quoted(token.raw()),
+            escaped: matches!(token, Token::Escaped(_)),
         }))
     }
 
@@ -350,23 +370,35 @@ impl<'a> Scanner<'a> {
         &self.b[start - 1..start + raw.len() + 1]
     }
 
-    /// At `"`: the contents up to the closing quote, and whether it has escapes.
-    fn string(&mut self) -> Result<(&'a [u8], bool)> {
+    /// At `"`: the string up to its closing quote.
+    #[inline]
+    fn string(&mut self) -> Result<Token<'a>> {
         if self.peek() != Some(b'"') {
             return Err(ScanError::Syntax);
         }
-        self.i += 1;
-        let start = self.i;
-        let mut escaped = false;
+        let start = self.i + 1;
+        let run = plain::run(&self.b[start..]);
+        let end = start + run.bytes.len();
+        // Most strings have no escapes: one run of plain bytes, then the quote.
+        if self.b.get(end) == Some(&b'"') {
+            self.i = end + 1;
+            return Ok(Token::Plain(run));
+        }
+        self.i = end;
+        self.string_rest(start).map(Token::Escaped)
+    }
+
+    /// The rest of a string from `i` (a byte that is not plain) on: the
+    /// contents of a string with escapes.
+    #[inline(never)]
+    fn string_rest(&mut self, start: usize) -> Result<&'a [u8]> {
         loop {
-            self.skip_plain();
             match self.b.get(self.i) {
                 Some(b'"') => {
                     self.i += 1;
-                    return Ok((&self.b[start..self.i - 1], escaped));
+                    return Ok(&self.b[start..self.i - 1]);
                 }
                 Some(b'\\') => {
-                    escaped = true;
                     self.i += 1;
                     match self.peek() {
                         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
@@ -387,26 +419,7 @@ impl<'a> Scanner<'a> {
                 Some(_) => self.i += 1,
                 None => return Err(ScanError::Syntax),
             }
-        }
-    }
-
-    /// Skip string bytes that need no attention (not `"`, `\\` or a control
-    /// character), eight at a time: the same word trick serde_json uses.
-    fn skip_plain(&mut self) {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
-        let zero_in = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-        while let Some(chunk) = self.b[self.i..].first_chunk::<8>() {
-            let x = u64::from_le_bytes(*chunk);
-            let special = zero_in(x ^ (ONES * u64::from(b'"')))
-                | zero_in(x ^ (ONES * u64::from(b'\\')))
-                | (x.wrapping_sub(ONES * 0x20) & !x & HIGH);
-            if special != 0 {
-                // The lowest flagged byte is exact (false positives only follow it).
-                self.i += (special.trailing_zeros() / 8) as usize;
-                return;
-            }
-            self.i += 8;
+            self.i += plain::run(&self.b[self.i..]).bytes.len();
         }
     }
 
