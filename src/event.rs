@@ -234,12 +234,16 @@ impl<'a> Event<'a> {
             return Ok(None);
         };
         // The seed's string, or (from lenient producers) a bare number or object.
-        let text: Cow<str> = if raw.starts_with('"') {
-            serde_json::from_str::<Text>(raw)
-                .map_err(|_| Reason::InvalidValue)?
-                .0
-        } else {
-            Cow::Borrowed(raw)
+        let text: Cow<str> = match raw.strip_prefix('"') {
+            // The scanner checked the string: without a backslash, its
+            // contents are its text.
+            Some(quoted) if !quoted.contains('\\') => Cow::Borrowed(&quoted[..quoted.len() - 1]),
+            Some(_) => {
+                serde_json::from_str::<Text>(raw)
+                    .map_err(|_| Reason::InvalidValue)?
+                    .0
+            }
+            None => Cow::Borrowed(raw),
         };
         let text = text.trim();
         if text.is_empty() || text == "null" {

@@ -31,15 +31,21 @@ impl<'a> Run<'a> {
 /// The run of plain string bytes at the start of `b`.
 #[inline]
 pub fn run(b: &[u8]) -> Run<'_> {
-    let (len, high) = scan(b);
+    let (len, high) = scan::<true>(b);
     Run {
         bytes: &b[..len],
         ascii: !high,
     }
 }
 
-/// The run's length, and whether a byte of it is 0x80 or above.
-fn scan(b: &[u8]) -> (usize, bool) {
+/// The length of the run of plain string bytes at the start of `b`.
+pub fn len(b: &[u8]) -> usize {
+    scan::<false>(b).0
+}
+
+/// The run's length, and (if `HIGH` is asked for) whether a byte of it is
+/// 0x80 or above.
+fn scan<const HIGH: bool>(b: &[u8]) -> (usize, bool) {
     let mut i = 0;
     let mut high = false;
     #[cfg(target_arch = "x86_64")]
@@ -127,21 +133,23 @@ mod tests {
     /// steps, against the byte-at-a-time answer.
     #[test]
     fn runs_match_the_bytewise_answer() {
-        for len in 0..40usize {
-            for at in 0..=len {
+        for size in 0..40usize {
+            for at in 0..=size {
                 for c in [b'"', b'\\', 0x00, 0x1f, b' ', 0x7f, 0x80, 0xff, b'a'] {
-                    for high in [None, Some(0), Some(len / 2), Some(len.saturating_sub(1))] {
-                        let mut b = vec![b'x'; len];
-                        if let Some(h) = high.filter(|&h| h < len) {
+                    for high in [None, Some(0), Some(size / 2), Some(size.saturating_sub(1))] {
+                        let mut b = vec![b'x'; size];
+                        if let Some(h) = high.filter(|&h| h < size) {
                             b[h] = 0xc3;
                         }
-                        if at < len {
+                        if at < size {
                             b[at] = c;
                         }
                         let n = b.iter().take_while(|&&c| !special(c)).count();
                         let want = (n, b[..n].iter().any(|&c| c >= 0x80));
-                        assert_eq!(scan(&b), want, "len {len} at {at} byte {c:#x} {high:?}");
-                        assert_eq!(words(&b), want, "words: len {len} at {at} byte {c:#x}");
+                        let case = format!("size {size}, byte {c:#x} at {at}, high {high:?}");
+                        assert_eq!(len(&b), n, "{case}");
+                        assert_eq!(scan::<true>(&b), want, "{case}");
+                        assert_eq!(words(&b), want, "words: {case}");
                     }
                 }
             }
