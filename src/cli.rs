@@ -300,6 +300,15 @@ pub struct RunArgs {
         default_value = "/metrics"
     )]
     pub telemetry_path: String,
+    /// Add a `_created` sample (the series' start, Unix seconds) to every
+    /// counter, histogram and summary in OpenMetrics scrapes. Off by default:
+    /// to a Prometheus that does not read them as start timestamps they are
+    /// extra series. Protobuf scrapes always carry starts.
+    #[arg(
+        long = "web.openmetrics-created",
+        env = "SESSION_EXPORTER_WEB_OPENMETRICS_CREATED"
+    )]
+    pub openmetrics_created: bool,
     /// TLS and basic-auth settings for the HTTP endpoints, in the Prometheus
     /// exporter-toolkit format (tls_server_config, basic_auth_users).
     #[arg(long = "web.config.file", env = "SESSION_EXPORTER_WEB_CONFIG_FILE")]

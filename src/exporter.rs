@@ -41,6 +41,8 @@ pub struct Exporter {
     /// Counts connections to NATS, so a source can make its consumer anew
     /// after a reconnect (rather than wait for missed heartbeats).
     connections: tokio::sync::watch::Sender<u64>,
+    /// OpenMetrics pages carry `_created` samples (`--web.openmetrics-created`).
+    openmetrics_created: bool,
 }
 
 /// One checkpoint, taken under the fold lock: the encoded state and the
@@ -72,6 +74,7 @@ impl Exporter {
             partition: Partition::default(),
             skips: false,
             connections: tokio::sync::watch::Sender::new(0),
+            openmetrics_created: false,
         }
         .with_partition(Partition::default(), false)
     }
@@ -87,6 +90,13 @@ impl Exporter {
             .partition
             .with_label_values(&[&partition.count.to_string(), &partition.index.to_string()])
             .set(1);
+        self
+    }
+
+    /// Write each series' start as a `_created` sample in OpenMetrics pages
+    /// (protobuf always carries it; text 0.0.4 never does).
+    pub fn with_openmetrics_created(mut self, on: bool) -> Exporter {
+        self.openmetrics_created = on;
         self
     }
 
@@ -365,6 +375,7 @@ impl Exporter {
                         let frame = openmetrics::Frame {
                             snapshot: s,
                             at: None,
+                            created: self.openmetrics_created,
                         };
                         openmetrics::render_families(&[frame], &mut out);
                     }

@@ -44,7 +44,8 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     };
     let nats = args.nats_config()?;
     let mut exporter = Exporter::new(catalog, args.config_file.clone(), args.dedup_window())
-        .with_partition(nats.partition, !nats.partition_subjects.is_empty());
+        .with_partition(nats.partition, !nats.partition_subjects.is_empty())
+        .with_openmetrics_created(args.openmetrics_created);
     if nats.state.is_some() {
         exporter = exporter.serving_checkpoints();
     }

@@ -13,7 +13,8 @@ use session_exporter::fold::Fold;
 
 #[test]
 fn example_events_render_as_the_golden_file() {
-    let mut fold = Fold::new(Arc::new(Catalog::default_mapping()));
+    // Series start at a fixed moment, so the protobuf bytes do not change.
+    let mut fold = Fold::new(Arc::new(Catalog::default_mapping())).with_clock(|| 1_795_341_600.25);
     let now = Instant::now();
     for (_, body) in common::load_events(&common::examples_file()) {
         let ev = decode(&body).unwrap();
@@ -38,12 +39,49 @@ fn example_events_render_as_the_golden_file() {
     let frame = openmetrics::Frame {
         snapshot: &snap,
         at: None,
+        created: false,
     };
     openmetrics::render(&[frame], &mut om);
     let parsed = common::openmetrics_check(&om);
     assert_eq!(parsed, lines, "the same number of samples");
     assert!(om.contains(" # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} "));
     golden("examples.om", om.as_bytes());
+
+    // With `--web.openmetrics-created`: each counter, histogram and summary
+    // series gains one `_created` sample, which the strict parser accepts.
+    let mut created = String::new();
+    openmetrics::render(
+        &[openmetrics::Frame {
+            created: true,
+            ..frame
+        }],
+        &mut created,
+    );
+    let extra: Vec<&str> = created
+        .lines()
+        .filter(|l| l.contains("_created{"))
+        .collect();
+    let starts = snap.event_starts.len()
+        + snap
+            .families
+            .iter()
+            .flat_map(|f| &f.samples)
+            .filter(|s| s.start.is_some())
+            .count()
+        + snap
+            .catalog
+            .metrics
+            .iter()
+            .zip(&snap.families)
+            .filter(|(d, _)| d.window.is_some())
+            .map(|(_, f)| f.samples.len())
+            .sum::<usize>();
+    assert_eq!(extra.len(), starts, "{created}");
+    assert!(
+        extra.iter().all(|l| l.ends_with(" 1795341600.25")),
+        "{extra:?}"
+    );
+    assert_eq!(common::openmetrics_check(&created), lines + starts);
 
     // Protobuf (delimited MetricFamily messages), byte for byte.
     let mut pb = Vec::new();

@@ -27,6 +27,10 @@ const UNITS: [&str; 9] = [
 pub struct Frame<'a> {
     pub snapshot: &'a Snapshot,
     pub at: Option<f64>,
+    /// Write each counter's, histogram's and summary's `_created` sample
+    /// (its start) after its others: extra series for a Prometheus that does
+    /// not read them as start times, so only when asked.
+    pub created: bool,
 }
 
 /// Render frames of one fold (the first frame's mapping names the families),
@@ -137,11 +141,18 @@ fn metric(frames: &[Frame], i: usize, out: &mut String, mark: Mark) {
         let (fam, at) = (&frames[f].snapshot.families[i], frames[f].at);
         let sample = fam.samples[s];
         let label = labels.of(ns);
+        let created = sample.start.filter(|_| frames[f].created);
         match def.kind {
             Kind::Counter | Kind::Gauge => {
                 series(out, &def.name, "", label, "}");
                 float(out, sample.value);
                 end(out, at);
+                if let Some(t) = created {
+                    let base = def.name.strip_suffix("_total").unwrap_or(&def.name);
+                    series(out, base, "_created", label, "}");
+                    float(out, t);
+                    end(out, at);
+                }
             }
             Kind::Histogram => {
                 let bounds = les.len() - 1;
@@ -167,6 +178,11 @@ fn metric(frames: &[Frame], i: usize, out: &mut String, mark: Mark) {
                 series(out, &def.name, "_sum", label, "}");
                 float(out, sample.value);
                 end(out, at);
+                if let Some(t) = created {
+                    series(out, &def.name, "_created", label, "}");
+                    float(out, t);
+                    end(out, at);
+                }
             }
         }
     }
@@ -202,6 +218,11 @@ fn window(frames: &[Frame], i: usize, out: &mut String, mark: Mark) {
         series(out, &w.name, "_sum", label, "}");
         float(out, sample.value);
         end(out, at);
+        if let Some(t) = sample.start.filter(|_| frames[f].created) {
+            series(out, &w.name, "_created", label, "}");
+            float(out, t);
+            end(out, at);
+        }
     }
 }
 
@@ -216,19 +237,37 @@ fn events(frames: &[Frame], out: &mut String, mark: Mark) {
         "Session events received, by event name (seed names, else other).",
         Kind::Counter,
     );
-    let mut points: Vec<(&str, u64, Option<f64>)> = frames
+    let mut points: Vec<(&str, u64, Option<f64>, Option<f64>)> = frames
         .iter()
-        .flat_map(|f| f.snapshot.events.iter().map(|&(e, n)| (e, n, f.at)))
+        .flat_map(|f| {
+            let s = f.snapshot;
+            let starts = s.event_starts.iter().map(|&t| t.filter(|_| f.created));
+            s.events
+                .iter()
+                .zip(starts)
+                .map(|(&(e, n), t)| (e, n, t, f.at))
+        })
         .collect();
     points.sort_by(|a, b| a.0.cmp(b.0));
-    for (event, n, at) in points {
-        mark(event, out.len());
-        out.push_str(EVENTS_METRIC);
+    let base = EVENTS_METRIC
+        .strip_suffix("_total")
+        .unwrap_or(EVENTS_METRIC);
+    let series = |out: &mut String, name: &str, event: &str| {
+        out.push_str(name);
         out.push_str("{event=\"");
         escape(out, event, true);
         out.push_str("\"} ");
+    };
+    for (event, n, created, at) in points {
+        mark(event, out.len());
+        series(out, EVENTS_METRIC, event);
         int(out, n);
         end(out, at);
+        if let Some(t) = created {
+            series(out, &format!("{base}_created"), event);
+            float(out, t);
+            end(out, at);
+        }
     }
 }
 
@@ -378,6 +417,7 @@ mod tests {
             &[Frame {
                 snapshot: &snap,
                 at: None,
+                created: false,
             }],
             &mut out,
         );

@@ -8,13 +8,15 @@
 //! reported. Times are stored as ages, so gauge expiry and windowed quantiles
 //! carry on across a restart.
 //!
-//! Format 2, in order: magic `SXST`, format, checkpoint wall time, the
-//! `session_events_total` counts by label, the metric table, the namespaces
+//! Format 3, in order: magic `SXST`, format, checkpoint wall time, the
+//! `session_events_total` counts by label (each with its start), the metric table, the namespaces
 //! with one slot per table entry, the de-duplication window, and the source's
 //! [`Resume`]: the partition (count, index), the stream and the last stream
 //! sequence folded. The fold and the position it stands for are one value, so
-//! they can never disagree.
+//! they can never disagree. A counter or histogram slot begins with its
+//! series' start ([`super::Start`]).
 //!
+//! Format 2 is format 3 without the starts (they restore as unknown).
 //! Format 1 (the acking design) ends instead with the reply subjects of
 //! messages that may not have been acked, and the broadcast consumer's
 //! position; it still loads (`Resume::legacy_acks`), with no stream position.
@@ -31,7 +33,7 @@ use crate::partition::Partition;
 use crate::seed;
 
 const MAGIC: &[u8; 4] = b"SXST";
-pub const FORMAT: u64 = 2;
+pub const FORMAT: u64 = 3;
 
 /// What the source needs to carry on where the checkpoint left off.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -92,6 +94,7 @@ impl Fold {
         for (i, n) in events {
             w.str(seed::event_label(i));
             w.varint(n);
+            w.start(self.event_starts[i]);
         }
         let metrics = &self.catalog.metrics;
         w.varint(metrics.len() as u64);
@@ -132,9 +135,10 @@ impl Fold {
     fn encode_slot(&self, w: &mut Writer, slot: &Slot, def: &MetricDef, now: Instant) {
         match slot {
             Slot::Empty => w.varint(0),
-            Slot::Counter(v) => {
+            Slot::Counter { sum, start } => {
                 w.varint(1);
-                w.exact(*v);
+                w.start(*start);
+                w.exact(*sum);
             }
             Slot::Gauge {
                 value,
@@ -148,6 +152,7 @@ impl Fold {
             }
             Slot::Histogram(h) => {
                 w.varint(3);
+                w.start(h.start);
                 w.exact(h.sum);
                 w.varint(h.count);
                 h.buckets.iter().for_each(|&c| w.varint(c));
@@ -192,6 +197,7 @@ impl Fold {
     pub fn clear(&mut self) {
         self.namespaces = Default::default();
         self.events.iter_mut().for_each(|n| *n = 0);
+        self.event_starts.iter_mut().for_each(|s| *s = None);
         if let Some(d) = &mut self.dedup {
             *d = Dedup::new(d.cap, d.key);
         }
@@ -225,7 +231,10 @@ impl Fold {
         for _ in 0..r.count(2)? {
             let label = r.str()?;
             let n = r.varint()?;
-            let count = &mut self.events[seed::event_index(label)];
+            let start = if format >= 3 { r.start()? } else { None };
+            let i = seed::event_index(label);
+            self.event_starts[i] = start;
+            let count = &mut self.events[i];
             *count = count
                 .checked_add(n)
                 .ok_or_else(|| CheckpointError(format!("event count of {label:?} overflows")))?;
@@ -274,7 +283,7 @@ impl Fold {
             let name = r.str()?;
             let mut slots: Vec<Slot> = catalog.metrics.iter().map(|_| Slot::Empty).collect();
             for m in &table {
-                let slot = self.decode_slot(&mut r, m, now, age)?;
+                let slot = self.decode_slot(&mut r, m, format, now, age)?;
                 if let Some(i) = m.target {
                     slots[i] = slot;
                 }
@@ -339,14 +348,19 @@ impl Fold {
         &self,
         r: &mut Reader,
         m: &StoredMetric,
+        format: u64,
         now: Instant,
         age: f64,
     ) -> Result<Slot, CheckpointError> {
         let tag = r.varint()?;
         let mismatch = || CheckpointError(format!("slot of type {tag} in a {:?} metric", m.kind));
+        let mut start = || if format >= 3 { r.start() } else { Ok(None) };
         Ok(match tag {
             0 => Slot::Empty,
-            1 if m.kind == Kind::Counter => Slot::Counter(r.exact()?.non_negative("counter")?),
+            1 if m.kind == Kind::Counter => Slot::Counter {
+                start: start()?,
+                sum: r.exact()?.non_negative("counter")?,
+            },
             2 if m.kind == Kind::Gauge => {
                 let value = r.f64()?;
                 let event_time = r.f64()?;
@@ -368,6 +382,7 @@ impl Fold {
                 }
             }
             3 if m.kind == Kind::Histogram => {
+                let start = start()?;
                 let sum = r.exact()?.non_negative("histogram sum")?;
                 let count = r.varint()?;
                 let buckets = (0..m.buckets)
@@ -420,6 +435,7 @@ impl Fold {
                     window,
                     exemplars: Vec::new(),
                     native,
+                    start,
                 }))
             }
             _ => return Err(mismatch()),
@@ -485,6 +501,11 @@ impl Writer {
 
     fn exact(&mut self, v: Exact) {
         self.0.extend_from_slice(&v.0.to_le_bytes());
+    }
+
+    /// A series' start; NaN for unknown.
+    fn start(&mut self, s: super::Start) {
+        self.f64(s.unwrap_or(f64::NAN));
     }
 
     fn str(&mut self, s: &str) {
@@ -565,6 +586,14 @@ impl<'a> Reader<'a> {
         self.u64().map(f64::from_bits)
     }
 
+    fn start(&mut self) -> Result<super::Start, CheckpointError> {
+        match self.f64()? {
+            s if s.is_nan() => Ok(None),
+            s if s.is_finite() && s > 0.0 => Ok(Some(s)),
+            s => Err(CheckpointError(format!("series start {s} is not a time"))),
+        }
+    }
+
     fn exact(&mut self) -> Result<Exact, CheckpointError> {
         let b = self.take(16)?;
         Ok(Exact(i128::from_le_bytes(b.try_into().expect("16 bytes"))))
@@ -599,7 +628,8 @@ pub(crate) fn sample_fold() -> (Fold, Instant) {
     let mut f = Fold::new(std::sync::Arc::new(
         crate::config::Catalog::default_mapping(),
     ))
-    .with_dedup(10);
+    .with_dedup(10)
+    .with_clock(|| 1.7e9 - 30.5);
     let now = Instant::now();
     let events = [
         r#"{"id":"1","name":"MetricAcquiringDsWaitTimeEvent","namespace":"g","timestamp":"2026-11-22T10:00:00Z","payload":{"message":"1532"}}"#,
@@ -718,6 +748,95 @@ mod tests {
         bad[tail + 1] = 3;
         let e = empty().restore(&bad, now, 1.7e9).unwrap_err();
         assert!(e.0.contains("partition 3 of 3"), "{e}");
+    }
+
+    /// A format-3 checkpoint as the first release with series starts wrote it
+    /// (`sample_fold().encode` at wall time 1.7e9, partition 2 of 3 of stream
+    /// SESSIONS at sequence 777; every series began at 1.7e9 - 30.5). Written
+    /// once with `WRITE_FORMAT_3=1`; never regenerate it.
+    const FORMAT_3: &str = "../../tests/data/checkpoint-format-3.bin";
+
+    #[test]
+    fn format_3_checkpoints_keep_series_starts() {
+        let path = format!(
+            "{}/tests/data/checkpoint-format-3.bin",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let (f, now) = sample_fold();
+        let resume = Resume {
+            partition: Partition { count: 3, index: 2 },
+            stream: "SESSIONS".into(),
+            stream_seq: 777,
+            legacy_acks: Vec::new(),
+        };
+        if std::env::var_os("WRITE_FORMAT_3").is_some() {
+            std::fs::write(&path, f.encode(now, 1.7e9, &resume)).unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{FORMAT_3}: {e}"));
+        let mut g = empty().with_clock(|| 1.9e9);
+        let restored = g.restore(&bytes, now, 1.7e9 + 60.0).unwrap();
+        assert_eq!((restored.format, restored.resume), (3, resume));
+        let snap = g.snapshot(now);
+        let starts: Vec<_> = snap
+            .families
+            .iter()
+            .flat_map(|f| f.samples.iter().map(|s| s.start))
+            .chain(snap.event_starts.iter().copied())
+            .collect();
+        // Counters and histograms keep their start; gauges have none.
+        assert!(
+            starts.iter().filter(|s| s.is_some()).count() >= 5,
+            "{starts:?}"
+        );
+        assert!(
+            starts.iter().flatten().all(|&t| t == 1.7e9 - 30.5),
+            "{starts:?}"
+        );
+        // A new series after the restore starts by the clock.
+        let ev = crate::event::decode(br#"{"name":"MetricAcquiringDsEvent","namespace":"new"}"#)
+            .unwrap();
+        g.apply(&ev, now, 1.9e9).unwrap();
+        let snap = g.snapshot(now);
+        let i = snap
+            .catalog
+            .metrics
+            .iter()
+            .position(|m| m.name == "session_ds_acquisitions_total");
+        let fam = &snap.families[i.unwrap()];
+        let new = fam
+            .samples
+            .iter()
+            .find(|s| snap.namespaces.get(s.namespace) == "new");
+        assert_eq!(new.unwrap().start, Some(1.9e9));
+    }
+
+    #[test]
+    fn earlier_formats_restore_with_unknown_starts_and_clear_forgets_them() {
+        let mut g = empty().with_clock(|| 1.9e9);
+        g.restore(FORMAT_2, Instant::now(), 1.7e9).unwrap();
+        let snap = g.snapshot(Instant::now());
+        assert!(snap
+            .families
+            .iter()
+            .flat_map(|f| &f.samples)
+            .all(|s| s.start.is_none()));
+        assert!(snap.event_starts.iter().all(Option::is_none));
+        // More events keep an unknown start unknown (the series is the same one)...
+        let ev =
+            crate::event::decode(br#"{"name":"MetricAcquiringDsEvent","namespace":"g"}"#).unwrap();
+        g.apply(&ev, Instant::now(), 1.9e9).unwrap();
+        let snap = g.snapshot(Instant::now());
+        assert!(snap.event_starts.iter().all(Option::is_none));
+        // ...and a reset series begins again, with a start.
+        g.clear();
+        g.apply(&ev, Instant::now(), 1.9e9).unwrap();
+        let snap = g.snapshot(Instant::now());
+        assert_eq!(snap.event_starts, [Some(1.9e9)]);
+        assert!(snap
+            .families
+            .iter()
+            .flat_map(|f| &f.samples)
+            .all(|s| s.start == Some(1.9e9)));
     }
 
     /// Checkpoints the fuzzer made: each refused with a message, the fold left empty.

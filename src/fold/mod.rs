@@ -43,7 +43,11 @@ pub enum Outcome {
 #[derive(Debug)]
 enum Slot {
     Empty,
-    Counter(Exact),
+    Counter {
+        sum: Exact,
+        /// When this series began: see [`Start`].
+        start: Start,
+    },
     Gauge {
         value: f64,
         /// Event time (Unix seconds) of the value, so late events do not win.
@@ -52,6 +56,13 @@ enum Slot {
     },
     Histogram(Box<Hist>),
 }
+
+/// When a counter or histogram series began (Unix seconds): when this
+/// exporter first held it, kept across a restore. `None` for a series
+/// restored from a checkpoint written before starts were kept (format 1 and
+/// 2): an unknown start is not sent, because a guessed one would make a
+/// Prometheus that ingests start timestamps count the whole value again.
+pub type Start = Option<f64>;
 
 /// A sum in billionths, as an integer: the same whatever order the values
 /// arrive in (an `f64` sum is not, and a replica or a restarted exporter folds
@@ -95,6 +106,7 @@ struct Hist {
     /// Native-histogram buckets of the exact values. Not checkpointed:
     /// rebuilt from HDR on restore.
     native: Native,
+    start: Start,
 }
 
 /// One observation with the trace it came from.
@@ -150,8 +162,9 @@ impl TraceBytes {
 }
 
 impl Hist {
-    fn new(def: &MetricDef) -> Hist {
+    fn new(def: &MetricDef, start: Start) -> Hist {
         Hist {
+            start,
             hdr: Histogram::new(def.sigfig).expect("sigfig validated to 1..=5"),
             buckets: vec![0; def.buckets.len()],
             sum: Exact::default(),
@@ -222,6 +235,10 @@ pub struct Fold {
     namespaces: Namespaces,
     /// `session_events_total` by seed event name, `other` last.
     events: Vec<u64>,
+    /// When each of `events` began.
+    event_starts: Vec<Start>,
+    /// Unix seconds now: dates new series.
+    clock: fn() -> f64,
     dedup: Option<Dedup>,
     /// Values of one event, checked before any is applied.
     scratch: Vec<f64>,
@@ -238,6 +255,8 @@ impl Fold {
             catalog,
             namespaces: Namespaces::default(),
             events: vec![0; seed::EVENT_NAMES.len() + 1],
+            event_starts: vec![None; seed::EVENT_NAMES.len() + 1],
+            clock: crate::exporter::unix_now,
             dedup: None,
             scratch: Vec::new(),
             started: Instant::now(),
@@ -249,6 +268,13 @@ impl Fold {
     pub fn with_dedup(mut self, window: usize) -> Fold {
         let key = RandomState::new().hash_one(0x5e55_1011_u64);
         self.dedup = (window > 0).then(|| Dedup::new(window, key));
+        self
+    }
+
+    /// Date new series by `clock` (Unix seconds) instead of the system
+    /// clock: for output that must not change from run to run.
+    pub fn with_clock(mut self, clock: fn() -> f64) -> Fold {
+        self.clock = clock;
         self
     }
 
@@ -269,6 +295,9 @@ impl Fold {
             }
         }
         let index = seed::event_index(&ev.name);
+        if self.events[index] == 0 {
+            self.event_starts[index] = Some((self.clock)());
+        }
         self.events[index] += 1;
         let rules = self.catalog.rules_at(index, &ev.name);
         if rules.is_empty() {
@@ -303,6 +332,7 @@ impl Fold {
             event_time,
             now,
             trace: trace.as_deref(),
+            clock: self.clock,
         };
         for (rule, &v) in rules.iter().zip(&self.scratch) {
             let def = &self.catalog.metrics[rule.metric];
@@ -342,6 +372,7 @@ impl Fold {
                 event_time,
                 now,
                 trace: None,
+                clock: self.clock,
             };
             record(slot, def, v, &at, self.started);
         }
@@ -394,13 +425,15 @@ struct At<'a> {
     /// Dates gauge updates for expiry and window steps.
     now: Instant,
     trace: Option<&'a str>,
+    /// Dates a new series.
+    clock: fn() -> f64,
 }
 
 /// `started` dates the steps of windowed histograms.
 fn record(slot: &mut Slot, def: &MetricDef, v: f64, at: &At, started: Instant) {
     let step = || window_step(def, started, at.now);
     match (slot, def.kind) {
-        (Slot::Counter(c), _) => c.add(v),
+        (Slot::Counter { sum, .. }, _) => sum.add(v),
         (
             Slot::Gauge {
                 value,
@@ -417,9 +450,10 @@ fn record(slot: &mut Slot, def: &MetricDef, v: f64, at: &At, started: Instant) {
         }
         (Slot::Histogram(h), _) => h.record(def, v, at, step),
         (slot @ Slot::Empty, Kind::Counter) => {
-            let mut c = Exact::default();
-            c.add(v);
-            *slot = Slot::Counter(c);
+            let mut sum = Exact::default();
+            sum.add(v);
+            let start = Some((at.clock)());
+            *slot = Slot::Counter { sum, start };
         }
         (slot @ Slot::Empty, Kind::Gauge) => {
             *slot = Slot::Gauge {
@@ -429,7 +463,7 @@ fn record(slot: &mut Slot, def: &MetricDef, v: f64, at: &At, started: Instant) {
             }
         }
         (slot @ Slot::Empty, Kind::Histogram) => {
-            let mut h = Box::new(Hist::new(def));
+            let mut h = Box::new(Hist::new(def, Some((at.clock)())));
             h.record(def, v, at, step);
             *slot = Slot::Histogram(h);
         }

@@ -23,6 +23,7 @@ impl Fold {
             namespaces,
             started,
             events,
+            event_starts,
             ..
         } = self;
         let live = namespaces.list.len();
@@ -53,7 +54,10 @@ impl Fold {
             {
                 match slot {
                     Slot::Empty => continue,
-                    Slot::Counter(v) => fam.samples.push(Sample::value(ni, v.get())),
+                    Slot::Counter { sum, start } => fam.samples.push(Sample {
+                        start: *start,
+                        ..Sample::value(ni, sum.get())
+                    }),
                     Slot::Gauge { value, seen, .. } => {
                         if now.saturating_duration_since(*seen) > def.ttl {
                             continue;
@@ -66,6 +70,7 @@ impl Fold {
                             namespace: ni,
                             value: h.sum.get(),
                             count: h.count,
+                            start: h.start,
                         });
                         let mut below = 0;
                         fam.buckets.extend(h.buckets.iter().map(|c| {
@@ -103,17 +108,15 @@ impl Fold {
                 }
             }
         }
-        let events = events
-            .iter()
-            .enumerate()
-            .filter(|(_, &n)| n > 0)
-            .map(|(i, &n)| (seed::event_label(i), n))
-            .collect();
+        let counted = || events.iter().enumerate().filter(|(_, &n)| n > 0);
+        let event_starts = counted().map(|(i, _)| event_starts[i]).collect();
+        let events = counted().map(|(i, &n)| (seed::event_label(i), n)).collect();
         Snapshot {
             catalog: catalog.clone(),
             namespaces: names,
             families,
             events,
+            event_starts,
         }
     }
 }
@@ -186,6 +189,8 @@ pub struct Sample {
     pub namespace: usize,
     pub value: f64,
     pub count: u64,
+    /// Counters and histograms: when the series began.
+    pub start: super::Start,
 }
 
 impl Sample {
@@ -194,6 +199,7 @@ impl Sample {
             namespace,
             value,
             count: 0,
+            start: None,
         }
     }
 }
@@ -290,6 +296,8 @@ pub struct Snapshot {
     /// Parallel to `catalog.metrics`.
     pub families: Vec<FamilySnapshot>,
     pub events: Vec<(&'static str, u64)>,
+    /// When each of `events` began.
+    pub event_starts: Vec<super::Start>,
 }
 
 impl Snapshot {

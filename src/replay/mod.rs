@@ -137,6 +137,7 @@ fn spill_frame(spill: &mut spill::Spill, at: f64, snapshot: &Snapshot) -> std::i
     let frame = openmetrics::Frame {
         snapshot,
         at: Some(at),
+        created: false,
     };
     let mut result = Ok(());
     openmetrics::frame_blocks(frame, |family, key, text| {
@@ -226,6 +227,7 @@ pub fn replay(input: impl BufRead, catalog: Catalog, opts: &Options) -> std::io:
             let frame = openmetrics::Frame {
                 snapshot: &snap,
                 at: None,
+                created: false,
             };
             let mut page = String::new();
             openmetrics::render(&[frame], &mut page);
@@ -309,6 +311,7 @@ mod tests {
             .map(|(at, snapshot)| openmetrics::Frame {
                 snapshot,
                 at: Some(*at),
+                created: false,
             })
             .collect();
         let mut want = String::new();
