@@ -4,6 +4,8 @@
 
 mod checkpoint;
 mod dedup;
+mod exact;
+mod hist;
 mod namespaces;
 pub mod native;
 mod snapshot;
@@ -11,6 +13,8 @@ mod window;
 
 pub use checkpoint::{CheckpointError, Restored, Resume};
 use dedup::Dedup;
+use exact::Exact;
+use hist::{record_hdr, Hist};
 use namespaces::{Namespace, Namespaces};
 use native::Native;
 pub use snapshot::{Exemplar, FamilySnapshot, Names, Sample, SampleExemplars, Snapshot};
@@ -19,8 +23,6 @@ use window::{step_nanos, window_step, Window, WINDOW_STEPS};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Instant;
-
-use hdrhistogram::Histogram;
 
 use crate::config::{Catalog, Kind, MetricDef};
 use crate::event::{Event, Reason};
@@ -63,172 +65,6 @@ enum Slot {
 /// 2): an unknown start is not sent, because a guessed one would make a
 /// Prometheus that ingests start timestamps count the whole value again.
 pub type Start = Option<f64>;
-
-/// A sum in billionths, as an integer: the same whatever order the values
-/// arrive in (an `f64` sum is not, and a replica or a restarted exporter folds
-/// redelivered events in another order than one that never died). Values are
-/// kept to 1e-9 of their unit, far below what any Prometheus query resolves.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
-struct Exact(i128);
-
-const EXACT_SCALE: f64 = 1e9;
-
-impl Exact {
-    fn add(&mut self, v: f64) {
-        // `as` saturates: a value beyond ±1.7e29 cannot wrap the sum.
-        self.0 = self.0.saturating_add((v * EXACT_SCALE).round() as i128);
-    }
-
-    fn get(self) -> f64 {
-        // Whole units and the fraction apart, so that integers stay exact.
-        let whole = self.0 / 1_000_000_000;
-        let frac = self.0 % 1_000_000_000;
-        whole as f64 + frac as f64 / EXACT_SCALE
-    }
-}
-
-#[derive(Debug)]
-struct Hist {
-    /// Every value at 1% precision: re-buckets when the bounds change on
-    /// reload, and feeds nothing else.
-    hdr: Histogram<u32>,
-    /// Exact counts per configured `le` bound (not cumulative; values above
-    /// the last bound are `count` minus their sum), compared as written.
-    buckets: Vec<u64>,
-    /// Exact, from the converted values rather than HDR's rounded ones.
-    sum: Exact,
-    count: u64,
-    window: Option<Box<Window>>,
-    /// Mappings with `exemplars`: the latest traced observation of each
-    /// bucket that has one, by bucket (the last is above the last bound).
-    /// Not checkpointed.
-    exemplars: Vec<Traced>,
-    /// Native-histogram buckets of the exact values. Not checkpointed:
-    /// rebuilt from HDR on restore.
-    native: Native,
-    start: Start,
-}
-
-/// One observation with the trace it came from.
-#[derive(Debug)]
-struct Traced {
-    bucket: u32,
-    value: f64,
-    /// The event's time, Unix seconds.
-    time: f64,
-    trace_id: TraceBytes,
-}
-
-/// Trace ids this long or shorter are kept inline: W3C and B3 (32 hex
-/// digits), X-Ray (35 characters) and Jaeger ids fit, so recording or copying
-/// an exemplar touches one cache line and allocates nothing.
-const INLINE_TRACE: usize = 38;
-
-/// A trace id's bytes, checked by `event::check_trace_id` (ASCII).
-#[derive(Debug)]
-enum TraceBytes {
-    Inline { len: u8, bytes: [u8; INLINE_TRACE] },
-    Boxed(Box<[u8]>),
-}
-
-impl TraceBytes {
-    fn new(t: &[u8]) -> TraceBytes {
-        match t.len() {
-            len @ 0..=INLINE_TRACE => {
-                let mut bytes = [0; INLINE_TRACE];
-                bytes[..len].copy_from_slice(t);
-                TraceBytes::Inline {
-                    len: len as u8,
-                    bytes,
-                }
-            }
-            _ => TraceBytes::Boxed(t.into()),
-        }
-    }
-
-    fn set(&mut self, t: &[u8]) {
-        match self {
-            TraceBytes::Boxed(b) if b.len() == t.len() => b.copy_from_slice(t),
-            _ => *self = TraceBytes::new(t),
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            TraceBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            TraceBytes::Boxed(b) => b,
-        }
-    }
-}
-
-impl Hist {
-    fn new(def: &MetricDef, start: Start) -> Hist {
-        Hist {
-            start,
-            hdr: Histogram::new(def.sigfig).expect("sigfig validated to 1..=5"),
-            buckets: vec![0; def.buckets.len()],
-            sum: Exact::default(),
-            count: 0,
-            window: def
-                .window
-                .as_ref()
-                .map(|_| Box::new(Window::new(def.sigfig))),
-            exemplars: Vec::new(),
-            native: Native::new(def.native_schema),
-        }
-    }
-
-    fn record(&mut self, def: &MetricDef, v: f64, at: &At, step: impl FnOnce() -> u64) {
-        let scaled = v * def.hdr_scale;
-        record_hdr(&mut self.hdr, scaled);
-        let bucket = def.buckets.partition_point(|&b| b < v);
-        if let Some(c) = self.buckets.get_mut(bucket) {
-            *c += 1;
-        }
-        self.native.record(v);
-        if let (true, Some(trace)) = (def.exemplars, at.trace) {
-            let (trace, b) = (trace.as_bytes(), bucket as u32);
-            match self.exemplars.binary_search_by_key(&b, |e| e.bucket) {
-                Ok(i) => {
-                    let e = &mut self.exemplars[i];
-                    e.trace_id.set(trace);
-                    (e.value, e.time) = (v, at.event_time);
-                }
-                Err(i) => self.exemplars.insert(
-                    i,
-                    Traced {
-                        bucket: b,
-                        value: v,
-                        time: at.event_time,
-                        trace_id: TraceBytes::new(trace),
-                    },
-                ),
-            }
-        }
-        self.sum.add(v);
-        self.count += 1;
-        if let Some(w) = &mut self.window {
-            w.record(step(), scaled);
-        }
-    }
-
-    /// New bounds: count the values recorded so far from HDR (within its
-    /// precision; exact again for everything recorded from now on).
-    fn rebucket(&mut self, def: &MetricDef) {
-        self.exemplars.clear();
-        let mut cumulative = Vec::new();
-        cumulative_counts(&self.hdr, &hdr_bounds(def), &mut cumulative);
-        let mut below = 0;
-        self.buckets = cumulative
-            .into_iter()
-            .map(|c| {
-                let n = c - below;
-                below = c;
-                n
-            })
-            .collect();
-    }
-}
 
 pub struct Fold {
     catalog: Arc<Catalog>,
@@ -467,43 +303,6 @@ fn record(slot: &mut Slot, def: &MetricDef, v: f64, at: &At, started: Instant) {
             h.record(def, v, at, step);
             *slot = Slot::Histogram(h);
         }
-    }
-}
-
-/// A metric's `le` bounds in HDR units.
-fn hdr_bounds(def: &MetricDef) -> Vec<u64> {
-    def.buckets
-        .iter()
-        .map(|b| (b * def.hdr_scale * (1.0 + 1e-9)).floor() as u64)
-        .collect()
-}
-
-/// `record` grows the histogram to fit; only a full u32 count makes it fail.
-fn record_hdr(hdr: &mut Histogram<u32>, v: f64) {
-    let v = v.round() as u64;
-    if hdr.record(v).is_err() {
-        hdr.saturating_record(v);
-    }
-}
-
-/// Cumulative counts at each `le` bound. An HDR bucket counts toward a bound when
-/// its lowest value is within it, so a value exactly on a bound is always inside;
-/// values up to HDR's precision above a bound may be counted in it too.
-fn cumulative_counts(hdr: &Histogram<u32>, bounds: &[u64], out: &mut Vec<u64>) {
-    let start = out.len();
-    out.resize(start + bounds.len(), 0);
-    let counts = &mut out[start..];
-    for it in hdr.iter_recorded() {
-        let low = hdr.lowest_equivalent(it.value_iterated_to());
-        let first = bounds.partition_point(|&b| b < low);
-        if let Some(c) = counts.get_mut(first) {
-            *c += it.count_since_last_iteration();
-        }
-    }
-    let mut acc = 0;
-    for c in counts.iter_mut() {
-        acc += *c;
-        *c = acc;
     }
 }
 
