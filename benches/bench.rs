@@ -111,6 +111,49 @@ fn bench_fold(reps: usize) -> (f64, f64) {
     (median(&fold), median(&ratios))
 }
 
+/// The skip path of a partition replica without server-side partitions:
+/// nanoseconds per event of another partition, against scanning each
+/// event's envelope up to its `namespace` (and hashing it) alone, the
+/// least a skip can cost. Medians of `reps`.
+fn bench_skip(reps: usize) -> (f64, f64) {
+    use session_exporter::partition::{self, Partition};
+    let p = Partition { count: 3, index: 0 };
+    let theirs: Corpus = corpus(200_000, 1000, 1)
+        .into_iter()
+        .filter(|(_, b)| {
+            let ev = session_exporter::event::decode(b).unwrap();
+            partition::of(ev.namespace.as_deref().unwrap_or(""), 3) != 0
+        })
+        .collect();
+    let (mut skip, mut scan) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let exporter = Exporter::new(Catalog::default_mapping(), None, 0).with_partition(p, false);
+        let t = Instant::now();
+        let folded: usize = theirs
+            .chunks(512)
+            .map(|c| exporter.ingest(c.iter().map(|e| e.1.as_slice())))
+            .sum();
+        skip.push(t.elapsed().as_nanos() as f64 / theirs.len() as f64);
+        assert_eq!(folded, 0);
+        let t = Instant::now();
+        let hashed: u64 = theirs
+            .iter()
+            .filter_map(|(_, b)| session_exporter::scan::leading_namespace(b))
+            .filter_map(|ns| ns.text())
+            .map(|ns| u64::from(partition::of(&ns, 3)))
+            .sum();
+        scan.push(t.elapsed().as_nanos() as f64 / theirs.len() as f64);
+        assert!(hashed > 0);
+    }
+    eprintln!(
+        "skip: {} events of other partitions; skipped: {} ns each; envelope scan to the namespace and its hash alone: {} ns",
+        theirs.len(),
+        spread(&skip),
+        spread(&scan)
+    );
+    (median(&skip), median(&scan))
+}
+
 /// `BENCH_ONLY=ingest`, for `scripts/profile`, which counts the
 /// instructions of these two functions only: 50,000 events parsed by
 /// serde_json into `IgnoredAny` (the baseline), then folded; with
@@ -1235,9 +1278,16 @@ fn main() {
         return;
     }
     let (fold, fold_ratio) = bench_fold(reps);
-    if only == "fold" {
+    let (skip_ns, namespace_scan_ns) = bench_skip(reps);
+    let print_fold = || {
         println!("bench fold_events_per_s {fold:.0}");
         println!("bench fold_ratio {fold_ratio:.3}");
+        println!("bench fold_ns_per_event {:.0}", 1e9 / fold);
+        println!("bench skip_ns_per_event {skip_ns:.0}");
+        println!("bench namespace_scan_ns_per_event {namespace_scan_ns:.0}");
+    };
+    if only == "fold" {
+        print_fold();
         return;
     }
     let nats = nats_with_partitions();
@@ -1251,8 +1301,7 @@ fn main() {
     let scrape_ingest = bench_scrape_ingest(&url, reps.min(3));
     let bytes_per_ns = bench_memory(&url);
     eprintln!("done in {:.0}s", t.elapsed().as_secs_f64());
-    println!("bench fold_events_per_s {fold:.0}");
-    println!("bench fold_ratio {fold_ratio:.3}");
+    print_fold();
     println!("bench e2e_events_per_s {e2e:.0}");
     println!("bench e2e_ratio {e2e_ratio:.3}");
     println!("bench e2e_lost {lost}");

@@ -62,6 +62,8 @@ fuzz_target!(|data: &[u8]| {
         &[openmetrics::Frame {
             snapshot: &snap,
             at: None,
+            // With the series' `_created` samples, the strictest page.
+            created: true,
         }],
         &mut om,
     );
