@@ -252,7 +252,7 @@ fn events(frames: &[Frame], out: &mut String, mark: Mark) {
     let base = EVENTS_METRIC
         .strip_suffix("_total")
         .unwrap_or(EVENTS_METRIC);
-    let series = |out: &mut String, name: &str, event: &str| {
+    let event_series = |out: &mut String, name: &str, event: &str| {
         out.push_str(name);
         out.push_str("{event=\"");
         escape(out, event, true);
@@ -260,11 +260,11 @@ fn events(frames: &[Frame], out: &mut String, mark: Mark) {
     };
     for (event, n, created, at) in points {
         mark(event, out.len());
-        series(out, EVENTS_METRIC, event);
+        event_series(out, EVENTS_METRIC, event);
         int(out, n);
         end(out, at);
         if let Some(t) = created {
-            series(out, &format!("{base}_created"), event);
+            event_series(out, &format!("{base}_created"), event);
             float(out, t);
             end(out, at);
         }
