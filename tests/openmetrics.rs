@@ -254,3 +254,39 @@ fn each_prometheus_gets_the_format_its_own_accept_header_prefers() {
         }
     }
 }
+
+/// `--web.openmetrics-created` adds each series' `_created` sample to
+/// OpenMetrics pages (which the reference parser accepts); without the flag,
+/// and in text 0.0.4 always, there are none.
+#[test]
+fn created_samples_only_when_asked_and_only_in_openmetrics() {
+    let nats = Nats::start();
+    let with = Exporter::start(&nats.url(), &["--web.openmetrics-created"]);
+    let without = Exporter::start(&nats.url(), &[]);
+    with.wait_ready();
+    without.wait_ready();
+    let events = [wait("g", 1500, "\"t\""), wait("h", 900, "\"u\"")];
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(common::publish(&nats.url(), &events));
+    with.wait_received(2);
+    without.wait_received(2);
+    let page = |e: &Exporter, accept: &str| {
+        let (status, _, body) = http_with(&e.addr, "GET", "/metrics", &[("Accept", accept)]);
+        assert_eq!(status, 200);
+        body
+    };
+    let created = |body: &str| body.lines().filter(|l| l.contains("_created{")).count();
+    let om = page(&with, OPENMETRICS);
+    // Per namespace: the DS wait histogram and its window summary; and the
+    // event counter.
+    assert_eq!(created(&om), 2 * 2 + 1, "{om}");
+    let before = session_exporter::simulate::unix_ms() as f64 / 1000.0 - 3600.0;
+    for line in om.lines().filter(|l| l.contains("_created{")) {
+        let t: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(t > before, "{line}");
+    }
+    common::openmetrics_check(&om);
+    assert_eq!(created(&page(&without, OPENMETRICS)), 0);
+    assert_eq!(created(&page(&with, "text/plain;version=0.0.4")), 0);
+}
