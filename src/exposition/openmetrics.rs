@@ -148,10 +148,7 @@ fn metric(frames: &[Frame], i: usize, out: &mut String, mark: Mark) {
                 float(out, sample.value);
                 end(out, at);
                 if let Some(t) = created {
-                    let base = def.name.strip_suffix("_total").unwrap_or(&def.name);
-                    series(out, base, "_created", label, "}");
-                    float(out, t);
-                    end(out, at);
+                    created_sample(out, family_name(&def.name, def.kind.as_str()), label, t, at);
                 }
             }
             Kind::Histogram => {
@@ -179,9 +176,7 @@ fn metric(frames: &[Frame], i: usize, out: &mut String, mark: Mark) {
                 float(out, sample.value);
                 end(out, at);
                 if let Some(t) = created {
-                    series(out, &def.name, "_created", label, "}");
-                    float(out, t);
-                    end(out, at);
+                    created_sample(out, &def.name, label, t, at);
                 }
             }
         }
@@ -219,9 +214,7 @@ fn window(frames: &[Frame], i: usize, out: &mut String, mark: Mark) {
         float(out, sample.value);
         end(out, at);
         if let Some(t) = sample.start.filter(|_| frames[f].created) {
-            series(out, &w.name, "_created", label, "}");
-            float(out, t);
-            end(out, at);
+            created_sample(out, &w.name, label, t, at);
         }
     }
 }
@@ -249,26 +242,28 @@ fn events(frames: &[Frame], out: &mut String, mark: Mark) {
         })
         .collect();
     points.sort_by(|a, b| a.0.cmp(b.0));
-    let base = EVENTS_METRIC
-        .strip_suffix("_total")
-        .unwrap_or(EVENTS_METRIC);
-    let event_series = |out: &mut String, name: &str, event: &str| {
-        out.push_str(name);
-        out.push_str("{event=\"");
-        escape(out, event, true);
-        out.push_str("\"} ");
-    };
+    let family = family_name(EVENTS_METRIC, "counter");
+    let mut label = String::new();
     for (event, n, created, at) in points {
         mark(event, out.len());
-        event_series(out, EVENTS_METRIC, event);
+        label.clear();
+        label.push_str("event=\"");
+        escape(&mut label, event, true);
+        label.push('"');
+        series(out, EVENTS_METRIC, "", &label, "}");
         int(out, n);
         end(out, at);
         if let Some(t) = created {
-            event_series(out, &format!("{base}_created"), event);
-            float(out, t);
-            end(out, at);
+            created_sample(out, family, &label, t, at);
         }
     }
+}
+
+/// A series' start as its family's `_created` sample.
+fn created_sample(out: &mut String, family: &str, label: &str, t: f64, at: Option<f64>) {
+    series(out, family, "_created", label, "}");
+    float(out, t);
+    end(out, at);
 }
 
 /// The timestamp, if any, and the end of the line.
@@ -341,13 +336,17 @@ fn header(out: &mut String, name: &str, help: &str, kind: Kind) {
     header_as(out, name, help, kind.as_str());
 }
 
-/// `# TYPE`, `# UNIT` (when the family name ends in a unit) and `# HELP`. A
-/// counter's family is its name without `_total`.
-fn header_as(out: &mut String, name: &str, help: &str, kind: &str) {
-    let family = match kind {
+/// A counter's family is its name without `_total`.
+fn family_name<'a>(name: &'a str, kind: &str) -> &'a str {
+    match kind {
         "counter" => name.strip_suffix("_total").unwrap_or(name),
         _ => name,
-    };
+    }
+}
+
+/// `# TYPE`, `# UNIT` (when the family name ends in a unit) and `# HELP`.
+fn header_as(out: &mut String, name: &str, help: &str, kind: &str) {
+    let family = family_name(name, kind);
     for (tag, text) in [("TYPE", kind), ("UNIT", unit(family)), ("HELP", "")] {
         if tag == "UNIT" && text.is_empty() {
             continue;

@@ -32,7 +32,7 @@ enum Token<'a> {
 impl<'a> Token<'a> {
     fn raw(&self) -> &'a [u8] {
         match self {
-            Token::Plain(run) => run.bytes,
+            Token::Plain(run) => run.bytes(),
             Token::Escaped(raw) => raw,
         }
     }
@@ -219,7 +219,7 @@ impl<'a> Scanner<'a> {
             let key = self.string()?;
             self.eat(b':')?;
             match key {
-                Token::Plain(run) => field(self, run.bytes)?,
+                Token::Plain(run) => field(self, run.bytes())?,
                 Token::Escaped(raw) => {
                     let key = match unescape(self.quoted(raw)) {
                         Err(ScanError::Utf8) => {
@@ -384,7 +384,7 @@ impl<'a> Scanner<'a> {
         }
         let start = self.i + 1;
         let run = plain::run(&self.b[start..]);
-        let end = start + run.bytes.len();
+        let end = start + run.bytes().len();
         // Most strings have no escapes: one run of plain bytes, then the quote.
         if self.b.get(end) == Some(&b'"') {
             self.i = end + 1;

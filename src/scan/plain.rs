@@ -8,12 +8,17 @@ use std::str::Utf8Error;
 /// Plain string bytes, with what the scan saw of them.
 #[derive(Debug, Clone, Copy)]
 pub struct Run<'a> {
-    pub bytes: &'a [u8],
+    /// Private with `ascii`, so that nothing can pair a flag with other bytes.
+    bytes: &'a [u8],
     /// No byte of `bytes` is 0x80 or above (then they are UTF-8 as they are).
     ascii: bool,
 }
 
 impl<'a> Run<'a> {
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
     /// The run as text: ASCII needs no second look, anything else is checked.
     pub fn text(&self) -> Result<&'a str, Utf8Error> {
         if self.ascii {
