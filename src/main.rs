@@ -25,8 +25,14 @@ fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::Simulate(args)) => runtime().and_then(|rt| rt.block_on(simulate(*args))),
-        None => runtime()
-            .and_then(|rt| rt.block_on(session_exporter::run(cli.run, shutdown::terminate()))),
+        None => runtime().and_then(|rt| {
+            // Handlers first, in the runtime (they need it).
+            let stop = {
+                let _in_runtime = rt.enter();
+                shutdown::terminate()
+            };
+            rt.block_on(session_exporter::run(cli.run, stop))
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,6 +112,7 @@ fn replay(args: &ReplayArgs) -> Result<(), BoxError> {
 }
 
 async fn simulate(args: SimulateArgs) -> Result<(), BoxError> {
+    let stop = shutdown::terminate();
     let cfg = args.nats.config();
     // The simulator has no /metrics; its exporter state only absorbs connection events.
     let sink = Arc::new(session_exporter::exporter::Exporter::new(
@@ -132,7 +139,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), BoxError> {
         &client,
         simulate::Generator::new(profile),
         &plan,
-        shutdown::terminate(),
+        stop,
         args.shutdown_timeout,
     )
     .await?;
