@@ -190,6 +190,81 @@ fn ingest_all(exporter: &Exporter, corpus: &Corpus) -> usize {
         .sum()
 }
 
+/// `BENCH_ONLY=js-read`, for `scripts/profile js`: a stream filled with
+/// 50,000 events (untimed), then read to its end by a bare ordered push
+/// consumer that only counts (`bench::js_bare_all`), and by the exporter's
+/// own ack-free source with a state store (`bench::js_source_all`). Each
+/// runs on a current-thread runtime inside that function, so the client's
+/// connection task is counted with it.
+fn profile_js_read() {
+    let nats = common::Nats::start_jetstream();
+    let url = nats.url();
+    let corpus = corpus(50_000, 1000, 1);
+    fill_stream(&url, "PROFILE", &corpus);
+    js_bare_all(&url, corpus.len());
+    let folded = js_source_all(&url, corpus.len());
+    println!("js-read: {} events, {folded} folded", corpus.len());
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[inline(never)]
+fn js_bare_all(url: &str, n: usize) {
+    use async_nats::jetstream::consumer::push;
+    current_thread().block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let stream = js.get_stream("PROFILE").await.unwrap();
+        let config = push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            ..Default::default()
+        };
+        let messages = stream.create_consumer(config).await.unwrap();
+        count_until(messages.messages().await.unwrap(), n).await;
+    });
+}
+
+#[inline(never)]
+fn js_source_all(url: &str, n: usize) -> u64 {
+    let exporter =
+        Arc::new(Exporter::new(Catalog::default_mapping(), None, 0).serving_checkpoints());
+    let mut cfg = nats_config(url);
+    cfg.jetstream = Some(source::JetStreamConfig {
+        stream: "PROFILE".into(),
+        consumer: "profile".into(),
+        filter_subjects: Vec::new(),
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: JS_MAX_ACK_PENDING,
+        pull_batch: JS_PULL_BATCH,
+    });
+    cfg.state = Some(source::state::StateConfig {
+        bucket: "PROFILESTATE".into(),
+        key: format!("profile-{}", unix_ms()),
+        interval: Duration::from_secs(3600),
+        replicas: 1,
+        on_invalid: source::state::OnInvalid::Refuse,
+    });
+    let e = exporter.clone();
+    current_thread().block_on(async move {
+        let client = source::connect(&cfg, e.clone()).await.unwrap();
+        let done = {
+            let e = e.clone();
+            async move {
+                while e.stats.messages_received.get() < n as u64 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        source::run(client, &cfg, e, done).await.unwrap();
+    });
+    exporter.stats.messages_received.get()
+}
+
 // ---------------------------------------------------------------- end to end
 
 /// CPU seconds used by this process's threads, but for those named `skip`
@@ -1275,6 +1350,10 @@ fn main() {
     }
     if only == "ingest" {
         profile_ingest();
+        return;
+    }
+    if only == "js-read" {
+        profile_js_read();
         return;
     }
     let (fold, fold_ratio) = bench_fold(reps);

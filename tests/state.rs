@@ -595,3 +595,79 @@ fn a_format_1_checkpoint_reads_on_after_the_old_consumers_ack_floor() {
     );
     assert!(e.log().contains("after_sequence=4"), "{}", e.log());
 }
+
+/// The ack-free reader is an ordered consumer: a gap in its consumer
+/// sequence (here the client drops messages, its buffer holding 8) or a
+/// consumer that is gone (deleted on the server) makes it anew from the
+/// position, and nothing is lost or counted twice.
+#[test]
+fn the_ordered_reader_heals_dropped_messages_and_a_deleted_consumer() {
+    for bin in nats_servers() {
+        let version = nats_version(&bin);
+        let nats = Nats::start_jetstream_on(&bin);
+        let url = nats.url();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let events = corpus(1500);
+        let half = events.len() / 2;
+        let context = rt.block_on(channels_stream(&url, "SESSIONS"));
+        rt.block_on(js_publish(&context, &events[..half]));
+        let reference = Exporter::start(
+            &url,
+            &[
+                "--nats.jetstream.stream",
+                "SESSIONS",
+                "--nats.jetstream.consumer",
+                "reference",
+            ],
+        );
+        let args = [
+            "--nats.jetstream.stream",
+            "SESSIONS",
+            "--state.bucket",
+            "STATE",
+            "--state.key",
+            "heal",
+            "--nats.subscription-capacity",
+            "64",
+        ];
+        let healing = Exporter::start(&url, &args);
+        let m = wait_for(Duration::from_secs(40), "the first half read", || {
+            let m = healing.metrics();
+            let got = value(&m, "session_exporter_messages_received_total")?;
+            (got >= half as f64).then_some(m)
+        });
+        let drops = value(&m, "session_exporter_nats_slow_consumer_drops_total").unwrap_or(0.0);
+        assert!(drops > 0.0, "{version}: the client dropped nothing: {m}");
+        assert!(
+            healing.log().contains("a gap in the consumer's sequence"),
+            "{version}: {}",
+            healing.log()
+        );
+
+        // Delete the reader's consumer under it, then publish the rest.
+        rt.block_on(async {
+            use futures_util::StreamExt;
+            let stream = context.get_stream("SESSIONS").await.unwrap();
+            let names: Vec<String> = stream
+                .consumer_names()
+                .filter_map(|n| async move { n.ok() })
+                .collect()
+                .await;
+            for name in names.iter().filter(|n| *n != "reference") {
+                stream.delete_consumer(name).await.unwrap();
+            }
+        });
+        rt.block_on(js_publish(&context, &events[half..]));
+        wait_for(Duration::from_secs(40), "the rest read", || {
+            let m = healing.metrics();
+            (value(&m, "session_exporter_messages_received_total")? >= events.len() as f64)
+                .then_some(())
+        });
+        assert!(
+            healing.log().contains("no message or heartbeat"),
+            "{version}: {}",
+            healing.log()
+        );
+        assert_partitions_equal(&version, &reference, &[healing], events.len(), false);
+    }
+}
