@@ -15,7 +15,12 @@ pub(super) struct Namespace {
 /// Namespaces by name, in arrival order.
 #[derive(Default)]
 pub(super) struct Namespaces {
-    pub(super) index: HashMap<Arc<str>, usize>,
+    /// foldhash, seeded at random per map, rather than SipHash: ~150 of the
+    /// ~250 instructions a lookup cost per event went to SipHash
+    /// (`scripts/profile`). Names come from events, so the seed matters: it
+    /// keeps collisions from being computed offline; and the map holds at
+    /// most `max_namespaces` entries.
+    pub(super) index: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
     pub(super) list: Vec<Namespace>,
     /// Indexes into `list`, by name: a scrape copies them out in the order
     /// every format renders them, and sorts nothing.
