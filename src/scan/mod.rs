@@ -91,14 +91,14 @@ pub fn envelope(b: &[u8]) -> Result<Fields<'_>> {
         s.end()?;
         return Err(ScanError::Type);
     }
-    s.object(0, |s, key| {
-        match key {
-            b"id" => f.id = s.reading(ID).opt_string()?,
-            b"name" => f.name = s.reading(NAME).opt_string()?,
-            b"namespace" => f.namespace = s.reading(NAMESPACE).opt_string()?,
-            b"timestamp" => f.timestamp = s.reading(TIMESTAMP).opt_string()?,
-            b"traceId" => f.trace_id = s.raw_string()?,
-            b"payload" => {
+    s.object(0, &TOP, |s, member| {
+        match member {
+            Member::Id => f.id = s.reading(ID).opt_string()?,
+            Member::Name => f.name = s.reading(NAME).opt_string()?,
+            Member::Namespace => f.namespace = s.reading(NAMESPACE).opt_string()?,
+            Member::Timestamp => f.timestamp = s.reading(TIMESTAMP).opt_string()?,
+            Member::TraceId => f.trace_id = s.raw_string()?,
+            Member::Payload => {
                 // A repeated key replaces the whole earlier payload, as in serde_json.
                 (f.payload_namespace, f.message, f.user_count) = (None, None, None);
                 s.wrong &= !PAYLOAD_FIELDS;
@@ -136,8 +136,8 @@ pub fn leading_namespace(b: &[u8]) -> Option<RawString<'_>> {
     }
     let mut found = None;
     // Stopping early is an error to `object`; `found` tells the two apart.
-    let _ = s.object(0, |s, key| {
-        if key == b"namespace" {
+    let _ = s.object(0, &TOP, |s, member| {
+        if member == Member::Namespace {
             found = s.raw_string()?;
             return Err(ScanError::Syntax);
         }
@@ -145,6 +145,93 @@ pub fn leading_namespace(b: &[u8]) -> Option<RawString<'_>> {
     });
     found
 }
+
+/// What a member's key names, for the fields read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Member {
+    Id,
+    Name,
+    Namespace,
+    Timestamp,
+    TraceId,
+    Payload,
+    UserIds,
+    Message,
+    Unread,
+}
+
+/// A member's key as the producer writes it: quotes and colon included, up
+/// to 32 bytes, compared as one or two 16-byte words.
+struct Key {
+    name: &'static [u8],
+    member: Member,
+    /// `"name":` in its first 16 bytes (zero past its end), and which bytes count.
+    head: u128,
+    head_mask: u128,
+    /// Its last 16 bytes, when it is longer than 16.
+    tail: u128,
+    len: usize,
+}
+
+const fn key(name: &'static [u8], member: Member) -> Key {
+    let len = name.len() + 3;
+    assert!(len <= 32, "keys up to 29 bytes");
+    let mut quoted = [0u8; 32];
+    quoted[0] = b'"';
+    let mut i = 0;
+    while i < name.len() {
+        quoted[i + 1] = name[i];
+        i += 1;
+    }
+    quoted[len - 2] = b'"';
+    quoted[len - 1] = b':';
+    let (mut head, mut tail) = ([0u8; 16], [0u8; 16]);
+    let mut i = 0;
+    while i < 16 {
+        head[i] = quoted[i];
+        if len > 16 {
+            tail[i] = quoted[len - 16 + i];
+        }
+        i += 1;
+    }
+    let head_mask = match len {
+        16.. => u128::MAX,
+        _ => (1u128 << (8 * len)) - 1,
+    };
+    Key {
+        name,
+        member,
+        head: u128::from_le_bytes(head),
+        head_mask,
+        tail: u128::from_le_bytes(tail),
+        len,
+    }
+}
+
+/// The envelope's keys in the order the session service writes them (the
+/// seed's schema, `../shared/seeds/001_…`): each member is first compared
+/// with the key expected next, and only scanned and looked up when it is
+/// another. Any order is read alike; this one is read fastest.
+const TOP: [Key; 11] = [
+    key(b"id", Member::Id),
+    key(b"version", Member::Unread),
+    key(b"name", Member::Name),
+    key(b"namespace", Member::Namespace),
+    key(b"parentNamespace", Member::Unread),
+    key(b"timestamp", Member::Timestamp),
+    key(b"userId", Member::Unread),
+    key(b"traceId", Member::TraceId),
+    key(b"sessionId", Member::Unread),
+    key(b"spanContext", Member::Unread),
+    key(b"payload", Member::Payload),
+];
+
+const PAYLOAD_KEYS: [Key; 4] = [
+    key(b"userIds", Member::UserIds),
+    key(b"namespace", Member::Namespace),
+    key(b"topicName", Member::Unread),
+    key(b"message", Member::Message),
+];
 
 /// The fields read, one bit each, for `Scanner::wrong`.
 const ID: u32 = 1;
@@ -204,33 +291,36 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// `{ "key": value, ... }`, calling `field` with each key (unescaped) once the
-    /// scanner stands before its value.
+    /// `{ "key": value, ... }`, calling `field` with what each key names in
+    /// `keys` (`Member::Unread` when none) once the scanner stands before
+    /// its value. `keys` is in the order expected.
     fn object(
         &mut self,
         depth: u32,
-        mut field: impl FnMut(&mut Self, &[u8]) -> Result<()>,
+        keys: &[Key],
+        mut field: impl FnMut(&mut Self, Member) -> Result<()>,
     ) -> Result<()> {
         if self.open(depth, b'{', b'}')? {
             return Ok(());
         }
+        let mut next = 0;
         loop {
             self.ws();
-            let key = self.string()?;
-            self.eat(b':')?;
-            match key {
-                Token::Plain(run) => field(self, run.bytes())?,
-                Token::Escaped(raw) => {
-                    let key = match unescape(self.quoted(raw)) {
-                        Err(ScanError::Utf8) => {
-                            self.bad_utf8 = true;
-                            String::new()
-                        }
-                        key => key?,
-                    };
-                    field(self, key.as_bytes())?;
+            let found = match keys.get(next) {
+                Some(k) if self.at(k) => {
+                    self.i += k.len;
+                    Some(next)
                 }
-            }
+                _ => self.key(keys)?,
+            };
+            let member = match found {
+                Some(k) => {
+                    next = k + 1;
+                    keys[k].member
+                }
+                None => Member::Unread,
+            };
+            field(self, member)?;
             self.ws();
             match self.peek() {
                 Some(b',') => self.i += 1,
@@ -243,6 +333,47 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Whether the bytes at the scanner are `k`'s key and colon.
+    #[inline(always)]
+    fn at(&self, k: &Key) -> bool {
+        let b = &self.b[self.i..];
+        let head = match b.first_chunk::<16>() {
+            Some(head) => *head,
+            // Near the end: zeros after it, which no key byte is.
+            None => {
+                let mut head = [0; 16];
+                head[..b.len()].copy_from_slice(b);
+                head
+            }
+        };
+        if (u128::from_le_bytes(head) ^ k.head) & k.head_mask != 0 {
+            return false;
+        }
+        k.len <= 16
+            || b.get(k.len - 16..k.len)
+                .and_then(|t| t.first_chunk::<16>())
+                .is_some_and(|t| u128::from_le_bytes(*t) == k.tail)
+    }
+
+    /// A key and its colon, scanned: its place in `keys`, if it has one.
+    #[inline(never)]
+    fn key(&mut self, keys: &[Key]) -> Result<Option<usize>> {
+        let key = self.string()?;
+        self.eat(b':')?;
+        let find = |name: &[u8]| keys.iter().position(|k| k.name == name);
+        match key {
+            Token::Plain(run) => Ok(find(run.bytes())),
+            Token::Escaped(raw) => match unescape(self.quoted(raw)) {
+                Ok(name) => Ok(find(name.as_bytes())),
+                Err(ScanError::Utf8) => {
+                    self.bad_utf8 = true;
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+
     fn payload(&mut self, f: &mut Fields<'a>) -> Result<()> {
         self.ws();
         match self.peek() {
@@ -250,11 +381,13 @@ impl<'a> Scanner<'a> {
             Some(b'{') => {}
             _ => return self.skip_wrong_type(1),
         }
-        self.object(1, |s, key| {
-            match key {
-                b"userIds" => f.user_count = s.reading(USER_IDS).opt_count()?,
-                b"namespace" => f.payload_namespace = s.reading(PAYLOAD_NAMESPACE).opt_string()?,
-                b"message" => {
+        self.object(1, &PAYLOAD_KEYS, |s, member| {
+            match member {
+                Member::UserIds => f.user_count = s.reading(USER_IDS).opt_count()?,
+                Member::Namespace => {
+                    f.payload_namespace = s.reading(PAYLOAD_NAMESPACE).opt_string()?
+                }
+                Member::Message => {
                     s.ws();
                     let start = s.i;
                     s.skip_value(2)?;
@@ -503,7 +636,7 @@ impl<'a> Scanner<'a> {
     #[inline(never)]
     fn skip_other(&mut self, depth: u32) -> Result<()> {
         match self.peek() {
-            Some(b'{') => self.object(depth, |s, _| s.skip_value(depth + 1)),
+            Some(b'{') => self.object(depth, &[], |s, _| s.skip_value(depth + 1)),
             Some(b'[') => self.array(depth).map(|_| ()),
             Some(b't') => self.literal(b"true"),
             Some(b'f') => self.literal(b"false"),
@@ -629,7 +762,9 @@ mod tests {
     use super::parity::{agree, ours, reference};
     use super::*;
 
-    const SAMPLES: [&str; 6] = [
+    const SAMPLES: [&str; 7] = [
+        // The producer's order (`TOP`), as the simulator writes it.
+        r#"{"id":"sim-1","version":1,"name":"MetricMatchLengthDurationEvent","namespace":"g7","parentNamespace":"studio","timestamp":"2026-11-22T10:00:03.250Z","userId":"u","traceId":"4bf92f3577b34da6a3ce929d0e0e4736","sessionId":"s","spanContext":"","payload":{"userIds":["a"],"namespace":"g7","topicName":"t","message":"1260000"}}"#,
         r#"{"id":"e1","name":"MetricAcquiringDsWaitTimeEvent","timestamp":"2026-11-22T10:00:03Z","version":1,"namespace":"mygame","parentNamespace":"s","userId":"u","traceId":"t","sessionId":"s","spanContext":"","payload":{"userIds":["a","b"],"namespace":"mygame","topicName":"x","message":"{\"value\":870}"}}"#,
         r#"{"name":"onPartyCreated","namespace":"g\u00e9\"q","version":1.5e3,"x":[true,false,null,{"a":[]},-0.5]}"#,
         r#" { "name" : "X" , "payload" : { "message" : 12 , "userIds" : [ ] } } "#,
@@ -660,7 +795,7 @@ mod tests {
         let alphabet = b"{}[]\":,\\ 0123456789-+.eEtrufalsn\x01\xff\xc3u";
         let mut checked = 0;
         for _ in 0..40_000 {
-            let mut b = SAMPLES[(next() % 4) as usize].as_bytes().to_vec();
+            let mut b = SAMPLES[(next() % 5) as usize].as_bytes().to_vec();
             for _ in 0..1 + next() % 3 {
                 let at = (next() as usize) % (b.len() + 1);
                 let c = alphabet[(next() as usize) % alphabet.len()];
@@ -716,6 +851,70 @@ mod tests {
             assert_eq!(agree(b), Ok(()), "{}", String::from_utf8_lossy(b));
             assert!(envelope(b).is_ok(), "{}", String::from_utf8_lossy(b));
         }
+    }
+
+    #[test]
+    fn keys_read_alike_in_any_order_and_spelling() {
+        // The expected order is only the fast path: reversed, spaced,
+        // escaped or repeated, the same members read the same.
+        let members = [
+            r#""id":"e""#,
+            r#""version":1"#,
+            r#""name":"MetricAcquiringDsWaitTimeEvent""#,
+            r#""namespace":"g""#,
+            r#""timestamp":"2026-11-22T10:00:03Z""#,
+            r#""traceId":"t""#,
+            r#""payload":{"userIds":["a","b"],"namespace":"p","topicName":"x","message":"5"}"#,
+        ];
+        let producer = format!("{{{}}}", members.join(","));
+        let read = |b: &str| format!("{:?}", envelope(b.as_bytes()));
+        let want = read(&producer);
+        assert!(
+            want.starts_with(r#"Ok(Fields { id: Some("e"), name: Some("MetricAcq"#),
+            "{want}"
+        );
+        let mut reversed = members;
+        reversed.reverse();
+        for other in [
+            format!("{{{}}}", reversed.join(",")),
+            format!("{{ {} }}", members.join(" , ").replace("\":", "\" : ")),
+            producer.replace(r#""name":"#, r#""n\u0061me":"#),
+            producer.replace(r#""id":"e","#, r#""id":"x","name":"y","id":"e","#),
+        ] {
+            assert_eq!(read(&other), want, "{other}");
+            assert_eq!(agree(other.as_bytes()), Ok(()), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_key_is_matched_whole() {
+        let at = |b: &[u8], k: &Key| {
+            Scanner {
+                b,
+                i: 0,
+                wrong: 0,
+                field: 0,
+                bad_utf8: false,
+            }
+            .at(k)
+        };
+        let long = key(b"parentNamespace", Member::Unread);
+        assert!(at(br#""parentNamespace":"s""#, &long));
+        // A difference in the second word, or the input ends within it.
+        assert!(!at(br#""parentNamespacX":"s""#, &long));
+        assert!(!at(br#""parentNamespace""#, &long));
+        let short = key(b"name", Member::Name);
+        assert!(at(br#""name":"MetricX"}"#, &short));
+        assert!(!at(br#""names":"MetricX"}"#, &short));
+        assert!(!at(br#""name" :"MetricX"}"#, &short));
+        // Fewer than 16 bytes left.
+        assert!(at(br#""name":"X"}"#, &short));
+        assert!(!at(br#""name""#, &short));
+        assert!(!at(br#""nam"#, &short));
+        assert_eq!(
+            envelope(br#"{"name":"X"}"#).unwrap().name.as_deref(),
+            Some("X")
+        );
     }
 
     #[test]
