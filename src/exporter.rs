@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Catalog, ConfigError};
-use crate::event::{decode_limited, Reason, TraceProblem};
+use crate::event::{decode_limited, Minute, Reason, TraceProblem};
 use crate::exposition::{self, openmetrics, protobuf, Format};
 use crate::fold::{CheckpointError, Fold, Outcome, Restored, Resume, Snapshot};
 use crate::partition::{Owner, Partition};
@@ -255,6 +255,7 @@ impl Exporter {
         let (mut received, mut folded, mut skipped) = (0, 0, 0);
         // Lag is observed locally and flushed once per batch: no atomics per event.
         let lag = self.stats.event_lag.local();
+        let mut minute = Minute::default();
         let mut fold = self.lock();
         for p in payloads {
             let decoded = if self.skips {
@@ -270,7 +271,7 @@ impl Exporter {
             };
             received += 1;
             let result = decoded.as_ref().map_err(|r| *r).and_then(|ev| {
-                let stamped = ev.time();
+                let stamped = ev.time_after(&mut minute);
                 let outcome = fold.apply(ev, now, stamped.unwrap_or(wall))?;
                 if let (Some(t), Outcome::Folded | Outcome::Overflowed) = (stamped, outcome) {
                     lag.observe((wall - t).max(0.0));

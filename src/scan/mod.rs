@@ -49,9 +49,28 @@ pub struct Fields<'a> {
     /// exemplar, so it is decoded only for those that do.
     pub trace_id: Option<RawString<'a>>,
     pub payload_namespace: Option<Cow<'a, str>>,
-    /// `payload.message` as raw JSON text (`null` reads as absent).
-    pub message: Option<&'a str>,
+    /// `payload.message` (`null` reads as absent).
+    pub message: Option<Message<'a>>,
     pub user_count: Option<usize>,
+}
+
+/// `payload.message` as it stands in the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A string without escapes: its text.
+    Text(&'a str),
+    /// Any other value, a string with escapes among them, as raw JSON text.
+    Json(&'a str),
+}
+
+impl<'a> Message<'a> {
+    /// As raw JSON text.
+    pub fn json(&self) -> Cow<'a, str> {
+        match *self {
+            Message::Text(t) => Cow::Owned(format!("\"{t}\"")),
+            Message::Json(j) => Cow::Borrowed(j),
+        }
+    }
 }
 
 type Result<T> = std::result::Result<T, ScanError>;
@@ -387,22 +406,39 @@ impl<'a> Scanner<'a> {
                 Member::Namespace => {
                     f.payload_namespace = s.reading(PAYLOAD_NAMESPACE).opt_string()?
                 }
-                Member::Message => {
-                    s.ws();
-                    let start = s.i;
-                    s.skip_value(2)?;
-                    match std::str::from_utf8(&s.b[start..s.i]) {
-                        Ok(raw) => f.message = (raw != "null").then_some(raw),
-                        Err(_) => s.bad_utf8 = true,
-                    }
-                }
+                Member::Message => f.message = s.message()?,
                 _ => s.skip_value(2)?,
             }
             Ok(())
         })
     }
 
+    /// `payload.message`: a string without escapes read as one (the seed's,
+    /// and most of them: no second look at its bytes), any other value as
+    /// raw text; `None` for null or when not UTF-8.
+    fn message(&mut self) -> Result<Option<Message<'a>>> {
+        self.ws();
+        let start = self.i;
+        if self.peek() == Some(b'"') {
+            if let Token::Plain(run) = self.string()? {
+                let text = run.text();
+                self.bad_utf8 |= text.is_err();
+                return Ok(text.ok().map(Message::Text));
+            }
+        } else {
+            self.skip_value(2)?;
+        }
+        match std::str::from_utf8(&self.b[start..self.i]) {
+            Ok(raw) => Ok((raw != "null").then_some(Message::Json(raw))),
+            Err(_) => {
+                self.bad_utf8 = true;
+                Ok(None)
+            }
+        }
+    }
+
     /// A string or null.
+    #[inline(always)]
     fn opt_string(&mut self) -> Result<Option<Cow<'a, str>>> {
         self.ws();
         match self.peek() {
@@ -729,7 +765,7 @@ pub mod parity {
         // The message stays raw JSON; one Value cannot hold (a lone
         // surrogate) has no reference reading either.
         let msg = f.message.map(|m| {
-            serde_json::from_str::<Value>(m)
+            serde_json::from_str::<Value>(&m.json())
                 .map_or_else(|e| format!("unreadable: {e}"), |v| v.to_string())
         });
         let o = |c: Option<Cow<str>>| c.map(|c| c.into_owned());
