@@ -293,10 +293,15 @@ impl Exporter {
 
     /// Wait for the process to exit; returns its exit code.
     pub fn wait_exit(&mut self) -> Option<i32> {
-        wait_for(Duration::from_secs(20), "exporter exit", || {
+        let status = wait_for(Duration::from_secs(20), "exporter exit", || {
             self.child.try_wait().ok().flatten()
-        })
-        .code()
+        });
+        // And for its last lines: the thread reading stderr holds the other
+        // reference to the log until it reads the end of the pipe.
+        wait_for(Duration::from_secs(20), "the exporter's log read to its end", || {
+            (Arc::strong_count(&self.log) == 1).then_some(())
+        });
+        status.code()
     }
 
     pub fn log(&self) -> String {
