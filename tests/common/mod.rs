@@ -298,9 +298,11 @@ impl Exporter {
         });
         // And for its last lines: the thread reading stderr holds the other
         // reference to the log until it reads the end of the pipe.
-        wait_for(Duration::from_secs(20), "the exporter's log read to its end", || {
-            (Arc::strong_count(&self.log) == 1).then_some(())
-        });
+        wait_for(
+            Duration::from_secs(20),
+            "the exporter's log read to its end",
+            || (Arc::strong_count(&self.log) == 1).then_some(()),
+        );
         status.code()
     }
 
