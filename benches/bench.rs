@@ -82,6 +82,12 @@ fn bench_fold(reps: usize) -> (f64, f64, f64) {
     // BENCH_FOLD_NAMESPACES: fewer namespaces, a smaller working set (what
     // the cache does to the ratio).
     let namespaces = std::env::var("BENCH_FOLD_NAMESPACES").map_or(1000, |s| s.parse().unwrap());
+    // BENCH_FOLD_MAPPING: another mapping file (what each part of the
+    // default one costs).
+    let catalog = || match std::env::var("BENCH_FOLD_MAPPING") {
+        Ok(path) => Catalog::from_file(std::path::Path::new(&path)).unwrap(),
+        Err(_) => Catalog::default_mapping(),
+    };
     let corpus = corpus(200_000, namespaces, 1);
     let warm_up = self::corpus(50_000, namespaces, 2);
     let bytes: usize = corpus.iter().map(|c| c.1.len()).sum();
@@ -106,13 +112,13 @@ fn bench_fold(reps: usize) -> (f64, f64, f64) {
         assert_eq!(ok, corpus.len());
         parse.push(corpus.len() as f64 / t.elapsed().as_secs_f64());
 
-        let exporter = Exporter::new(Catalog::default_mapping(), None, 0);
+        let exporter = Exporter::new(catalog(), None, 0);
         let t = Instant::now();
         let folded = fold_all(&exporter, &corpus);
         fold.push(corpus.len() as f64 / t.elapsed().as_secs_f64());
         assert_eq!(folded, corpus.len());
 
-        let exporter = Exporter::new(Catalog::default_mapping(), None, 0);
+        let exporter = Exporter::new(catalog(), None, 0);
         fold_all(&exporter, &warm_up);
         let t = Instant::now();
         let folded = fold_all(&exporter, &corpus);
@@ -424,12 +430,29 @@ fn run_exporter(
     prefill: &[(String, Vec<u8>)],
     scrape_every: Option<Duration>,
 ) -> (f64, u64) {
+    run_exporter_as(url, corpus, prefill, scrape_every, None)
+}
+
+/// `run_exporter`, optionally as one partition replica that reads every
+/// subject and skips the other partitions' events (counted as handled).
+fn run_exporter_as(
+    url: &str,
+    corpus: &Arc<Corpus>,
+    prefill: &[(String, Vec<u8>)],
+    scrape_every: Option<Duration>,
+    partition: Option<session_exporter::partition::Partition>,
+) -> (f64, u64) {
     let rt = runtime();
-    let exporter = Arc::new(Exporter::new(Catalog::default_mapping(), None, 0));
+    let mut exporter = Exporter::new(Catalog::default_mapping(), None, 0);
+    if let Some(p) = partition {
+        exporter = exporter.with_partition(p, false);
+    }
+    let exporter = Arc::new(exporter);
     for chunk in prefill.chunks(512) {
         exporter.ingest(chunk.iter().map(|c| c.1.as_slice()));
     }
-    let base = exporter.stats.events_folded.get();
+    let handled = || exporter.stats.events_folded.get() + exporter.stats.partition_skipped.get();
+    let base = handled();
     let (stop, stopped) = watch::channel(false);
     let cfg = nats_config(url);
     let e = exporter.clone();
@@ -477,9 +500,7 @@ fn run_exporter(
             scrapes
         })
     });
-    let (secs, got) = wait_count(start, base + corpus.len() as u64, || {
-        exporter.stats.events_folded.get()
-    });
+    let (secs, got) = wait_count(start, base + corpus.len() as u64, handled);
     let cpu = cpu_secs("publisher") - cpu;
     finished.store(true, Ordering::Relaxed);
     publisher.join().unwrap();
@@ -1056,26 +1077,88 @@ fn get_metrics_as(addr: &str, accept: &str) -> usize {
     })
 }
 
-fn bench_e2e(url: &str, reps: usize) -> (f64, f64, u64) {
+/// End to end against a bare subscriber, and the same with the exporter as
+/// partition 0 of 3 reading every subject (a third of the events folded, the
+/// rest skipped after their namespace): the two ratios show what the fold
+/// itself costs in the whole system, and what the exporter would run at
+/// with every event skipped instead (a straight line through the two, out to
+/// none folded): the most that cutting the fold could bring.
+fn bench_e2e(url: &str, reps: usize) -> E2e {
+    use session_exporter::partition::Partition;
     let corpus = Arc::new(corpus(300_000, 1000, 2));
     eprintln!(
         "e2e: {} events published at full speed into nats-server, {reps} repetitions",
         corpus.len()
     );
-    let (mut exp, mut base, mut lost) = (Vec::new(), Vec::new(), 0);
+    let third = Some(Partition { count: 3, index: 0 });
+    let (mut exp, mut base, mut part, mut lost) = (Vec::new(), Vec::new(), Vec::new(), 0);
     for rep in 0..reps {
         let b = run_baseline(url, &corpus);
         let (e, l) = run_exporter(url, &corpus, &[], None);
-        eprintln!("  rep {rep}: bare subscriber {b:.0}/s, exporter {e:.0}/s, lost {l}");
+        let (p, pl) = run_exporter_as(url, &corpus, &[], None, third);
+        eprintln!(
+            "  rep {rep}: bare subscriber {b:.0}/s, exporter {e:.0}/s, partition 0 of 3 {p:.0}/s, lost {l} / {pl}"
+        );
         base.push(b);
         exp.push(e);
-        lost += l;
+        part.push(p);
+        lost += l + pl;
     }
     let ratios: Vec<f64> = exp.iter().zip(&base).map(|(e, b)| e / b).collect();
+    let part_ratios: Vec<f64> = part.iter().zip(&base).map(|(e, b)| e / b).collect();
     eprintln!("  bare subscriber: {}", spread(&base));
     eprintln!("  exporter:        {}", spread(&exp));
     eprintln!("  ratio:           {}", spread(&ratios));
-    (median(&exp), median(&ratios), lost)
+    eprintln!("  partition ratio: {}", spread(&part_ratios));
+    // Time per event in units of the bare subscriber's: 1/ratio. Folding
+    // two thirds of the events more is the difference of the two runs, taken
+    // within each repetition (the bare subscriber's rate moves the most).
+    let fold: Vec<f64> = ratios
+        .iter()
+        .zip(&part_ratios)
+        .map(|(r, p)| (1.0 / r - 1.0 / p) * 1.5)
+        .collect();
+    let skip_all: Vec<f64> = ratios
+        .iter()
+        .zip(&fold)
+        .map(|(r, f)| 1.0 / (1.0 / r - f))
+        .collect();
+    eprintln!(
+        "  folding costs, in the bare subscriber's time per event: {}",
+        spread(&fold)
+    );
+    eprintln!(
+        "  skipping every event instead (its scan to the namespace only): {} × the bare subscriber",
+        spread(&skip_all)
+    );
+    E2e {
+        events_per_s: median(&exp),
+        ratio: median(&ratios),
+        partition_ratio: median(&part_ratios),
+        fold_share: median(&fold),
+        skip_all_ratio: median(&skip_all),
+        lost,
+    }
+}
+
+struct E2e {
+    events_per_s: f64,
+    ratio: f64,
+    partition_ratio: f64,
+    fold_share: f64,
+    skip_all_ratio: f64,
+    lost: u64,
+}
+
+impl E2e {
+    fn print(&self) {
+        println!("bench e2e_events_per_s {:.0}", self.events_per_s);
+        println!("bench e2e_ratio {:.3}", self.ratio);
+        println!("bench e2e_partition_ratio {:.3}", self.partition_ratio);
+        println!("bench e2e_fold_share {:.3}", self.fold_share);
+        println!("bench e2e_skip_all_ratio {:.3}", self.skip_all_ratio);
+        println!("bench e2e_lost {}", self.lost);
+    }
 }
 
 fn bench_scrape_ingest(url: &str, reps: usize) -> f64 {
@@ -1383,6 +1466,11 @@ fn main() {
         bench_scrape(10_000).print("10k");
         return;
     }
+    if only == "e2e" {
+        let nats = nats_with_partitions();
+        bench_e2e(&nats.url(), reps).print();
+        return;
+    }
     if only == "ingest" {
         profile_ingest();
         return;
@@ -1407,7 +1495,7 @@ fn main() {
     }
     let nats = nats_with_partitions();
     let url = nats.url();
-    let (e2e, e2e_ratio, lost) = bench_e2e(&url, reps.min(3));
+    let e2e = bench_e2e(&url, reps);
     let js = bench_jetstream(&url, reps.min(3));
     let partitions = bench_partition_memory(&url, 30_000);
     let (checkpoint_ms, checkpoint_bytes) = bench_checkpoint(10_000);
@@ -1417,9 +1505,7 @@ fn main() {
     let bytes_per_ns = bench_memory(&url);
     eprintln!("done in {:.0}s", t.elapsed().as_secs_f64());
     print_fold();
-    println!("bench e2e_events_per_s {e2e:.0}");
-    println!("bench e2e_ratio {e2e_ratio:.3}");
-    println!("bench e2e_lost {lost}");
+    e2e.print();
     js.print();
     print_partition_memory(partitions);
     println!("bench checkpoint_ms_10k {checkpoint_ms:.1}");
