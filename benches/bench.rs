@@ -73,6 +73,13 @@ fn runtime() -> tokio::runtime::Runtime {
 
 // ---------------------------------------------------------------- fold
 
+/// Events an exporter folds before a "warm" measurement: enough that its
+/// histograms have grown to their values' range (HDR counts arrays grow with
+/// the largest value seen; after 50,000 events over 1,000 namespaces, the
+/// next 50,000 still grew one 9,521 times, each a realloc that glibc pays
+/// for by consolidating its free lists).
+const WARM_UP_EVENTS: usize = 1_000_000;
+
 /// Decode + fold against serde_json parsing the same bytes: on a fresh
 /// exporter (every namespace's series made during the run, as before) and on
 /// one that already holds them all (the steady state a running exporter is
@@ -89,7 +96,7 @@ fn bench_fold(reps: usize) -> (f64, f64, f64) {
         Err(_) => Catalog::default_mapping(),
     };
     let corpus = corpus(200_000, namespaces, 1);
-    let warm_up = self::corpus(50_000, namespaces, 2);
+    let warm_up = self::corpus(WARM_UP_EVENTS, namespaces, 2);
     let bytes: usize = corpus.iter().map(|c| c.1.len()).sum();
     eprintln!(
         "fold: {} events, mean {} B, {namespaces} namespaces, one core, {reps} repetitions",
@@ -1082,7 +1089,9 @@ fn get_metrics_as(addr: &str, accept: &str) -> usize {
 /// rest skipped after their namespace): the two ratios show what the fold
 /// itself costs in the whole system, and what the exporter would run at
 /// with every event skipped instead (a straight line through the two, out to
-/// none folded): the most that cutting the fold could bring.
+/// none folded): the most that cutting the fold could bring. And once more
+/// on an exporter that has folded `WARM_UP_EVENTS` first (its histograms
+/// grown: the steady state of a running exporter).
 fn bench_e2e(url: &str, reps: usize) -> E2e {
     use session_exporter::partition::Partition;
     let corpus = Arc::new(corpus(300_000, 1000, 2));
@@ -1091,25 +1100,31 @@ fn bench_e2e(url: &str, reps: usize) -> E2e {
         corpus.len()
     );
     let third = Some(Partition { count: 3, index: 0 });
-    let (mut exp, mut base, mut part, mut lost) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let warm_up = self::corpus(WARM_UP_EVENTS, 1000, 5);
+    let (mut exp, mut base, mut part, mut warm, mut lost) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
     for rep in 0..reps {
         let b = run_baseline(url, &corpus);
         let (e, l) = run_exporter(url, &corpus, &[], None);
         let (p, pl) = run_exporter_as(url, &corpus, &[], None, third);
+        let (w, wl) = run_exporter(url, &corpus, &warm_up, None);
         eprintln!(
-            "  rep {rep}: bare subscriber {b:.0}/s, exporter {e:.0}/s, partition 0 of 3 {p:.0}/s, lost {l} / {pl}"
+            "  rep {rep}: bare subscriber {b:.0}/s, exporter {e:.0}/s, partition 0 of 3 {p:.0}/s, warm exporter {w:.0}/s, lost {l} / {pl} / {wl}"
         );
         base.push(b);
         exp.push(e);
         part.push(p);
-        lost += l + pl;
+        warm.push(w);
+        lost += l + pl + wl;
     }
+    let warm_ratios: Vec<f64> = warm.iter().zip(&base).map(|(e, b)| e / b).collect();
     let ratios: Vec<f64> = exp.iter().zip(&base).map(|(e, b)| e / b).collect();
     let part_ratios: Vec<f64> = part.iter().zip(&base).map(|(e, b)| e / b).collect();
     eprintln!("  bare subscriber: {}", spread(&base));
     eprintln!("  exporter:        {}", spread(&exp));
     eprintln!("  ratio:           {}", spread(&ratios));
     eprintln!("  partition ratio: {}", spread(&part_ratios));
+    eprintln!("  warm ratio:      {}", spread(&warm_ratios));
     // Time per event in units of the bare subscriber's: 1/ratio. Folding
     // two thirds of the events more is the difference of the two runs, taken
     // within each repetition (the bare subscriber's rate moves the most).
@@ -1135,6 +1150,7 @@ fn bench_e2e(url: &str, reps: usize) -> E2e {
         events_per_s: median(&exp),
         ratio: median(&ratios),
         partition_ratio: median(&part_ratios),
+        warm_ratio: median(&warm_ratios),
         fold_share: median(&fold),
         skip_all_ratio: median(&skip_all),
         lost,
@@ -1145,6 +1161,7 @@ struct E2e {
     events_per_s: f64,
     ratio: f64,
     partition_ratio: f64,
+    warm_ratio: f64,
     fold_share: f64,
     skip_all_ratio: f64,
     lost: u64,
@@ -1155,6 +1172,7 @@ impl E2e {
         println!("bench e2e_events_per_s {:.0}", self.events_per_s);
         println!("bench e2e_ratio {:.3}", self.ratio);
         println!("bench e2e_partition_ratio {:.3}", self.partition_ratio);
+        println!("bench e2e_warm_ratio {:.3}", self.warm_ratio);
         println!("bench e2e_fold_share {:.3}", self.fold_share);
         println!("bench e2e_skip_all_ratio {:.3}", self.skip_all_ratio);
         println!("bench e2e_lost {}", self.lost);
