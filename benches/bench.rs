@@ -1117,9 +1117,9 @@ fn bench_e2e(url: &str, reps: usize) -> E2e {
         warm.push(w);
         lost += l + pl + wl;
     }
-    let warm_ratios: Vec<f64> = warm.iter().zip(&base).map(|(e, b)| e / b).collect();
-    let ratios: Vec<f64> = exp.iter().zip(&base).map(|(e, b)| e / b).collect();
-    let part_ratios: Vec<f64> = part.iter().zip(&base).map(|(e, b)| e / b).collect();
+
+    let per = |a: &[f64]| -> Vec<f64> { a.iter().zip(&base).map(|(a, b)| a / b).collect() };
+    let (ratios, part_ratios, warm_ratios) = (per(&exp), per(&part), per(&warm));
     eprintln!("  bare subscriber: {}", spread(&base));
     eprintln!("  exporter:        {}", spread(&exp));
     eprintln!("  ratio:           {}", spread(&ratios));
