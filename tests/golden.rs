@@ -75,7 +75,9 @@ fn example_events_render_as_the_golden_file() {
             .zip(&snap.families)
             .filter(|(d, _)| d.window.is_some())
             .map(|(_, f)| f.samples.len())
-            .sum::<usize>();
+            .sum::<usize>()
+        // An SLO's good and bad series.
+        + 2 * snap.slis.iter().filter(|s| s.sli.start.is_some()).count();
     assert_eq!(extra.len(), starts, "{created}");
     assert!(
         extra.iter().all(|l| l.ends_with(" 1795341600.25")),

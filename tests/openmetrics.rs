@@ -278,9 +278,9 @@ fn created_samples_only_when_asked_and_only_in_openmetrics() {
     };
     let created = |body: &str| body.lines().filter(|l| l.contains("_created{")).count();
     let om = page(&with, OPENMETRICS);
-    // Per namespace: the DS wait histogram and its window summary; and the
-    // event counter.
-    assert_eq!(created(&om), 2 * 2 + 1, "{om}");
+    // Per namespace: the DS wait histogram, its window summary and the SLO's
+    // good and bad counters; and the event counter.
+    assert_eq!(created(&om), 2 * 4 + 1, "{om}");
     let before = session_exporter::simulate::unix_ms() as f64 / 1000.0 - 3600.0;
     for line in om.lines().filter(|l| l.contains("_created{")) {
         let t: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();

@@ -63,8 +63,14 @@ fn assert_replicas_add_up(
             continue; // windowed quantiles are per replica, by design
         }
         let values: Vec<f64> = pages.iter().filter_map(|p| p.get(key).copied()).collect();
-        let (got, how) = if key.starts_with("session_active_sessions{") {
-            compared.1 += 1;
+        // Gauges combine with max: the active sessions (broadcast to every
+        // replica) and each namespace's SLO target (the mapping's, the same
+        // on every replica that holds the namespace).
+        let active = key.starts_with("session_active_sessions{");
+        let target = key.starts_with("session_slo_objective_ratio{")
+            || key.starts_with("session_slo_threshold_seconds{");
+        let (got, how) = if active || target {
+            compared.1 += usize::from(active);
             (values.iter().copied().fold(f64::MIN, f64::max), "max")
         } else {
             compared.0 += 1;

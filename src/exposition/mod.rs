@@ -9,7 +9,10 @@
 
 use std::fmt::Write;
 
-use crate::config::{Catalog, EVENTS_METRIC};
+use crate::config::{
+    Catalog, Kind, EVENTS_METRIC, SLO_EVENTS_METRIC, SLO_OBJECTIVE_METRIC, SLO_THRESHOLD_METRIC,
+};
+use crate::fold::SliSample;
 
 pub mod openmetrics;
 pub mod protobuf;
@@ -88,12 +91,72 @@ enum Family {
     Metric(usize),
     /// The windowed-quantile summary of `catalog.metrics[i]`.
     Window(usize),
+    /// One of the SLO families of `catalog.slos`.
+    Slo(SloFamily),
+}
+
+/// The families every SLO's series go into, by `slo` and `game_namespace`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SloFamily {
+    /// `session_slo_events_total{result="good"|"bad"}`.
+    Events,
+    /// `session_slo_objective_ratio`.
+    Objective,
+    /// `session_slo_threshold_seconds`.
+    Threshold,
+}
+
+impl SloFamily {
+    const ALL: [SloFamily; 3] = [
+        SloFamily::Events,
+        SloFamily::Objective,
+        SloFamily::Threshold,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            SloFamily::Events => SLO_EVENTS_METRIC,
+            SloFamily::Objective => SLO_OBJECTIVE_METRIC,
+            SloFamily::Threshold => SLO_THRESHOLD_METRIC,
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            SloFamily::Events => "Events of each SLO's histogram, by result: good at or under the namespace's threshold, bad above it.",
+            SloFamily::Objective => "The share of good events each namespace's SLO promises over its period (slos: in the mapping).",
+            SloFamily::Threshold => "The value at or under which an event of each namespace's SLO is good (slos: in the mapping).",
+        }
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            SloFamily::Events => Kind::Counter,
+            _ => Kind::Gauge,
+        }
+    }
+
+    /// Its series of one sample: the `result` label (counters only) and value.
+    fn series(self, s: &SliSample) -> impl Iterator<Item = (Option<&'static str>, f64)> {
+        let series = match self {
+            SloFamily::Events => [
+                Some((Some("bad"), s.sli.bad as f64)),
+                Some((Some("good"), s.sli.good as f64)),
+            ],
+            SloFamily::Objective => [Some((None, s.target.objective)), None],
+            SloFamily::Threshold => [Some((None, s.target.threshold)), None],
+        };
+        series.into_iter().flatten()
+    }
 }
 
 /// Every family of a catalog, by name: the catalog's, their windowed
-/// quantiles, and `session_events_total`.
+/// quantiles, `session_events_total`, and the SLO families if it has SLOs.
 fn families(catalog: &Catalog) -> Vec<(&str, Family)> {
     let mut families: Vec<(&str, Family)> = vec![(EVENTS_METRIC, Family::Events)];
+    if !catalog.slos.is_empty() {
+        families.extend(SloFamily::ALL.map(|f| (f.name(), Family::Slo(f))));
+    }
     for (i, def) in catalog.metrics.iter().enumerate() {
         families.push((&def.name, Family::Metric(i)));
         if let Some(w) = &def.window {
@@ -148,6 +211,28 @@ fn series(out: &mut String, name: &str, suffix: &str, label: &str, rest: &str) {
     out.push_str(label);
     out.push_str(rest);
     out.push(' ');
+}
+
+/// `name{<ns label>,slo="…"[,result="…"]` and `} `; the value follows. SLO
+/// names are validated to need no escaping.
+fn slo_series(out: &mut String, name: &str, ns_label: &str, slo: &str, result: Option<&str>) {
+    out.push_str(name);
+    out.push('{');
+    slo_labels(out, ns_label, slo, result);
+    out.push_str("} ");
+}
+
+/// `<ns label>,slo="…"[,result="…"]`.
+fn slo_labels(out: &mut String, ns_label: &str, slo: &str, result: Option<&str>) {
+    out.push_str(ns_label);
+    out.push_str(",slo=\"");
+    out.push_str(slo);
+    out.push('"');
+    if let Some(r) = result {
+        out.push_str(",result=\"");
+        out.push_str(r);
+        out.push('"');
+    }
 }
 
 /// An integer, without the formatting machinery.

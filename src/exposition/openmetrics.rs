@@ -9,7 +9,8 @@
 //! are grouped by family, then series, then frame.
 
 use super::{
-    escape, families, float, int, le_labels, namespace_label, quantile_labels, series, Family,
+    escape, families, float, int, le_labels, namespace_label, quantile_labels, series, slo_labels,
+    slo_series, Family, SloFamily,
 };
 use crate::config::{Kind, EVENTS_METRIC};
 use crate::fold::Snapshot;
@@ -60,6 +61,7 @@ fn family_of(frames: &[Frame], family: Family, out: &mut String, mark: Mark) {
         Family::Events => events(frames, out, mark),
         Family::Metric(i) => metric(frames, i, out, mark),
         Family::Window(i) => window(frames, i, out, mark),
+        Family::Slo(f) => slo(frames, f, out, mark),
     }
 }
 
@@ -215,6 +217,48 @@ fn window(frames: &[Frame], i: usize, out: &mut String, mark: Mark) {
         end(out, at);
         if let Some(t) = sample.start.filter(|_| frames[f].created) {
             created_sample(out, &w.name, label, t, at);
+        }
+    }
+}
+
+/// An SLO family. Each series is keyed by namespace, SLO and result (NUL
+/// between them), and its points are sorted by that key, so blocks merged
+/// by key (`replay --step`) come out as this renders them.
+fn slo(frames: &[Frame], family: SloFamily, out: &mut String, mark: Mark) {
+    let mut points = Vec::new();
+    for (f, frame) in frames.iter().enumerate() {
+        let snap = frame.snapshot;
+        for (s, sample) in snap.slis.iter().enumerate() {
+            let ns = snap.namespaces.get(sample.namespace);
+            let slo = &snap.catalog.slos[sample.slo].name;
+            for (result, v) in family.series(sample) {
+                let key = format!("{ns}\0{slo}\0{}", result.unwrap_or(""));
+                points.push((key, f, s, result, v));
+            }
+        }
+    }
+    if points.is_empty() {
+        return;
+    }
+    // Stable: a series' points stay in frame (time) order.
+    points.sort_by(|a, b| a.0.cmp(&b.0));
+    mark("", out.len());
+    header(out, family.name(), family.help(), family.kind());
+    let mut labels = Labels::new();
+    for (key, f, s, result, v) in &points {
+        mark(key, out.len());
+        let (snap, at) = (frames[*f].snapshot, frames[*f].at);
+        let sample = &snap.slis[*s];
+        let slo = &snap.catalog.slos[sample.slo].name;
+        let ns_label = labels.of(snap.namespaces.get(sample.namespace));
+        slo_series(out, family.name(), ns_label, slo, *result);
+        float(out, *v);
+        end(out, at);
+        let start = sample.sli.start.filter(|_| frames[*f].created);
+        if let (Some(t), SloFamily::Events) = (start, family) {
+            let mut label = String::new();
+            slo_labels(&mut label, ns_label, slo, *result);
+            created_sample(out, family_name(family.name(), "counter"), &label, t, at);
         }
     }
 }

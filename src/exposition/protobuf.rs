@@ -7,7 +7,7 @@
 //! deltas) with the exact `_sum` and `_count`: a Prometheus with native
 //! histograms on reads the native form, one without reads the classic one.
 
-use super::{families, Family};
+use super::{families, Family, SloFamily};
 use crate::config::{Kind, EVENTS_METRIC};
 use crate::fold::native::{NativeView, ZERO_THRESHOLD};
 use crate::fold::{Exemplar, Snapshot, Start};
@@ -34,8 +34,41 @@ pub fn render(snap: &Snapshot, out: &mut Vec<u8>) {
             Family::Events => events(snap, out),
             Family::Metric(i) => metric(snap, i, out),
             Family::Window(i) => window(snap, i, out),
+            Family::Slo(f) => slo(snap, f, out),
         }
     }
+}
+
+fn slo(snap: &Snapshot, f: SloFamily, out: &mut Vec<u8>) {
+    if snap.slis.is_empty() {
+        return;
+    }
+    let kind = match f.kind() {
+        Kind::Counter => Type::Counter,
+        _ => Type::Gauge,
+    };
+    family(out, f.name(), f.help(), kind, |out| {
+        for sample in &snap.slis {
+            let ns = snap.namespaces.get(sample.namespace);
+            let slo = &snap.catalog.slos[sample.slo].name;
+            for (result, v) in f.series(sample) {
+                message(out, 4, |m| {
+                    label(m, LABEL, ns);
+                    label(m, "slo", slo);
+                    if let Some(r) = result {
+                        label(m, "result", r);
+                    }
+                    match kind {
+                        Type::Counter => message(m, 3, |c| {
+                            double(c, 1, v);
+                            start(c, 3, sample.sli.start);
+                        }),
+                        _ => message(m, 2, |g| double(g, 1, v)),
+                    }
+                });
+            }
+        }
+    });
 }
 
 fn metric(snap: &Snapshot, i: usize, out: &mut Vec<u8>) {

@@ -3,7 +3,8 @@
 use std::fmt::Write;
 
 use super::{
-    escape, families, float, int, le_labels, namespace_label, quantile_labels, series, Family,
+    escape, families, float, int, le_labels, namespace_label, quantile_labels, series, slo_series,
+    Family, SloFamily,
 };
 use crate::config::{Kind, EVENTS_METRIC};
 use crate::fold::{FamilySnapshot, Snapshot};
@@ -19,6 +20,19 @@ pub fn render(snap: &Snapshot, out: &mut String) {
             Family::Events => render_events(snap, out),
             Family::Metric(i) => render_metric(snap, i, &labels, out),
             Family::Window(i) => render_window(snap, i, &labels, out),
+            Family::Slo(f) => render_slo(snap, f, &labels, out),
+        }
+    }
+}
+
+fn render_slo(snap: &Snapshot, family: SloFamily, labels: &[String], out: &mut String) {
+    header(out, family.name(), family.help(), family.kind().as_str());
+    for sample in &snap.slis {
+        let slo = &snap.catalog.slos[sample.slo].name;
+        for (result, v) in family.series(sample) {
+            slo_series(out, family.name(), &labels[sample.namespace], slo, result);
+            float(out, v);
+            out.push('\n');
         }
     }
 }

@@ -8,14 +8,17 @@
 //! reported. Times are stored as ages, so gauge expiry and windowed quantiles
 //! carry on across a restart.
 //!
-//! Format 3, in order: magic `SXST`, format, checkpoint wall time, the
-//! `session_events_total` counts by label (each with its start), the metric table, the namespaces
-//! with one slot per table entry, the de-duplication window, and the source's
+//! Format 4, in order: magic `SXST`, format, checkpoint wall time, the
+//! `session_events_total` counts by label (each with its start), the metric
+//! table, the SLO table (each SLO's name and metric), the namespaces with one
+//! slot per metric and one SLI count (start, good, bad) per SLO, the
+//! de-duplication window, and the source's
 //! [`Resume`]: the partition (count, index), the stream and the last stream
 //! sequence folded. The fold and the position it stands for are one value, so
 //! they can never disagree. A counter or histogram slot begins with its
 //! series' start ([`super::Start`]).
 //!
+//! Format 3 is format 4 without the SLO table and counts (none restore).
 //! Format 2 is format 3 without the starts (they restore as unknown).
 //! Format 1 (the acking design) ends instead with the reply subjects of
 //! messages that may not have been acked, and the broadcast consumer's
@@ -26,14 +29,14 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use super::{
-    step_nanos, window_step, Dedup, Exact, Fold, Hist, Namespace, Slot, Window, WINDOW_STEPS,
+    step_nanos, window_step, Dedup, Exact, Fold, Hist, Namespace, Sli, Slot, Window, WINDOW_STEPS,
 };
 use crate::config::{Kind, MetricDef};
 use crate::partition::Partition;
 use crate::seed;
 
 const MAGIC: &[u8; 4] = b"SXST";
-pub const FORMAT: u64 = 3;
+pub const FORMAT: u64 = 4;
 
 /// What the source needs to carry on where the checkpoint left off.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -59,6 +62,9 @@ pub struct Restored {
     /// Metrics in the checkpoint that the current mapping has not (or has with
     /// another type or HDR layout): their state was dropped.
     pub dropped_metrics: Vec<String>,
+    /// SLOs in the checkpoint that the current mapping has not (or has on
+    /// another metric): their counts were dropped.
+    pub dropped_slos: Vec<String>,
     /// Metrics whose bucket bounds changed: re-counted from HDR.
     pub rebucketed: Vec<String>,
     /// Seconds between the checkpoint and the restore, by the wall clock.
@@ -107,11 +113,22 @@ impl Fold {
             def.buckets.iter().for_each(|&b| w.f64(b));
             w.varint(def.window.as_ref().map_or(0, |_| step_nanos(def)));
         }
+        let slos = &self.catalog.slos;
+        w.varint(slos.len() as u64);
+        for slo in slos {
+            w.str(&slo.name);
+            w.str(&metrics[slo.metric].name);
+        }
         w.varint(self.namespaces.list.len() as u64);
         for ns in &self.namespaces.list {
             w.str(&ns.name);
             for (slot, def) in ns.slots.iter().zip(metrics.iter()) {
                 self.encode_slot(&mut w, slot, def, now);
+            }
+            for sli in &ns.slis {
+                w.start(sli.start);
+                w.varint(sli.good);
+                w.varint(sli.bad);
             }
         }
         match &self.dedup {
@@ -278,6 +295,20 @@ impl Fold {
                 target,
             });
         }
+        // Each stored SLO's place in the current mapping, if its counts carry over.
+        let stored_slos = if format >= 4 { r.count(2)? } else { 0 };
+        let mut slo_table = Vec::with_capacity(stored_slos);
+        for _ in 0..stored_slos {
+            let (name, metric) = (r.str()?, r.str()?);
+            let target = catalog
+                .slos
+                .iter()
+                .position(|s| s.name == name && catalog.metrics[s.metric].name == metric);
+            if target.is_none() {
+                out.dropped_slos.push(name.to_string());
+            }
+            slo_table.push(target);
+        }
         let namespaces = r.count(2)?;
         for _ in 0..namespaces {
             let name = r.str()?;
@@ -288,6 +319,22 @@ impl Fold {
                     slots[i] = slot;
                 }
             }
+            let mut slis = vec![Sli::default(); catalog.slos.len()];
+            for target in &slo_table {
+                let sli = Sli {
+                    start: r.start()?,
+                    good: r.varint()?,
+                    bad: r.varint()?,
+                };
+                if sli.good.checked_add(sli.bad).is_none() {
+                    return Err(CheckpointError(format!(
+                        "SLI counts of namespace {name:?} overflow"
+                    )));
+                }
+                if let Some(k) = target {
+                    slis[*k] = sli;
+                }
+            }
             if self.namespaces.index.contains_key(name) {
                 return Err(CheckpointError(format!("namespace {name:?} appears twice")));
             }
@@ -295,6 +342,7 @@ impl Fold {
             self.namespaces.list[i] = Namespace {
                 name: self.namespaces.list[i].name.clone(),
                 slots,
+                slis,
             };
         }
         for ns in &mut self.namespaces.list {
@@ -634,6 +682,7 @@ pub(crate) fn sample_fold() -> (Fold, Instant) {
     let events = [
         r#"{"id":"1","name":"MetricAcquiringDsWaitTimeEvent","namespace":"g","timestamp":"2026-11-22T10:00:00Z","payload":{"message":"1532"}}"#,
         r#"{"id":"2","name":"MetricAcquiringDsWaitTimeEvent","namespace":"g","payload":{"message":"{\"value\":870}"}}"#,
+        r#"{"id":"7","name":"MetricAcquiringDsWaitTimeEvent","namespace":"h","payload":{"message":"45000"}}"#,
         r#"{"id":"3","name":"MetricAcquiringDsEvent","namespace":"g\"\n"}"#,
         r#"{"id":"4","name":"MetricTotalActiveSessionEvent","namespace":"g","timestamp":"2026-11-22T10:00:02Z","payload":{"message":"42"}}"#,
         r#"{"id":"5","name":"MetricTotalPlayerPersessionEvent","namespace":"h","payload":{"userIds":["a","b","c"],"message":""}}"#,
@@ -753,7 +802,7 @@ mod tests {
     /// A format-3 checkpoint as the first release with series starts wrote it
     /// (`sample_fold().encode` at wall time 1.7e9, partition 2 of 3 of stream
     /// SESSIONS at sequence 777; every series began at 1.7e9 - 30.5). Written
-    /// once with `WRITE_FORMAT_3=1`; never regenerate it.
+    /// once by that release; never regenerate it.
     const FORMAT_3: &str = "../../tests/data/checkpoint-format-3.bin";
 
     #[test]
@@ -762,16 +811,13 @@ mod tests {
             "{}/tests/data/checkpoint-format-3.bin",
             env!("CARGO_MANIFEST_DIR")
         );
-        let (f, now) = sample_fold();
+        let now = Instant::now();
         let resume = Resume {
             partition: Partition { count: 3, index: 2 },
             stream: "SESSIONS".into(),
             stream_seq: 777,
             legacy_acks: Vec::new(),
         };
-        if std::env::var_os("WRITE_FORMAT_3").is_some() {
-            std::fs::write(&path, f.encode(now, 1.7e9, &resume)).unwrap();
-        }
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{FORMAT_3}: {e}"));
         let mut g = empty().with_clock(|| 1.9e9);
         let restored = g.restore(&bytes, now, 1.7e9 + 60.0).unwrap();
@@ -808,6 +854,59 @@ mod tests {
             .iter()
             .find(|s| snap.namespaces.get(s.namespace) == "new");
         assert_eq!(new.unwrap().start, Some(1.9e9));
+    }
+
+    /// A format-4 checkpoint as the first release with SLIs wrote it
+    /// (`sample_fold().encode` at wall time 1.7e9, partition 0 of 1 of stream
+    /// SESSIONS at sequence 4040). Written once with `WRITE_FORMAT_4=1`;
+    /// never regenerate it.
+    #[test]
+    fn format_4_checkpoints_keep_slis_and_format_3_starts_them_at_zero() {
+        let path = format!(
+            "{}/tests/data/checkpoint-format-4.bin",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let resume = Resume {
+            stream: "SESSIONS".into(),
+            stream_seq: 4040,
+            ..Resume::default()
+        };
+        if std::env::var_os("WRITE_FORMAT_4").is_some() {
+            let (f, now) = sample_fold();
+            std::fs::write(&path, f.encode(now, 1.7e9, &resume)).unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let now = Instant::now();
+        let mut g = empty();
+        let restored = g.restore(&bytes, now, 1.7e9 + 60.0).unwrap();
+        assert_eq!((restored.format, restored.resume), (4, resume));
+        let text = render(&mut g, now);
+        for line in [
+            "session_slo_events_total{game_namespace=\"g\",slo=\"ds-acquisition\",result=\"good\"} 2",
+            "session_slo_events_total{game_namespace=\"h\",slo=\"ds-acquisition\",result=\"bad\"} 1",
+            "session_slo_objective_ratio{game_namespace=\"h\",slo=\"ds-acquisition\"} 0.99",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        let snap = g.snapshot(now);
+        assert!(snap.slis.iter().all(|s| s.sli.start == Some(1.7e9 - 30.5)));
+        // Into a mapping whose SLO has another name: dropped, and said so.
+        let yaml = crate::config::DEFAULT_MAPPING.replace("name: ds-acquisition", "name: ds");
+        let mut g = Fold::new(Arc::new(Catalog::from_yaml(&yaml).unwrap()));
+        let restored = g.restore(&bytes, now, 1.7e9).unwrap();
+        assert_eq!(restored.dropped_slos, ["ds-acquisition"]);
+        assert!(g.snapshot(now).slis.is_empty());
+        // Format 3 had no SLIs: they begin at zero, with the next event.
+        let mut g = empty().with_clock(|| 1.9e9);
+        g.restore(FORMAT_2, now, 1.7e9).unwrap();
+        assert!(g.snapshot(now).slis.is_empty());
+        let ev = crate::event::decode(
+            br#"{"name":"MetricAcquiringDsWaitTimeEvent","namespace":"g","payload":{"message":"31000"}}"#,
+        )
+        .unwrap();
+        g.apply(&ev, now, 1.9e9).unwrap();
+        let s = g.snapshot(now).slis[0];
+        assert_eq!((s.sli.good, s.sli.bad, s.sli.start), (0, 1, Some(1.9e9)));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use exact::Exact;
 use hist::{record_hdr, Hist};
 use namespaces::{Namespace, Namespaces};
 use native::Native;
-pub use snapshot::{Exemplar, FamilySnapshot, Names, Sample, SampleExemplars, Snapshot};
+pub use snapshot::{Exemplar, FamilySnapshot, Names, Sample, SampleExemplars, SliSample, Snapshot};
 use window::{step_nanos, window_step, Window, WINDOW_STEPS};
 
 use std::hash::{BuildHasher, RandomState};
@@ -57,6 +57,27 @@ enum Slot {
         seen: Instant,
     },
     Histogram(Box<Hist>),
+}
+
+/// One namespace's count of an SLO's events: good ones came in at or under
+/// its threshold. `start` is when the first was counted (see [`Start`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sli {
+    pub good: u64,
+    pub bad: u64,
+    pub start: Start,
+}
+
+impl Sli {
+    fn count(&mut self, good: bool, clock: fn() -> f64) {
+        if self.good == 0 && self.bad == 0 {
+            self.start = Some(clock());
+        }
+        match good {
+            true => self.good += 1,
+            false => self.bad += 1,
+        }
+    }
 }
 
 /// When a counter or histogram series began (Unix seconds): when this
@@ -163,7 +184,9 @@ impl Fold {
             None => None,
         };
         let (slot_ns, outcome) = self.namespaces.find_or_insert(ns, &self.catalog);
-        let slots = &mut self.namespaces.list[slot_ns].slots;
+        let Namespace {
+            name, slots, slis, ..
+        } = &mut self.namespaces.list[slot_ns];
         let at = At {
             event_time,
             now,
@@ -173,6 +196,10 @@ impl Fold {
         for (rule, &v) in rules.iter().zip(&self.scratch) {
             let def = &self.catalog.metrics[rule.metric];
             record(&mut slots[rule.metric], def, v, &at, self.started);
+            for &k in &rule.slos {
+                let good = v <= self.catalog.slos[k].target_of(name).threshold;
+                slis[k].count(good, self.clock);
+            }
         }
         Ok(outcome)
     }
@@ -231,7 +258,21 @@ impl Fold {
                 })
             })
             .collect();
+        let carry_slis: Vec<Option<usize>> = catalog
+            .slos
+            .iter()
+            .map(|new| {
+                self.catalog.slos.iter().position(|old| {
+                    old.name == new.name
+                        && self.catalog.metrics[old.metric].name == catalog.metrics[new.metric].name
+                })
+            })
+            .collect();
         for ns in &mut self.namespaces.list {
+            ns.slis = carry_slis
+                .iter()
+                .map(|c| c.map_or(Sli::default(), |i| ns.slis[i]))
+                .collect();
             let mut old = std::mem::take(&mut ns.slots);
             ns.slots = carry
                 .iter()
@@ -553,11 +594,106 @@ mod tests {
         apply(&mut f, &e, later).unwrap();
         let s = f.snapshot(later);
         assert_eq!(window(&s), vec![2.0, 2.0, 2.0]);
-        // 12 buckets + Inf + sum + count, then the window's 3 quantiles + sum + count.
-        assert_eq!(s.series(), 15 + 5 + s.events.len());
+        // 12 buckets + Inf + sum + count, then the window's 3 quantiles + sum
+        // + count, then the SLO's good, bad, objective and threshold.
+        assert_eq!(s.series(), 15 + 5 + 4 + s.events.len());
         assert_eq!(
             family(&s, "session_ds_acquisition_wait_seconds").samples[0].count,
             101
+        );
+    }
+
+    /// (namespace, good, bad, threshold, objective) of every SLI sample.
+    fn slis(f: &mut Fold) -> Vec<(String, u64, u64, f64, f64)> {
+        let s = f.snapshot(Instant::now());
+        s.slis
+            .iter()
+            .map(|x| {
+                let ns = s.namespaces.get(x.namespace).to_string();
+                (
+                    ns,
+                    x.sli.good,
+                    x.sli.bad,
+                    x.target.threshold,
+                    x.target.objective,
+                )
+            })
+            .collect()
+    }
+
+    fn slo_catalog(extra: &str) -> Arc<Catalog> {
+        let yaml = crate::config::DEFAULT_MAPPING
+            .replace("    period: 30d\n", &format!("    period: 30d\n{extra}"));
+        Arc::new(Catalog::from_yaml(&yaml).unwrap())
+    }
+
+    #[test]
+    fn slis_count_every_event_against_its_namespace_threshold() {
+        let big = "    namespaces:\n      big: {threshold: 10s, objective: 0.995}\n";
+        let mut f = Fold::new(slo_catalog(big));
+        let now = Instant::now();
+        let wait = |ns: &str, msg: &str| ev("MetricAcquiringDsWaitTimeEvent", ns, msg, "");
+        // At the threshold is good, a millisecond over is bad; in every encoding.
+        for (ns, msg) in [
+            ("g", "30000"),
+            ("g", "30001"),
+            ("g", "{\\\"value\\\":29999}"),
+            ("g", "1"),
+            ("big", "10000"),
+            ("big", "10001"),
+            ("big", "30000"),
+        ] {
+            apply(&mut f, &wait(ns, msg), now).unwrap();
+        }
+        // Rejected values and other events count nowhere.
+        assert!(apply(&mut f, &wait("g", "soon"), now).is_err());
+        apply(&mut f, &ev("MetricAcquiringDsEvent", "g", "", ""), now).unwrap();
+        apply(
+            &mut f,
+            &ev("MetricMatchLengthDurationEvent", "h", "900000", ""),
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            slis(&mut f),
+            [
+                ("big".into(), 1, 2, 10.0, 0.995),
+                ("g".into(), 3, 1, 30.0, 0.99)
+            ]
+        );
+        // A reload's new threshold applies to new events; the counts stay.
+        f.reconfigure(slo_catalog(&big.replace("10s", "60s")));
+        apply(&mut f, &wait("big", "59000"), now).unwrap();
+        assert_eq!(slis(&mut f)[0], ("big".into(), 2, 2, 60.0, 0.995));
+        // A mapping without the SLO drops its counts.
+        let none = crate::config::DEFAULT_MAPPING
+            .split("slos:")
+            .next()
+            .unwrap();
+        f.reconfigure(Arc::new(Catalog::from_yaml(none).unwrap()));
+        assert!(slis(&mut f).is_empty());
+    }
+
+    #[test]
+    fn slis_past_the_namespace_limit_count_in_the_overflow_series() {
+        let yaml =
+            crate::config::DEFAULT_MAPPING.replace("max_namespaces: 10000", "max_namespaces: 1");
+        let mut f = Fold::new(Arc::new(Catalog::from_yaml(&yaml).unwrap()));
+        let now = Instant::now();
+        for (ns, ms) in [("a", "1"), ("b", "40000"), ("c", "2")] {
+            apply(
+                &mut f,
+                &ev("MetricAcquiringDsWaitTimeEvent", ns, ms, ""),
+                now,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            slis(&mut f),
+            [
+                (OVERFLOW_NAMESPACE.into(), 1, 1, 30.0, 0.99),
+                ("a".into(), 1, 0, 30.0, 0.99)
+            ]
         );
     }
 

@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Outcome, Slot, OVERFLOW_NAMESPACE};
+use super::{Outcome, Sli, Slot, OVERFLOW_NAMESPACE};
 use crate::config::Catalog;
 
 pub(super) struct Namespace {
     pub(super) name: Arc<str>,
     pub(super) slots: Vec<Slot>,
+    /// One per `Catalog::slos`.
+    pub(super) slis: Vec<Sli>,
 }
 
 /// Namespaces by name, in arrival order.
@@ -56,6 +58,7 @@ impl Namespaces {
         self.list.push(Namespace {
             name: name.clone(),
             slots,
+            slis: vec![Sli::default(); catalog.slos.len()],
         });
         self.index.insert(name, self.list.len() - 1);
         self.list.len() - 1

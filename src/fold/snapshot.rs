@@ -38,6 +38,7 @@ impl Fold {
             .map(|d| Histogram::new(d.sigfig).expect("sigfig validated to 1..=5"))
             .collect();
         let mut names = Names::with_capacity(live);
+        let mut slis = Vec::new();
         for (ni, &i) in namespaces.by_name.iter().enumerate() {
             if ni % WARM_AHEAD == 0 {
                 let next = namespaces.by_name[ni..].iter().take(WARM_AHEAD);
@@ -45,6 +46,16 @@ impl Fold {
             }
             let ns = &mut namespaces.list[i];
             names.push(&ns.name);
+            for (slo, (sli, def)) in ns.slis.iter().zip(&catalog.slos).enumerate() {
+                if sli.good + sli.bad > 0 {
+                    slis.push(SliSample {
+                        namespace: ni,
+                        slo,
+                        sli: *sli,
+                        target: def.target_of(&ns.name),
+                    });
+                }
+            }
             for (((slot, def), fam), merged) in ns
                 .slots
                 .iter_mut()
@@ -117,6 +128,7 @@ impl Fold {
             families,
             events,
             event_starts,
+            slis,
         }
     }
 }
@@ -202,6 +214,18 @@ impl Sample {
             start: None,
         }
     }
+}
+
+/// One namespace's count of one SLO's events, with the target it is held to
+/// now (a reload's new target applies to new events; the counts stay).
+#[derive(Debug, Clone, Copy)]
+pub struct SliSample {
+    /// Index into [`Snapshot::namespaces`].
+    pub namespace: usize,
+    /// Index into `catalog.slos`.
+    pub slo: usize,
+    pub sli: super::Sli,
+    pub target: crate::config::Target,
 }
 
 /// A bucket's latest traced observation; its trace id lives in the family.
@@ -298,6 +322,8 @@ pub struct Snapshot {
     pub events: Vec<(&'static str, u64)>,
     /// When each of `events` began.
     pub event_starts: Vec<super::Start>,
+    /// By namespace, then SLO; only namespaces with an SLO event.
+    pub slis: Vec<SliSample>,
 }
 
 impl Snapshot {
@@ -317,7 +343,8 @@ impl Snapshot {
                 f.samples.len() * per_sample + window + quantiles
             })
             .sum();
-        domain + self.events.len()
+        // Good and bad, the objective and the threshold.
+        domain + self.events.len() + 4 * self.slis.len()
     }
 }
 

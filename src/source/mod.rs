@@ -275,6 +275,7 @@ async fn restore(
                         stream_sequence = r.resume.stream_seq,
                         rebucketed = ?r.rebucketed,
                         dropped_metrics = ?r.dropped_metrics,
+                        dropped_slos = ?r.dropped_slos,
                         "state restored"
                     );
                     return Ok((store, r.resume, true));

@@ -11,13 +11,21 @@ use serde::Deserialize;
 
 use crate::fold::native;
 
+mod slo;
+pub use slo::{SloDef, Target, FASTEST_BURN};
+
 /// The built-in mapping, printed by `print-default-config`.
-pub const DEFAULT_MAPPING: &str = include_str!("../config/default.yml");
+pub const DEFAULT_MAPPING: &str = include_str!("../../config/default.yml");
 
 /// Self-metrics own this prefix; mappings may not use it.
 const RESERVED_PREFIX: &str = "session_exporter_";
 /// Built-in family counting every event by name.
 pub const EVENTS_METRIC: &str = "session_events_total";
+/// Built-in families of the SLOs (`slos:`): events by result, and each
+/// namespace's objective and threshold.
+pub const SLO_EVENTS_METRIC: &str = "session_slo_events_total";
+pub const SLO_OBJECTIVE_METRIC: &str = "session_slo_objective_ratio";
+pub const SLO_THRESHOLD_METRIC: &str = "session_slo_threshold_seconds";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigError(String);
@@ -46,6 +54,8 @@ struct RawFile {
     #[serde(default)]
     limits: RawLimits,
     mappings: Vec<RawMapping>,
+    #[serde(default)]
+    slos: Vec<slo::RawSlo>,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +262,8 @@ pub struct Rule {
     pub metric: usize,
     /// `None` for counters that add one: no value is read at all.
     pub value: Option<ValueSpec>,
+    /// Indexes into `Catalog::slos` of the SLOs this value counts for.
+    pub slos: Vec<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -267,6 +279,8 @@ pub struct Catalog {
     pub limits: Limits,
     pub metrics: Vec<MetricDef>,
     pub rules: HashMap<String, Vec<Rule>>,
+    /// The service-level objectives, in file order.
+    pub slos: Vec<SloDef>,
     /// `rules` again, indexed by `seed::event_index`: the hot path looks a seed
     /// name up once for both its event counter and its rules.
     seed_rules: Vec<Vec<Rule>>,
@@ -336,12 +350,19 @@ fn build(raw: RawFile) -> Result<Catalog, ConfigError> {
                 metrics.len() - 1
             }
         };
-        rules
-            .entry(m.event)
-            .or_default()
-            .push(Rule { metric, value });
+        rules.entry(m.event).or_default().push(Rule {
+            metric,
+            value,
+            slos: Vec::new(),
+        });
     }
     check_collisions(&metrics)?;
+    let slos = slo::check_slos(raw.slos, &metrics)?;
+    for rule in rules.values_mut().flatten() {
+        rule.slos = (0..slos.len())
+            .filter(|&k| slos[k].metric == rule.metric)
+            .collect();
+    }
     let seed_rules = crate::seed::EVENT_NAMES
         .iter()
         .map(|n| rules.get(*n).cloned().unwrap_or_default())
@@ -354,6 +375,7 @@ fn build(raw: RawFile) -> Result<Catalog, ConfigError> {
         },
         metrics,
         rules,
+        slos,
         seed_rules,
     })
 }
@@ -537,8 +559,15 @@ fn check_buckets(key: &str, b: &[f64]) -> Result<Vec<f64>, ConfigError> {
 /// and so must its OpenMetrics family name (a counter's, without `_total`).
 fn check_collisions(metrics: &[MetricDef]) -> Result<(), ConfigError> {
     let mut seen: HashMap<String, &str> = HashMap::new();
-    seen.insert(EVENTS_METRIC.to_string(), EVENTS_METRIC);
-    seen.insert(family_of(EVENTS_METRIC).to_string(), EVENTS_METRIC);
+    for builtin in [
+        EVENTS_METRIC,
+        SLO_EVENTS_METRIC,
+        SLO_OBJECTIVE_METRIC,
+        SLO_THRESHOLD_METRIC,
+    ] {
+        seen.insert(builtin.to_string(), builtin);
+        seen.insert(family_of(builtin).to_string(), builtin);
+    }
     for d in metrics {
         let names: Vec<String> = match d.kind {
             Kind::Histogram => ["_bucket", "_sum", "_count", ""]
@@ -580,6 +609,13 @@ fn valid_metric_name(s: &str) -> bool {
 
 /// `500ms`, `30s`, `10m`, `1h`, `1d`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
+    Duration::try_from_secs_f64(parse_seconds(s)?).ok()
+}
+
+/// A duration as [`parse_duration`] reads it, in seconds: milliseconds are
+/// divided by 1e3, as event values in milliseconds are, so `30001ms` and an
+/// event of 30001 ms compare equal.
+fn parse_seconds(s: &str) -> Option<f64> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
     let (num, unit) = s.split_at(split);
@@ -592,7 +628,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "d" => n * 86400.0,
         _ => return None,
     };
-    Duration::try_from_secs_f64(secs).ok()
+    Some(secs)
 }
 
 #[cfg(test)]
