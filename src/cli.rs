@@ -39,6 +39,17 @@ pub enum Command {
     },
     /// Print the built-in mapping: a commented starting point for --config.file.
     PrintDefaultConfig,
+    /// Print the Prometheus rules for the mapping's SLOs: burn-rate
+    /// recording rules and the SessionSLOErrorBudgetBurn page and ticket
+    /// alerts, each namespace held to its own objective.
+    #[command(after_help = "Example:\n  \
+        session-exporter rules --config.file mapping.yml > slo.rules.yml\n  \
+        promtool check rules slo.rules.yml")]
+    Rules {
+        /// The mapping file (YAML); the built-in mapping without it.
+        #[arg(long = "config.file", env = "SESSION_EXPORTER_CONFIG_FILE")]
+        config_file: Option<PathBuf>,
+    },
     /// Publish realistic seed-shaped events to NATS (for demos, tests and benchmarks).
     Simulate(Box<SimulateArgs>),
     /// Fold a JSONL capture (one published message per line) offline and

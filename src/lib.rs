@@ -16,6 +16,7 @@ pub mod fold;
 pub mod http;
 pub mod partition;
 pub mod replay;
+pub mod rules;
 pub mod scan;
 pub mod seed;
 pub mod shutdown;

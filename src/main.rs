@@ -17,6 +17,7 @@ fn main() -> ExitCode {
             print!("{DEFAULT_MAPPING}");
             Ok(())
         }
+        Some(Command::Rules { config_file }) => rules(config_file.as_deref()),
         Some(Command::Replay(args)) => replay(&args),
         Some(Command::Partition(args)) => {
             for ns in &args.namespaces {
@@ -44,6 +45,15 @@ fn main() -> ExitCode {
     }
 }
 
+fn rules(config_file: Option<&std::path::Path>) -> Result<(), BoxError> {
+    let catalog = match config_file {
+        Some(path) => Catalog::from_file(path)?,
+        None => Catalog::default_mapping(),
+    };
+    print!("{}", session_exporter::rules::render(&catalog));
+    Ok(())
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, BoxError> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -64,10 +74,11 @@ fn init_logging(log: &LogArgs) {
 fn check_config(file: &std::path::Path) -> Result<(), BoxError> {
     let catalog = Catalog::from_file(file)?;
     println!(
-        "{}: OK ({} metrics from {} events)",
+        "{}: OK ({} metrics from {} events, {} SLOs)",
         file.display(),
         catalog.metrics.len(),
-        catalog.rules.len()
+        catalog.rules.len(),
+        catalog.slos.len()
     );
     Ok(())
 }

@@ -28,6 +28,7 @@ fn help_names_the_conventional_flags_and_their_env_vars() {
         "SESSION_EXPORTER_NATS_URL",
         "check-config",
         "simulate",
+        "rules",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}:\n{out}");
     }
@@ -70,6 +71,11 @@ fn a_bad_config_is_refused_naming_the_key() {
             "mappings:\n  - {event: A, metric: a, type: histogram, buckets: [5, 1]}\n",
             "mappings[0].buckets",
         ),
+        (
+            "mappings:\n  - {event: A, metric: a_seconds, type: histogram, unit: milliseconds}\n\
+             slos:\n  - {name: a, metric: a_seconds, threshold: 1s, objective: 0.9}\n",
+            "slos[0].objective",
+        ),
     ];
     for (i, (yaml, key)) in cases.iter().enumerate() {
         let path = dir.join(format!("bad{i}.yml"));
@@ -86,6 +92,10 @@ fn a_bad_config_is_refused_naming_the_key() {
         ]);
         assert_eq!(code, 1, "{yaml}");
         assert!(err.contains(key), "start: {err} should name {key}");
+        // And so does the rule generator.
+        let (code, out, err) = run(&["rules", "--config.file", path.to_str().unwrap()]);
+        assert_eq!((code, out.as_str()), (1, ""), "{yaml}");
+        assert!(err.contains(key), "rules: {err} should name {key}");
     }
 }
 
