@@ -82,7 +82,7 @@ fn configmaps_hold_the_dashboards_and_the_mapping_exactly() {
         );
         n += 1;
     }
-    assert_eq!(n, 3);
+    assert_eq!(n, 4);
     // The kustomization applies every generated file.
     let kust = std::fs::read_to_string(repo_path(&format!("{BASE}/kustomization.yaml"))).unwrap();
     for entry in std::fs::read_dir(repo_path(&format!("{BASE}/generated"))).unwrap() {

@@ -31,13 +31,17 @@ fn wait(i: usize, ns: &str, ms: u64) -> (String, Vec<u8>) {
     )
 }
 
-/// (events, truth: namespace -> (good, bad)).
-fn corpus() -> (Vec<(String, Vec<u8>)>, HashMap<String, (u64, u64)>) {
+type Events = Vec<(String, Vec<u8>)>;
+/// Namespace -> (good, bad).
+type Counts = HashMap<String, (u64, u64)>;
+
+/// The events, and the counts they must give.
+fn corpus() -> (Events, Counts) {
     let namespaces = [
         "big", "alpha", "bravo", "charlie", "delta", "echo", "foxtrot",
     ];
     let mut events = Vec::new();
-    let mut truth: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut truth = Counts::new();
     for i in 0..700 {
         let ns = namespaces[i % namespaces.len()];
         let ms = WAITS[(i / namespaces.len()) % WAITS.len()];
@@ -54,8 +58,8 @@ fn corpus() -> (Vec<(String, Vec<u8>)>, HashMap<String, (u64, u64)>) {
 
 /// What the replicas serve between them: namespace -> (good, bad), and on
 /// how many replicas each namespace's SLO series appear.
-fn served(replicas: &[Exporter]) -> (HashMap<String, (u64, u64)>, HashMap<String, usize>) {
-    let mut counts: HashMap<String, (u64, u64)> = HashMap::new();
+fn served(replicas: &[Exporter]) -> (Counts, HashMap<String, usize>) {
+    let mut counts = Counts::new();
     let mut holders: HashMap<String, usize> = HashMap::new();
     for r in replicas {
         for (key, v) in series(&domain(&r.metrics())) {
