@@ -59,6 +59,49 @@ fn prometheus_rule_carries_the_rules_file() {
     }
 }
 
+/// `key` of each item of a list.
+fn each(list: &Value, key: &str) -> Vec<Value> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v[key].clone())
+        .collect()
+}
+
+#[test]
+fn alertmanager_config_carries_the_routing() {
+    let amc = yaml(&repo_path(&format!(
+        "{BASE}/generated/alertmanagerconfig.yaml"
+    )));
+    assert_eq!(amc["kind"], "AlertmanagerConfig");
+    let spec = &amc["spec"];
+    let am = yaml(&repo_path("deploy/alertmanager/alertmanager.yml"));
+    assert_eq!(spec["route"]["groupBy"], am["route"]["group_by"]);
+    assert_eq!(spec["route"]["receiver"], am["route"]["receiver"]);
+    assert_eq!(
+        each(&spec["route"]["routes"], "receiver"),
+        each(&am["route"]["routes"], "receiver")
+    );
+    assert_eq!(
+        each(&spec["receivers"], "name"),
+        each(&am["receivers"], "name")
+    );
+    assert_eq!(
+        each(&spec["inhibitRules"], "equal"),
+        each(&am["inhibit_rules"], "equal")
+    );
+    // Matchers become objects: `severity=~"page|critical"`.
+    let m = &spec["route"]["routes"][0]["matchers"][0];
+    let s = |v: &Value| v.as_str().unwrap().to_string();
+    let text = format!(
+        "{}{}\"{}\"",
+        s(&m["name"]),
+        s(&m["matchType"]),
+        s(&m["value"])
+    );
+    assert_eq!(text, am["route"]["routes"][0]["matchers"][0]);
+}
+
 #[test]
 fn configmaps_hold_the_dashboards_and_the_mapping_exactly() {
     let dashboards = std::fs::read_dir(repo_path("dashboards")).unwrap();
@@ -184,6 +227,10 @@ fn manifests_validate_offline_against_kubernetes_and_operator_schemas() {
         said.contains("PrometheusRule/session-exporter valid"),
         "{said}"
     );
+    assert!(
+        said.contains("AlertmanagerConfig/session-exporter valid"),
+        "{said}"
+    );
 
     // The validators do reject: a misspelt pod field, a malformed interval.
     let dir = temp_dir("invalid");
@@ -197,6 +244,20 @@ fn manifests_validate_offline_against_kubernetes_and_operator_schemas() {
     std::fs::write(&bad, text.replace("interval: 30s", "interval: soon")).unwrap();
     let (ok, said) = operator_validate(&[bad]);
     assert!(!ok, "a bad interval passed:\n{said}");
+    // Child routes too, which the operator's schema leaves free-form.
+    let bad = dir.join("bad-alertmanagerconfig.yaml");
+    let text = std::fs::read_to_string(repo_path(&format!(
+        "{BASE}/generated/alertmanagerconfig.yaml"
+    )))
+    .unwrap();
+    assert!(text.contains("      repeatInterval: 24h"));
+    std::fs::write(
+        &bad,
+        text.replace("      repeatInterval: 24h", "      repeatInterval: daily"),
+    )
+    .unwrap();
+    let (ok, said) = operator_validate(&[bad]);
+    assert!(!ok, "a bad child route passed:\n{said}");
 }
 
 /// The pod template of a workload manifest.

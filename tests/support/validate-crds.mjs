@@ -1,5 +1,5 @@
-// Validate Prometheus Operator resources (ServiceMonitor, PrometheusRule)
-// against the operator's schemas, offline: the npm package
+// Validate Prometheus Operator resources (ServiceMonitor, PrometheusRule,
+// AlertmanagerConfig) against the operator's schemas, offline: the npm package
 // @kubernetes-models/prometheus-operator carries them, generated from the
 // operator's Go types (scripts/setup installs it under .tools/node).
 // Usage: node validate-crds.mjs FILE... (multi-document YAML; other kinds are
@@ -12,15 +12,30 @@ const yaml = require("js-yaml");
 const { ServiceMonitor, PrometheusRule } = await import(
   process.env.NODE_TOOLS + "/node_modules/@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/index.js"
 );
-const models = { ServiceMonitor, PrometheusRule };
+const v1alpha1 = process.env.NODE_TOOLS + "/node_modules/@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1alpha1/index.js";
+const { AlertmanagerConfig, Route } = await import(v1alpha1);
+const models = {
+  "monitoring.coreos.com/v1": { ServiceMonitor, PrometheusRule },
+  "monitoring.coreos.com/v1alpha1": { AlertmanagerConfig },
+};
+
+// The schema leaves an AlertmanagerConfig's child routes free-form JSON; the
+// operator reads them as routes, so check them as such.
+function validateRoutes(route) {
+  for (const child of route?.routes ?? []) {
+    new Route(child).validate();
+    validateRoutes(child);
+  }
+}
 
 let checked = 0;
 for (const file of process.argv.slice(2)) {
   for (const doc of yaml.loadAll(readFileSync(file, "utf8"))) {
-    const Model = doc && doc.apiVersion === "monitoring.coreos.com/v1" && models[doc.kind];
+    const Model = doc && models[doc.apiVersion]?.[doc.kind];
     if (!Model) continue;
     try {
       new Model(doc).validate();
+      if (doc.kind === "AlertmanagerConfig") validateRoutes(doc.spec.route);
     } catch (e) {
       console.error(`${file}: ${doc.kind}/${doc.metadata?.name}: ${e.message}`);
       process.exit(1);
