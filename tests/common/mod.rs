@@ -933,3 +933,189 @@ pub fn assert_partitions_equal(
         assert_eq!(total(name), sum(&reference_page, name), "{what}: {name}");
     }
 }
+
+/// A request with a body: status and response body.
+pub fn http_send(addr: &str, method: &str, path: &str, json: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+        json.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+    (status.unwrap_or(0), body.to_string())
+}
+
+/// An Alertmanager release `scripts/setup` unpacked from a Debian package
+/// under `.tools/`.
+#[derive(Debug, Clone)]
+pub struct AmBin {
+    root: PathBuf,
+}
+
+impl AmBin {
+    pub fn amtool(&self) -> PathBuf {
+        self.root.join("usr/bin/amtool")
+    }
+
+    /// The folder's name, e.g. `alertmanager-0.25.0`.
+    pub fn name(&self) -> String {
+        self.root
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// Every Alertmanager the tests run: Debian's 0.25 and sid's 0.33.
+pub fn alertmanager_versions() -> Vec<AmBin> {
+    ["alertmanager-0.25.", "alertmanager-0.33."]
+        .iter()
+        .map(|prefix| AmBin {
+            root: pinned_tool(prefix, "usr/bin/amtool")
+                .ancestors()
+                .nth(3)
+                .unwrap()
+                .to_path_buf(),
+        })
+        .collect()
+}
+
+/// Where Debian's Alertmanager build reads its default template from.
+const AM_TEMPLATES: &str = "/usr/share/prometheus/alertmanager";
+
+/// A real Alertmanager on a free loopback port, with its own storage and no
+/// cluster (gossip would bind a fixed port).
+pub struct Alertmanager {
+    child: Child,
+    pub addr: String,
+    dir: PathBuf,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Alertmanager {
+    pub fn start(bin: &AmBin, config: &Path) -> Alertmanager {
+        let dir = temp_dir("alertmanager");
+        // In a private mount namespace, this version's templates at the path
+        // the binary reads (`unshare` and `sh` exec, so the PID is
+        // Alertmanager's). Without root, a user namespace maps us to root.
+        let root = run_ok("id", &["-u"]).trim() == "0";
+        let mut cmd = Command::new("unshare");
+        if !root {
+            cmd.arg("--map-root-user");
+        }
+        let script = r#"mkdir -p "$2" && mount --bind "$1" "$2" && shift 2 && exec "$@""#;
+        cmd.args(["--mount", "sh", "-c", script, "sh"])
+            .arg(bin.root.join("usr/share/prometheus/alertmanager"))
+            .arg(AM_TEMPLATES)
+            .arg(bin.root.join("usr/bin/prometheus-alertmanager"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.display()))
+            .args([
+                "--web.listen-address=127.0.0.1:0",
+                "--cluster.listen-address=",
+            ]);
+        let (child, addr, log) = spawn_and_find(cmd, |line| {
+            let rest = line.split("msg=\"Listening on\" address=").nth(1)?;
+            rest.split_whitespace().next().map(str::to_string)
+        });
+        let am = Alertmanager {
+            child,
+            addr,
+            dir,
+            log,
+        };
+        wait_for(Duration::from_secs(20), "alertmanager ready", || {
+            (http(&am.addr, "GET", "/-/ready").0 == 200).then_some(())
+        });
+        am
+    }
+
+    /// POST `alerts` (a JSON array) to the v2 API.
+    pub fn post(&self, alerts: &serde_json::Value) {
+        let (status, body) = http_send(&self.addr, "POST", "/api/v2/alerts", &alerts.to_string());
+        assert_eq!(status, 200, "POST /api/v2/alerts: {body}");
+    }
+
+    /// Every alert it holds, with its status (`state`, `inhibitedBy`).
+    pub fn alerts(&self) -> Vec<serde_json::Value> {
+        let (status, body) = http(&self.addr, "GET", "/api/v2/alerts");
+        assert_eq!(status, 200, "GET /api/v2/alerts: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A webhook receiver on a free loopback port: keeps the path and JSON body
+/// of every POST, answers 200.
+pub struct Webhook {
+    pub url: String,
+    received: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+}
+
+impl Webhook {
+    pub fn start() -> Webhook {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let sink = sink.clone();
+                thread::spawn(move || {
+                    if let Some(request) = read_post(&stream) {
+                        sink.lock().unwrap().push(request);
+                    }
+                    let _ = (&stream).write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                });
+            }
+        });
+        Webhook { url, received }
+    }
+
+    /// (path, body) of each POST so far.
+    pub fn received(&self) -> Vec<(String, serde_json::Value)> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// The path and JSON body of one HTTP/1.1 POST.
+fn read_post(stream: &TcpStream) -> Option<(String, serde_json::Value)> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let path = line.split_whitespace().nth(1)?.to_string();
+    let mut length = 0;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).ok()?;
+        if line.trim().is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':')?;
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some((path, serde_json::from_slice(&body).ok()?))
+}
