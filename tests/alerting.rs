@@ -1,0 +1,225 @@
+//! The shipped Alertmanager routing (`deploy/alertmanager/alertmanager.yml`)
+//! on every Alertmanager the tests run (Debian's 0.25, sid's 0.33): amtool
+//! accepts it and routes each severity to its receiver, and a real
+//! Alertmanager delivers pages to a webhook with the inhibitions holding.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{
+    alertmanager_versions, repo_path, run_ok, temp_dir, wait_for, Alertmanager, AmBin, Webhook,
+};
+use serde_json::{json, Value};
+
+const CONFIG: &str = "deploy/alertmanager/alertmanager.yml";
+
+fn config() -> String {
+    repo_path(CONFIG).to_str().unwrap().to_string()
+}
+
+#[test]
+fn amtool_accepts_the_config() {
+    for bin in alertmanager_versions() {
+        let said = run_ok(bin.amtool().to_str().unwrap(), &["check-config", &config()]);
+        assert!(said.contains("SUCCESS"), "{}: {said}", bin.name());
+    }
+}
+
+/// `amtool config routes test --verify.receivers`: does an alert with
+/// `labels` go to `receiver`?
+fn routes_to(bin: &AmBin, receiver: &str, labels: &[&str]) -> bool {
+    Command::new(bin.amtool())
+        .args(["config", "routes", "test"])
+        .arg(format!("--config.file={}", config()))
+        .arg(format!("--verify.receivers={receiver}"))
+        .args(labels)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn each_severity_routes_to_its_receiver() {
+    let slo = [
+        "alertname=SessionSLOErrorBudgetBurn",
+        "slo=ds-acquisition",
+        "game_namespace=g",
+        "job=session-exporter",
+    ];
+    let down = [
+        "alertname=SessionExporterDown",
+        "job=session-exporter",
+        "instance=10.0.0.1:9750",
+    ];
+    let idle = [
+        "alertname=SessionExporterNotIngesting",
+        "job=session-exporter",
+        "instance=10.0.0.1:9750",
+    ];
+    let cases = [
+        ("page", "severity=page", &slo[..]),
+        ("ticket", "severity=ticket", &slo),
+        ("page", "severity=critical", &down),
+        ("ticket", "severity=warning", &idle),
+        // An unknown severity still reaches a person.
+        ("ticket", "severity=info", &idle),
+    ];
+    for bin in alertmanager_versions() {
+        for (receiver, severity, labels) in cases {
+            let labels: Vec<&str> = labels.iter().copied().chain([severity]).collect();
+            let other = if receiver == "page" { "ticket" } else { "page" };
+            assert!(
+                routes_to(&bin, receiver, &labels),
+                "{}: {labels:?} -> {receiver}",
+                bin.name()
+            );
+            assert!(
+                !routes_to(&bin, other, &labels),
+                "{}: {labels:?} -> {other} too",
+                bin.name()
+            );
+        }
+    }
+}
+
+/// The shipped config with its receivers pointed at `webhook` (`/page`,
+/// `/ticket`) and a 1 s group_wait, in a temp file.
+fn config_for(webhook: &Webhook) -> PathBuf {
+    let text = std::fs::read_to_string(repo_path(CONFIG)).unwrap();
+    let mut am: Value = serde_saphyr::from_str(&text).unwrap();
+    am["route"]["group_wait"] = json!("1s");
+    for receiver in am["receivers"].as_array_mut().unwrap() {
+        let url = format!("{}/{}", webhook.url, receiver["name"].as_str().unwrap());
+        receiver["webhook_configs"][0]["url"] = json!(url);
+    }
+    let path = temp_dir("alertmanager-config").join("alertmanager.yml");
+    std::fs::write(&path, am.to_string()).unwrap(); // JSON is YAML
+    path
+}
+
+fn alert(name: &str, mut labels: Value) -> Value {
+    labels["alertname"] = json!(name);
+    json!({ "labels": labels, "annotations": { "summary": "from tests/alerting.rs" } })
+}
+
+fn burn(severity: &str, namespace: &str, job: &str) -> Value {
+    alert(
+        "SessionSLOErrorBudgetBurn",
+        json!({ "severity": severity, "slo": "ds-acquisition", "game_namespace": namespace, "job": job }),
+    )
+}
+
+/// Receivers (webhook paths) that were notified of a firing alert named
+/// `name` for `namespace` (any namespace if empty).
+fn notified(webhook: &Webhook, name: &str, namespace: &str) -> Vec<String> {
+    let mut paths = Vec::new();
+    for (path, body) in webhook.received() {
+        assert_eq!(path, format!("/{}", body["receiver"].as_str().unwrap()));
+        let alerts = body["alerts"].as_array().unwrap();
+        if alerts.iter().any(|a| {
+            let l = &a["labels"];
+            a["status"] == "firing"
+                && l["alertname"] == name
+                && (namespace.is_empty() || l["game_namespace"] == namespace)
+        }) {
+            paths.push(path);
+        }
+    }
+    paths
+}
+
+fn wait_notified(webhook: &Webhook, name: &str, namespace: &str, receiver: &str) {
+    let want = vec![format!("/{receiver}")];
+    wait_for(
+        Duration::from_secs(20),
+        &format!("{name} {namespace} at {receiver}"),
+        || (notified(webhook, name, namespace) == want).then_some(()),
+    );
+}
+
+/// The alerts that inhibit the one with `labels` (as the API reports them).
+fn inhibited_by(am: &Alertmanager, labels: &Value) -> Vec<Value> {
+    let alerts = am.alerts();
+    let found = alerts.iter().find(|a| {
+        labels
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| &a["labels"][k] == v)
+    });
+    let found = found.unwrap_or_else(|| panic!("no alert {labels} in {alerts:?}"));
+    found["status"]["inhibitedBy"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn pages_reach_the_pager_and_inhibitions_hold(bin: &AmBin) {
+    let webhook = Webhook::start();
+    let am = Alertmanager::start(bin, &config_for(&webhook));
+    let (job, other_job) = ("session-exporter", "session-exporter-eu");
+
+    // A page reaches the paging receiver, and only it.
+    am.post(&json!([burn("page", "a", job)]));
+    wait_notified(&webhook, "SessionSLOErrorBudgetBurn", "a", "page");
+
+    // While it fires, a ticket for the same SLO and namespace is held back;
+    // one for another namespace, sent at the same time, goes through.
+    am.post(&json!([burn("ticket", "a", job), burn("ticket", "b", job)]));
+    wait_notified(&webhook, "SessionSLOErrorBudgetBurn", "b", "ticket");
+    let ticket_a = burn("ticket", "a", job)["labels"].clone();
+    assert_eq!(
+        inhibited_by(&am, &ticket_a).len(),
+        1,
+        "{}: ticket a not inhibited",
+        bin.name()
+    );
+    assert_eq!(
+        notified(&webhook, "SessionSLOErrorBudgetBurn", "a"),
+        ["/page"],
+        "{}",
+        bin.name()
+    );
+
+    // With an exporter down, pages for the namespaces of its job are held
+    // back; another job's still page.
+    let down = alert(
+        "SessionExporterDown",
+        json!({ "severity": "critical", "job": job, "instance": "10.0.0.1:9750" }),
+    );
+    am.post(&json!([down]));
+    wait_notified(&webhook, "SessionExporterDown", "", "page");
+    am.post(&json!([
+        burn("page", "c", job),
+        burn("page", "d", other_job)
+    ]));
+    wait_notified(&webhook, "SessionSLOErrorBudgetBurn", "d", "page");
+    let page_c = burn("page", "c", job)["labels"].clone();
+    assert_eq!(
+        inhibited_by(&am, &page_c).len(),
+        1,
+        "{}: page c not inhibited",
+        bin.name()
+    );
+    assert!(
+        notified(&webhook, "SessionSLOErrorBudgetBurn", "c").is_empty(),
+        "{}",
+        bin.name()
+    );
+    // The exporter's own alert is not a namespace alert: it is not held back.
+    assert!(inhibited_by(&am, &down["labels"]).is_empty());
+}
+
+#[test]
+fn pages_reach_the_pager_and_inhibitions_hold_on_alertmanager_0_25() {
+    pages_reach_the_pager_and_inhibitions_hold(&alertmanager_versions()[0]);
+}
+
+#[test]
+fn pages_reach_the_pager_and_inhibitions_hold_on_alertmanager_0_33() {
+    pages_reach_the_pager_and_inhibitions_hold(&alertmanager_versions()[1]);
+}
