@@ -2,6 +2,7 @@
 //! on every Alertmanager the tests run (Debian's 0.25, sid's 0.33): amtool
 //! accepts it and routes each severity to its receiver, and a real
 //! Alertmanager delivers pages to a webhook with the inhibitions holding.
+//! Every alert of `rules/` carries a severity the routing knows.
 
 mod common;
 
@@ -84,6 +85,49 @@ fn each_severity_routes_to_its_receiver() {
             );
         }
     }
+}
+
+/// Every alert of the rule files in `rules/` has a severity the routing
+/// knows, and reaches the receiver that severity names.
+#[test]
+fn every_alert_of_the_rules_routes_by_its_severity() {
+    let bins = alertmanager_versions();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo_path("rules")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let file: Value = serde_saphyr::from_str(&text).unwrap();
+        for rule in file["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap())
+        {
+            let Some(name) = rule["alert"].as_str() else {
+                continue;
+            };
+            let severity = rule["labels"]["severity"].as_str().unwrap_or_default();
+            let receiver = match severity {
+                "page" | "critical" => "page",
+                "ticket" | "warning" => "ticket",
+                _ => panic!("{name}: severity {severity:?} is none the routing names"),
+            };
+            let labels = [format!("alertname={name}"), format!("severity={severity}")];
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            for bin in &bins {
+                assert!(
+                    routes_to(bin, receiver, &labels),
+                    "{}: {name} -> {receiver}",
+                    bin.name()
+                );
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 10, "{seen} alerts");
 }
 
 /// The shipped config with its receivers pointed at `webhook` (`/page`,
