@@ -3,9 +3,10 @@
 //! same file the exporter folds with, so objectives live in one place.
 //!
 //! Per SLO, one group of recording rules and alerts over
-//! `session_slo_events_total`, by `job, slo, game_namespace` (summed across
-//! replicas; `job` is what the exporter-down alerts share with them, for
-//! Alertmanager's inhibition):
+//! `session_slo_events_total`, by `namespace, job, slo, game_namespace`
+//! (summed across replicas; `job` is what the exporter-down alerts share with
+//! them, for Alertmanager's inhibition, and `namespace`, Kubernetes', what the
+//! operator's AlertmanagerConfig matches alerts on; absent elsewhere):
 //!
 //! - `slo:sli_error:ratio_rate<w>`: bad / all events over each window;
 //! - `slo:burn_rate:rate<w>`: that ratio over the namespace's own error budget
@@ -49,7 +50,7 @@ const TIERS: [Tier; 2] = [
     },
 ];
 
-const BY: &str = "job, slo, game_namespace";
+const BY: &str = "namespace, job, slo, game_namespace";
 const RUNBOOK: &str =
     "https://github.com/session-exporter/session-exporter/blob/main/docs/runbook.md#sessionsloerrorbudgetburn";
 
