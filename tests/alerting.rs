@@ -2,7 +2,12 @@
 //! on every Alertmanager the tests run (Debian's 0.25, sid's 0.33): amtool
 //! accepts it and routes each severity to its receiver, and a real
 //! Alertmanager delivers pages to a webhook with the inhibitions holding.
-//! Every alert of `rules/` carries a severity the routing knows.
+//! Every alert of `rules/` carries a severity the routing knows. And end to
+//! end, on Prometheus 2.42 with Alertmanager 0.25 and on 3.5.3 with 0.33: the
+//! exporter fed with a degraded namespace, rules generated for a 12 h SLO,
+//! the shipped routing: the degraded namespace pages once (across a restart
+//! of its exporter), no healthy one does, and with the exporter down its
+//! namespace's page is held back by the exporter-down alert.
 
 mod common;
 
@@ -11,7 +16,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    alertmanager_versions, repo_path, run_ok, temp_dir, wait_for, Alertmanager, AmBin, Webhook,
+    alertmanager_versions, mapping_file, prometheus_versions, repo_path, run_ok, temp_dir,
+    wait_for, Alertmanager, AmBin, Exporter, Nats, PromBin, Prometheus, Simulator, Webhook,
+    EXPORTER,
 };
 use serde_json::{json, Value};
 
@@ -131,11 +138,13 @@ fn every_alert_of_the_rules_routes_by_its_severity() {
 }
 
 /// The shipped config with its receivers pointed at `webhook` (`/page`,
-/// `/ticket`) and a 1 s group_wait, in a temp file.
+/// `/ticket`) and a 1 s group_wait and group_interval, in a temp file.
 fn config_for(webhook: &Webhook) -> PathBuf {
     let text = std::fs::read_to_string(repo_path(CONFIG)).unwrap();
     let mut am: Value = serde_saphyr::from_str(&text).unwrap();
+    // Notify at once, and of every change at once (a resolve included).
     am["route"]["group_wait"] = json!("1s");
+    am["route"]["group_interval"] = json!("1s");
     for receiver in am["receivers"].as_array_mut().unwrap() {
         let url = format!("{}/{}", webhook.url, receiver["name"].as_str().unwrap());
         receiver["webhook_configs"][0]["url"] = json!(url);
@@ -266,4 +275,210 @@ fn pages_reach_the_pager_and_inhibitions_hold_on_alertmanager_0_25() {
 #[test]
 fn pages_reach_the_pager_and_inhibitions_hold_on_alertmanager_0_33() {
     pages_reach_the_pager_and_inhibitions_hold(&alertmanager_versions()[1]);
+}
+
+/// Every notification of `receiver` about the page of `namespace`, as
+/// (status of the alert in it, its startsAt).
+fn pages_of(webhook: &Webhook, namespace: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (path, body) in webhook.received() {
+        for a in body["alerts"].as_array().unwrap() {
+            let l = &a["labels"];
+            if path == "/page"
+                && l["alertname"] == "SessionSLOErrorBudgetBurn"
+                && l["game_namespace"] == namespace
+            {
+                let status = a["status"].as_str().unwrap().to_string();
+                out.push((status, a["startsAt"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Namespaces with a firing page in Prometheus, and when each became active.
+fn firing_pages(prom: &Prometheus) -> Vec<(String, String)> {
+    let alerts = prom.api("/api/v1/alerts");
+    let mut out: Vec<(String, String)> = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| {
+            a["state"] == "firing"
+                && a["labels"]["alertname"] == "SessionSLOErrorBudgetBurn"
+                && a["labels"]["severity"] == "page"
+        })
+        .map(|a| {
+            let ns = a["labels"]["game_namespace"].as_str().unwrap().to_string();
+            (ns, a["activeAt"].as_str().unwrap().to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The exporter with a state store on `url`, at `listen` (127.0.0.1:0 for
+/// a free port).
+fn exporter(url: &str, listen: &str) -> Exporter {
+    let mut cmd = Command::new(EXPORTER);
+    cmd.args([
+        "--nats.url",
+        url,
+        "--web.listen-address",
+        listen,
+        "--log.level",
+        "debug",
+    ])
+    .args([
+        "--state.bucket",
+        "STATE",
+        "--state.key",
+        "paging",
+        "--state.interval",
+        "100ms",
+    ]);
+    Exporter::spawn(cmd)
+}
+
+fn a_degraded_namespace_pages_once(prom_bin: &PromBin, am_bin: &AmBin) {
+    let what = format!("{} with {}", prom_bin.version(), am_bin.name());
+    // The SLO rules for a 12 h period (the page tier's 1h/5m become 1m/5s),
+    // and the health rules with SessionExporterDown after 1 s, not 5 m.
+    let mapping = mapping_file("paging", "    period: 30d\n", "    period: 12h\n");
+    let rules = Command::new(EXPORTER)
+        .args(["rules", "--config.file", mapping.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(rules.status.success());
+    let slo_rules = mapping.with_file_name("slo.rules.yml");
+    std::fs::write(&slo_rules, rules.stdout).unwrap();
+    let shipped = std::fs::read_to_string(repo_path("rules/session-exporter.rules.yml")).unwrap();
+    let down = "expr: up{job=~\"session-exporter.*\"} == 0\n        for: 5m";
+    assert!(shipped.contains(down));
+    let health = mapping.with_file_name("health.rules.yml");
+    std::fs::write(&health, shipped.replace(down, &down.replace("5m", "1s"))).unwrap();
+
+    let webhook = Webhook::start();
+    let am = Alertmanager::start(am_bin, &config_for(&webhook));
+    let nats = Nats::start_jetstream();
+    let url = nats.url();
+    let mut e = exporter(&url, "127.0.0.1:0");
+    e.wait_ready();
+    let addr = e.addr.clone();
+    let _healthy = Simulator::start(&url, &["--rate", "300", "--namespaces", "3"]);
+    let _degraded = Simulator::start(
+        &url,
+        &[
+            "--rate",
+            "100",
+            "--namespaces",
+            "2",
+            "--seed",
+            "7",
+            "--ds-wait-scale",
+            "60",
+            "--namespace-prefix",
+            "degraded-",
+        ],
+    );
+    let prom = Prometheus::start_alerting(prom_bin, &addr, &[slo_rules, health], &am.addr);
+
+    // Each degraded namespace pages, at the paging receiver.
+    let degraded = wait_for(
+        Duration::from_secs(60),
+        &format!("{what}: two pages"),
+        || {
+            let firing = firing_pages(&prom);
+            let delivered = firing
+                .iter()
+                .all(|(ns, _)| pages_of(&webhook, ns).len() == 1);
+            (firing.len() >= 2 && delivered).then_some(firing)
+        },
+    );
+    for (ns, _) in &degraded {
+        assert!(
+            ns.starts_with("degraded-"),
+            "{what}: {ns} paged: {degraded:?}"
+        );
+    }
+
+    // Restart the exporter on its address (SIGTERM: it drains and stores a
+    // last checkpoint, as in a rolling update). Once Prometheus has scraped
+    // the new process for longer than the short window, the pages are the
+    // same ones: never resolved, never sent again.
+    e.signal("TERM");
+    assert_eq!(e.wait_exit(), Some(0), "{what}");
+    let restarted_at = session_exporter::simulate::unix_ms() as f64 / 1000.0;
+    let e = exporter(&url, &addr);
+    e.wait_ready();
+    wait_for(
+        Duration::from_secs(60),
+        &format!("{what}: 10 s of scrapes of the new process"),
+        || {
+            let started = prom.query("process_start_time_seconds");
+            let started: f64 = started.first()?["value"][1].as_str()?.parse().ok()?;
+            let now = session_exporter::simulate::unix_ms() as f64 / 1000.0;
+            // (Its start time is read from /proc in whole seconds since boot.)
+            let up = prom.query("up == 1");
+            (started > restarted_at - 2.0 && now - started > 10.0 && !up.is_empty()).then_some(())
+        },
+    );
+    assert_eq!(
+        firing_pages(&prom),
+        degraded,
+        "{what}: a page resolved or re-fired across the restart"
+    );
+    for (ns, _) in &degraded {
+        let pages = pages_of(&webhook, ns);
+        assert!(
+            pages.len() == 1 && pages[0].0 == "firing",
+            "{what}: {ns}: {pages:?}"
+        );
+    }
+    let healthy_pages = webhook
+        .received()
+        .iter()
+        .flat_map(|(_, b)| b["alerts"].as_array().unwrap().clone())
+        .filter(|a| a["labels"]["alertname"] == "SessionSLOErrorBudgetBurn")
+        .filter(|a| {
+            !a["labels"]["game_namespace"]
+                .as_str()
+                .unwrap()
+                .starts_with("degraded-")
+        })
+        .count();
+    assert_eq!(healthy_pages, 0, "{what}");
+
+    // The exporter stops: SessionExporterDown pages, and holds back the
+    // namespace's page while it still fires (keep_firing_for).
+    drop(e);
+    let (ns, _) = &degraded[0];
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{what}: {ns}'s page held back"),
+        || {
+            am.alerts()
+                .iter()
+                .any(|a| {
+                    a["labels"]["alertname"] == "SessionSLOErrorBudgetBurn"
+                        && a["labels"]["severity"] == "page"
+                        && a["labels"]["game_namespace"] == ns.as_str()
+                        && a["status"]["inhibitedBy"]
+                            .as_array()
+                            .is_some_and(|i| !i.is_empty())
+                })
+                .then_some(())
+        },
+    );
+    wait_notified(&webhook, "SessionExporterDown", "", "page");
+}
+
+#[test]
+fn a_degraded_namespace_pages_once_on_prometheus_2_with_alertmanager_0_25() {
+    a_degraded_namespace_pages_once(&prometheus_versions()[0], &alertmanager_versions()[0]);
+}
+
+#[test]
+fn a_degraded_namespace_pages_once_on_prometheus_3_with_alertmanager_0_33() {
+    a_degraded_namespace_pages_once(&prometheus_versions()[1], &alertmanager_versions()[1]);
 }

@@ -676,6 +676,31 @@ impl Prometheus {
         Prometheus::launch(bin, dir, &data, &config, flags)
     }
 
+    /// `bin`'s Prometheus scraping `target` with `rule_files`, sending alerts
+    /// to the Alertmanager at `alertmanager` and re-sending them every
+    /// second (an alert sent before it found the Alertmanager is otherwise
+    /// resent only after a minute).
+    pub fn start_alerting(
+        bin: &PromBin,
+        target: &str,
+        rule_files: &[PathBuf],
+        alertmanager: &str,
+    ) -> Prometheus {
+        let dir = temp_dir("prometheus");
+        let rules: Vec<String> = rule_files
+            .iter()
+            .map(|p| format!("  - {}", p.display()))
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\n\
+             alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{alertmanager}']\n\
+             scrape_configs:\n  - job_name: session-exporter\n    static_configs:\n      - targets: ['{target}']\n",
+            rules.join("\n")
+        );
+        let data = dir.join("data");
+        Prometheus::launch(bin, dir, &data, &config, &["--rules.alert.resend-delay=1s"])
+    }
+
     /// A Prometheus that scrapes nothing, over the TSDB blocks in `data`
     /// (as `promtool tsdb create-blocks-from` writes them).
     pub fn start_on_blocks(bin: &PromBin, data: &Path) -> Prometheus {
