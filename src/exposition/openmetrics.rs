@@ -223,41 +223,64 @@ fn window(frames: &[Frame], i: usize, out: &mut String, mark: Mark) {
 
 /// An SLO family. Each series is keyed by namespace, SLO and result (NUL
 /// between them), and its points are sorted by that key, so blocks merged
-/// by key (`replay --step`) come out as this renders them.
+/// by key (`replay --step`) come out as this renders them. The keys are
+/// compared in place and written into one buffer: a scrape allocates no
+/// string per series.
 fn slo(frames: &[Frame], family: SloFamily, out: &mut String, mark: Mark) {
-    let mut points = Vec::new();
+    let parts = |&(f, s, result): &(usize, usize, Option<&'static str>)| {
+        let snap = frames[f].snapshot;
+        let sample = &snap.slis[s];
+        let slo = &snap.catalog.slos[sample.slo].name;
+        (
+            snap.namespaces.get(sample.namespace),
+            slo.as_str(),
+            result.unwrap_or(""),
+        )
+    };
+    let key = |p: &(usize, usize, Option<&'static str>)| {
+        let (ns, slo, result) = parts(p);
+        ns.bytes()
+            .chain([0])
+            .chain(slo.bytes())
+            .chain([0])
+            .chain(result.bytes())
+    };
+    let mut points: Vec<(usize, usize, Option<&'static str>)> = Vec::new();
     for (f, frame) in frames.iter().enumerate() {
-        let snap = frame.snapshot;
-        for (s, sample) in snap.slis.iter().enumerate() {
-            let ns = snap.namespaces.get(sample.namespace);
-            let slo = &snap.catalog.slos[sample.slo].name;
-            for (result, v) in family.series(sample) {
-                let key = format!("{ns}\0{slo}\0{}", result.unwrap_or(""));
-                points.push((key, f, s, result, v));
-            }
+        for (s, sample) in frame.snapshot.slis.iter().enumerate() {
+            points.extend(family.series(sample).map(|(result, _)| (f, s, result)));
         }
     }
     if points.is_empty() {
         return;
     }
-    // Stable: a series' points stay in frame (time) order.
-    points.sort_by(|a, b| a.0.cmp(&b.0));
+    // Stable: a series' points stay in frame (time) order. A snapshot's own
+    // order is nearly this one, which the merge sort finds in one pass.
+    points.sort_by(|a, b| key(a).cmp(key(b)));
     mark("", out.len());
     header(out, family.name(), family.help(), family.kind());
     let mut labels = Labels::new();
-    for (key, f, s, result, v) in &points {
-        mark(key, out.len());
-        let (snap, at) = (frames[*f].snapshot, frames[*f].at);
-        let sample = &snap.slis[*s];
-        let slo = &snap.catalog.slos[sample.slo].name;
-        let ns_label = labels.of(snap.namespaces.get(sample.namespace));
-        slo_series(out, family.name(), ns_label, slo, *result);
-        float(out, *v);
+    let mut buffer = Vec::new();
+    for point in &points {
+        buffer.clear();
+        buffer.extend(key(point));
+        mark(std::str::from_utf8(&buffer).unwrap_or(""), out.len());
+        let (f, s, result) = *point;
+        let (snap, at) = (frames[f].snapshot, frames[f].at);
+        let sample = &snap.slis[s];
+        let (ns, slo, _) = parts(point);
+        let ns_label = labels.of(ns);
+        let v = family
+            .series(sample)
+            .find(|(r, _)| *r == result)
+            .map_or(0.0, |x| x.1);
+        slo_series(out, family.name(), ns_label, slo, result);
+        float(out, v);
         end(out, at);
-        let start = sample.sli.start.filter(|_| frames[*f].created);
+        let start = sample.sli.start.filter(|_| frames[f].created);
         if let (Some(t), SloFamily::Events) = (start, family) {
             let mut label = String::new();
-            slo_labels(&mut label, ns_label, slo, *result);
+            slo_labels(&mut label, ns_label, slo, result);
             created_sample(out, family_name(family.name(), "counter"), &label, t, at);
         }
     }
