@@ -366,21 +366,7 @@ fn a_degraded_namespace_pages_once(prom_bin: &PromBin, am_bin: &AmBin) {
     e.wait_ready();
     let addr = e.addr.clone();
     let _healthy = Simulator::start(&url, &["--rate", "300", "--namespaces", "3"]);
-    let _degraded = Simulator::start(
-        &url,
-        &[
-            "--rate",
-            "100",
-            "--namespaces",
-            "2",
-            "--seed",
-            "7",
-            "--ds-wait-scale",
-            "60",
-            "--namespace-prefix",
-            "degraded-",
-        ],
-    );
+    let _degraded = Simulator::degraded(&url, 2);
     let prom = Prometheus::start_alerting(prom_bin, &addr, &[slo_rules, health], &am.addr);
 
     // Each degraded namespace pages, at the paging receiver.

@@ -388,21 +388,7 @@ fn every_panel_returns_data_and_the_worst_namespaces_come_first() {
             "0.01",
         ],
     );
-    let _degraded = Simulator::start(
-        &nats.url(),
-        &[
-            "--rate",
-            "100",
-            "--namespaces",
-            "3",
-            "--seed",
-            "7",
-            "--ds-wait-scale",
-            "60",
-            "--namespace-prefix",
-            "degraded-",
-        ],
-    );
+    let _degraded = Simulator::degraded(&nats.url(), 3);
     let _stall = Stall::start(&nats.url());
     for bin in prometheus_versions() {
         let prom = Prometheus::start_on(
@@ -606,21 +592,7 @@ fn the_slo_dashboard_returns_data_from_the_shipped_slo_rules() {
     let exporter = Exporter::start(&nats.url(), &[]);
     exporter.wait_ready();
     let _healthy = Simulator::start(&nats.url(), &["--rate", "300", "--namespaces", "3"]);
-    let _degraded = Simulator::start(
-        &nats.url(),
-        &[
-            "--rate",
-            "100",
-            "--namespaces",
-            "1",
-            "--seed",
-            "7",
-            "--ds-wait-scale",
-            "60",
-            "--namespace-prefix",
-            "degraded-",
-        ],
-    );
+    let _degraded = Simulator::degraded(&nats.url(), 1);
     for bin in prometheus_versions() {
         let prom =
             Prometheus::start_on(&bin, &exporter.addr, std::slice::from_ref(&rules), &[], "");

@@ -580,6 +580,28 @@ pub fn repo_path(rel: &str) -> PathBuf {
 pub struct Simulator(Child);
 
 impl Simulator {
+    /// `namespaces` namespaces named `degraded-…` whose DS fleet is 60 times
+    /// slower than the healthy simulator's (most acquisitions over 30 s), 100
+    /// events/s.
+    pub fn degraded(nats_url: &str, namespaces: usize) -> Simulator {
+        let n = namespaces.to_string();
+        Simulator::start(
+            nats_url,
+            &[
+                "--rate",
+                "100",
+                "--namespaces",
+                &n,
+                "--seed",
+                "7",
+                "--ds-wait-scale",
+                "60",
+                "--namespace-prefix",
+                "degraded-",
+            ],
+        )
+    }
+
     pub fn start(nats_url: &str, extra: &[&str]) -> Simulator {
         let child = Command::new(EXPORTER)
             .args(["simulate", "--nats.url", nats_url, "--log.level", "warn"])
@@ -664,16 +686,8 @@ impl Prometheus {
         job: &str,
     ) -> Prometheus {
         let dir = temp_dir("prometheus");
-        let rules: Vec<String> = rule_files
-            .iter()
-            .map(|p| format!("  - {}", p.display()))
-            .collect();
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n  - job_name: session-exporter\n{job}    static_configs:\n      - targets: ['{target}']\n",
-            rules.join("\n")
-        );
-        let data = dir.join("data");
-        Prometheus::launch(bin, dir, &data, &config, flags)
+        let config = scrape_config(target, rule_files, job, "");
+        Prometheus::launch(bin, dir.clone(), &dir.join("data"), &config, flags)
     }
 
     /// `bin`'s Prometheus scraping `target` with `rule_files`, sending alerts
@@ -687,18 +701,12 @@ impl Prometheus {
         alertmanager: &str,
     ) -> Prometheus {
         let dir = temp_dir("prometheus");
-        let rules: Vec<String> = rule_files
-            .iter()
-            .map(|p| format!("  - {}", p.display()))
-            .collect();
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\n\
-             alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{alertmanager}']\n\
-             scrape_configs:\n  - job_name: session-exporter\n    static_configs:\n      - targets: ['{target}']\n",
-            rules.join("\n")
+        let alerting = format!(
+            "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{alertmanager}']\n"
         );
-        let data = dir.join("data");
-        Prometheus::launch(bin, dir, &data, &config, &["--rules.alert.resend-delay=1s"])
+        let config = scrape_config(target, rule_files, "", &alerting);
+        let flags = ["--rules.alert.resend-delay=1s"];
+        Prometheus::launch(bin, dir.clone(), &dir.join("data"), &config, &flags)
     }
 
     /// A Prometheus that scrapes nothing, over the TSDB blocks in `data`
@@ -996,6 +1004,21 @@ impl AmBin {
             .to_string_lossy()
             .into_owned()
     }
+}
+
+/// A Prometheus configuration scraping `target` every second as job
+/// `session-exporter` (with `job`'s extra YAML), evaluating `rule_files`
+/// every second, with `top` (more top-level YAML) before the scrape configs.
+fn scrape_config(target: &str, rule_files: &[PathBuf], job: &str, top: &str) -> String {
+    let rules: Vec<String> = rule_files
+        .iter()
+        .map(|p| format!("  - {}", p.display()))
+        .collect();
+    format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\n{top}\
+         scrape_configs:\n  - job_name: session-exporter\n{job}    static_configs:\n      - targets: ['{target}']\n",
+        rules.join("\n")
+    )
 }
 
 /// Every Alertmanager the tests run: Debian's 0.25 and sid's 0.33.
