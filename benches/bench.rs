@@ -475,6 +475,7 @@ fn run_exporter_as(
         exporter.clone(),
         "/metrics".into(),
         Default::default(),
+        http::Limits::default(),
         wait(stopped.clone()),
     ));
     let source = rt.spawn({
@@ -1232,6 +1233,7 @@ fn bench_scrape(namespaces: usize) -> Scrape {
         exporter.clone(),
         "/metrics".into(),
         Default::default(),
+        http::Limits::default(),
         async move {
             let _ = rx.wait_for(|s| *s).await;
         },

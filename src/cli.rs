@@ -320,6 +320,19 @@ pub struct RunArgs {
         env = "SESSION_EXPORTER_WEB_OPENMETRICS_CREATED"
     )]
     pub openmetrics_created: bool,
+    /// Open HTTP connections at most; at the bound the least recently active
+    /// one not in a request is closed to admit a new one. 0: half the soft
+    /// limit on open files, at most 4096.
+    #[arg(
+        long = "web.max-connections",
+        env = "SESSION_EXPORTER_WEB_MAX_CONNECTIONS",
+        default_value_t = 0
+    )]
+    pub max_connections: usize,
+    /// A request's headers must arrive within this; slower connections are
+    /// closed.
+    #[arg(long = "web.read-header-timeout", env = "SESSION_EXPORTER_WEB_READ_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub read_header_timeout: std::time::Duration,
     /// TLS and basic-auth settings for the HTTP endpoints, in the Prometheus
     /// exporter-toolkit format (tls_server_config, basic_auth_users).
     #[arg(long = "web.config.file", env = "SESSION_EXPORTER_WEB_CONFIG_FILE")]

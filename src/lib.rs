@@ -58,10 +58,19 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("--web.listen-address {}: {e}", args.listen))?;
+    let limits = http::Limits {
+        max_connections: match args.max_connections {
+            0 => http::default_max_connections(),
+            n => n,
+        },
+        read_header_timeout: args.read_header_timeout,
+        idle_timeout: http::IDLE_TIMEOUT,
+    };
     tracing::info!(
         listen_address = %listener.local_addr()?,
         web_config = ?args.web_config_file,
         telemetry_path = %args.telemetry_path,
+        max_connections = limits.max_connections,
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
@@ -76,6 +85,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         exporter.clone(),
         args.telemetry_path.clone(),
         web,
+        limits,
         stopped(stop_rx.clone()),
     ));
     let source = async {

@@ -60,6 +60,11 @@ pub struct Stats {
     pub reloads: IntCounterVec,
     pub reload_success: IntGauge,
     pub scrape_duration: Histogram,
+    /// Open HTTP connections.
+    pub http_connections: IntGauge,
+    /// Connections closed by the exporter, by reason (`evicted`, `idle`,
+    /// `refused`).
+    pub http_connections_closed: IntCounterVec,
 }
 
 fn name(s: &str) -> String {
@@ -94,6 +99,12 @@ fn counter_vec(r: &Registry, n: &str, help: &str, label: &str) -> IntCounterVec 
 impl Stats {
     pub fn new() -> Stats {
         let r = Registry::new();
+        let http_connections_closed = counter_vec(
+            &r,
+            "http_connections_closed_total",
+            "HTTP connections the exporter closed, by reason: evicted (the least recently active one not in a request, to admit a new one at --web.max-connections), idle (no request within the idle timeout), refused (every connection was in a request).",
+            "reason",
+        );
         let events_rejected = counter_vec(
             &r,
             "events_rejected_total",
@@ -265,8 +276,13 @@ impl Stats {
                 "Time to render /metrics.",
                 vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
             ),
+            http_connections: gauge(&r, "http_connections", "Open HTTP connections."),
+            http_connections_closed,
             registry: r,
         };
+        for reason in ["evicted", "idle", "refused"] {
+            stats.http_connections_closed.with_label_values(&[reason]);
+        }
         stats.reload_success.set(1);
         stats
     }

@@ -1,11 +1,14 @@
 //! The HTTP surface: `/metrics` (or `--web.telemetry-path`), a landing page,
-//! `/-/healthy`, `/-/ready` and `/-/reload`. One task per connection; accept
-//! errors are logged and survived.
+//! `/-/healthy`, `/-/ready` and `/-/reload`. One task per connection, the
+//! connections bounded ([`connections`]) and each with a header read
+//! timeout; accept errors are logged at most once a second and survived.
+
+mod connections;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -17,14 +20,43 @@ use hyper::header::{
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::exporter::Exporter;
 use crate::exposition::Format;
 use crate::web::WebConfig;
 
+pub use connections::default_cap as default_max_connections;
+use connections::{Closed, Conn, Connections};
+
 type Body = Full<Bytes>;
+
+/// Bounds on the connections of clients that are slow, hostile or many.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at most (`--web.max-connections`).
+    pub max_connections: usize,
+    /// A request's headers must arrive within this (`--web.read-header-timeout`).
+    pub read_header_timeout: Duration,
+    /// A connection without a request for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    /// The flags' defaults.
+    fn default() -> Limits {
+        Limits {
+            max_connections: default_max_connections(),
+            read_header_timeout: Duration::from_secs(10),
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// Idle keep-alive connections close after this: longer than any scrape
+/// interval in use (Prometheus reconnects at no cost if it is shorter).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What every connection needs.
 struct Site {
@@ -39,13 +71,17 @@ pub async fn serve(
     exporter: Arc<Exporter>,
     telemetry_path: String,
     web: WebConfig,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
+    let connections = Connections::new(limits.max_connections, limits.idle_timeout);
     let site = Arc::new(Site {
         exporter,
         telemetry_path,
         web,
     });
+    let stats = &site.exporter.stats;
+    let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -53,41 +89,136 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    accept_errors.log(&e, Instant::now());
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let site = site.clone();
+        let Some((conn, evicted)) = connections.admit(Instant::now()) else {
+            // Every connection is in a request: this one cannot be served now.
+            stats
+                .http_connections_closed
+                .with_label_values(&["refused"])
+                .inc();
+            continue;
+        };
+        if evicted.is_some() {
+            stats
+                .http_connections_closed
+                .with_label_values(&["evicted"])
+                .inc();
+        }
+        stats.http_connections.set(connections.open() as i64);
+        let (site, connections) = (site.clone(), connections.clone());
         tokio::spawn(async move {
-            match &site.web.tls {
-                None => connection(stream, site.clone()).await,
-                Some(tls) => {
-                    match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
-                        Ok(Ok(stream)) => connection(stream, site.clone()).await,
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
-                    }
-                }
+            let conn = Arc::new(conn);
+            let why = tokio::select! {
+                _ = accepted(stream, site.clone(), conn.clone(), limits) => None,
+                why = conn.closed() => Some(why),
+            };
+            let stats = &site.exporter.stats;
+            if why == Some(Closed::Idle) {
+                stats
+                    .http_connections_closed
+                    .with_label_values(&["idle"])
+                    .inc();
             }
+            drop(conn);
+            stats.http_connections.set(connections.open() as i64);
         });
     }
 }
 
-async fn connection<S>(stream: S, site: Arc<Site>)
+/// One accepted connection: its TLS handshake (bounded), then HTTP/1.1.
+async fn accepted(stream: tokio::net::TcpStream, site: Arc<Site>, conn: Arc<Conn>, limits: Limits) {
+    match &site.web.tls {
+        None => connection(stream, site.clone(), conn, limits).await,
+        Some(tls) => {
+            match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
+                Ok(Ok(stream)) => connection(stream, site.clone(), conn, limits).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn connection<S>(stream: S, site: Arc<Site>, conn: Arc<Conn>, limits: Limits)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| {
-        let site = site.clone();
-        async move { Ok::<_, Infallible>(handle(req, site).await) }
+        let (site, conn) = (site.clone(), conn.clone());
+        async move {
+            conn.begin();
+            let response = handle(req, site).await;
+            // In a request until its body is written (or dropped).
+            Ok::<_, Infallible>(response.map(|body| Sent { body, conn }))
+        }
     });
     if let Err(e) = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.read_header_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .await
     {
         tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}
+
+/// A response body that ends its connection's request when hyper is done
+/// with it: a connection writing a large page is not one to close.
+struct Sent {
+    body: Body,
+    conn: Arc<Conn>,
+}
+
+impl hyper::body::Body for Sent {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        self.conn.end(Instant::now());
+    }
+}
+
+/// `accept` failures (out of file descriptors, say) come in bursts: one
+/// warning a second at most, saying how many were not logged.
+#[derive(Default)]
+struct AcceptErrors {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    fn log(&mut self, e: &std::io::Error, now: Instant) {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(error = %e, unlogged = self.unlogged, "accept failed");
+        (self.last, self.unlogged) = (Some(now), 0);
     }
 }
 
