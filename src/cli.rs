@@ -49,6 +49,11 @@ pub enum Command {
         /// The mapping file (YAML); the built-in mapping without it.
         #[arg(long = "config.file", env = "SESSION_EXPORTER_CONFIG_FILE")]
         config_file: Option<PathBuf>,
+        /// How often Prometheus scrapes the exporter: no alert window is
+        /// made shorter than four intervals (a short SLO period scales the
+        /// workbook's 5m window down to period / 8640).
+        #[arg(long = "scrape-interval", default_value = "1m", value_parser = parse_timeout)]
+        scrape_interval: std::time::Duration,
     },
     /// Publish realistic seed-shaped events to NATS (for demos, tests and benchmarks).
     Simulate(Box<SimulateArgs>),
@@ -331,7 +336,7 @@ pub struct RunArgs {
     pub max_connections: usize,
     /// A request's headers must arrive within this; slower connections are
     /// closed.
-    #[arg(long = "web.read-header-timeout", env = "SESSION_EXPORTER_WEB_READ_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long = "web.read-header-timeout", env = "SESSION_EXPORTER_WEB_READ_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub read_header_timeout: std::time::Duration,
     /// TLS and basic-auth settings for the HTTP endpoints, in the Prometheus
     /// exporter-toolkit format (tls_server_config, basic_auth_users).
@@ -416,6 +421,15 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     }
     crate::config::parse_duration(s)
         .ok_or_else(|| format!("`{s}` is not a duration like 30s or 5m"))
+}
+
+/// A timeout: more than zero, at most a day.
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() || d > std::time::Duration::from_secs(86_400) {
+        return Err(format!("`{s}` is not a timeout between 1ms and 1d"));
+    }
+    Ok(d)
 }
 
 impl NatsArgs {

@@ -63,7 +63,7 @@ pub struct Stats {
     /// Open HTTP connections.
     pub http_connections: IntGauge,
     /// Connections closed by the exporter, by reason (`evicted`, `idle`,
-    /// `refused`).
+    /// `header_timeout`, `refused`).
     pub http_connections_closed: IntCounterVec,
 }
 
@@ -102,7 +102,7 @@ impl Stats {
         let http_connections_closed = counter_vec(
             &r,
             "http_connections_closed_total",
-            "HTTP connections the exporter closed, by reason: evicted (the least recently active one not in a request, to admit a new one at --web.max-connections), idle (no request within the idle timeout), refused (every connection was in a request).",
+            "HTTP connections the exporter closed, by reason: evicted (the least recently active one not in a request, to admit a new one at --web.max-connections), idle (no request within the idle timeout), header_timeout (headers not in within --web.read-header-timeout of their first byte), refused (every connection was in a request).",
             "reason",
         );
         let events_rejected = counter_vec(
@@ -280,7 +280,7 @@ impl Stats {
             http_connections_closed,
             registry: r,
         };
-        for reason in ["evicted", "idle", "refused"] {
+        for reason in ["evicted", "idle", "header_timeout", "refused"] {
             stats.http_connections_closed.with_label_values(&[reason]);
         }
         stats.reload_success.set(1);

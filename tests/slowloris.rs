@@ -83,3 +83,47 @@ fn a_request_whose_headers_never_end_is_closed_at_the_header_timeout() {
     );
     assert!(n == 0 || said.starts_with("HTTP/1.1 408"), "{said}");
 }
+
+/// Reads one response (headers and a Content-Length body) off `s`.
+fn response(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0usize);
+            if body.len() >= length {
+                return head.to_string();
+            }
+        }
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {text:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn a_keep_alive_connection_outlives_the_header_timeout_between_requests() {
+    let nats = Nats::start();
+    let exporter = Exporter::start(&nats.url(), &["--web.read-header-timeout", "1s"]);
+    exporter.wait_ready();
+    let mut s = TcpStream::connect(&exporter.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n";
+    s.write_all(request).unwrap();
+    assert!(response(&mut s).starts_with("HTTP/1.1 200"));
+    // Longer than the header timeout between requests, as Prometheus waits
+    // a scrape interval: the header timeout runs from a request's first byte.
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(request).unwrap();
+    assert!(response(&mut s).starts_with("HTTP/1.1 200"));
+}

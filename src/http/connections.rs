@@ -1,79 +1,114 @@
 //! The open connections, bounded well below the process's file limit so the
 //! listener, NATS and the state store always have descriptors left. At the
-//! bound a new connection is not refused: the least recently active one that
-//! is not in a request (still sending its headers, or idle between
-//! keep-alive requests) is closed to make room. So no number of half-open
-//! connections keeps a scrape out; each also ends at the header read timeout
-//! (hyper's) or after `idle` without a request.
+//! bound the least recently active connection that is not in a request
+//! (still sending its headers, or idle between keep-alive requests) is
+//! closed to admit the new one, so no number of half-open connections keeps
+//! a scrape out; when every one is in a request the new one is closed.
+//!
+//! Each connection also ends when a request's headers take longer than the
+//! header timeout from their first byte, or after the idle timeout without
+//! one. (hyper's own header timeout also runs while a keep-alive connection
+//! waits for its next request, so a 10 s timeout would close Prometheus's
+//! connections between 15 s scrapes: the first byte is watched here
+//! instead, by [`Watched`].)
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
 /// One open connection, as the table keeps it.
 struct Entry {
     /// When its last request ended, or it was accepted.
     active: Instant,
+    /// When the first byte of a request not yet begun arrived.
+    heard: Option<Instant>,
     /// In a request: never closed to make room.
     busy: bool,
     close: Arc<Notify>,
 }
 
-/// Why a connection was closed by us (the header read timeout is hyper's).
+/// Why a connection was closed by the exporter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closed {
     /// The least recently active at the bound, for a new one.
     Evicted,
     /// No request within the idle timeout.
     Idle,
+    /// A request's headers did not arrive within the header timeout.
+    HeaderTimeout,
+}
+
+impl Closed {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Closed::Evicted => "evicted",
+            Closed::Idle => "idle",
+            Closed::HeaderTimeout => "header_timeout",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    next: u64,
+    open: HashMap<u64, Entry>,
 }
 
 pub struct Connections {
     cap: usize,
+    header: Duration,
     idle: Duration,
     // A std Mutex: held for a lookup or a scan, never across an `.await`.
-    table: Mutex<(u64, HashMap<u64, Entry>)>,
+    table: Mutex<Table>,
 }
 
 impl Connections {
-    pub fn new(cap: usize, idle: Duration) -> Arc<Connections> {
+    pub fn new(cap: usize, header: Duration, idle: Duration) -> Arc<Connections> {
         Arc::new(Connections {
             cap: cap.max(1),
+            header,
             idle,
-            table: Mutex::new((0, HashMap::new())),
+            table: Mutex::default(),
         })
     }
 
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Admit a new connection at `now`. At the bound, the least recently
-    /// active connection not in a request is told to close (returned, to be
-    /// counted); when every one is in a request, `None`: the new one waits.
+    /// active connection not in a request is told to close (and `Evicted`
+    /// returned, to be counted); `None` when every one is in a request.
     pub fn admit(self: &Arc<Self>, now: Instant) -> Option<(Conn, Option<Closed>)> {
-        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = self.table();
         let mut evicted = None;
-        if t.1.len() >= self.cap {
-            let oldest =
-                t.1.iter()
-                    .filter(|(_, e)| !e.busy)
-                    .min_by_key(|(_, e)| e.active);
+        if t.open.len() >= self.cap {
+            let oldest = t
+                .open
+                .iter()
+                .filter(|(_, e)| !e.busy)
+                .min_by_key(|(_, e)| e.active);
             let (&id, _) = oldest?;
-            if let Some(e) = t.1.remove(&id) {
+            if let Some(e) = t.open.remove(&id) {
                 e.close.notify_one();
                 evicted = Some(Closed::Evicted);
             }
         }
-        t.0 += 1;
-        let id = t.0;
+        t.next += 1;
+        let id = t.next;
         let close = Arc::new(Notify::new());
-        t.1.insert(
-            id,
-            Entry {
-                active: now,
-                busy: false,
-                close: close.clone(),
-            },
-        );
+        let entry = Entry {
+            active: now,
+            heard: None,
+            busy: false,
+            close: close.clone(),
+        };
+        t.open.insert(id, entry);
         let conn = Conn {
             id,
             close,
@@ -82,8 +117,9 @@ impl Connections {
         Some((conn, evicted))
     }
 
-    pub fn open(&self) -> usize {
-        self.table.lock().unwrap_or_else(|e| e.into_inner()).1.len()
+    #[cfg(test)]
+    fn open(&self) -> usize {
+        self.table().open.len()
     }
 }
 
@@ -96,13 +132,27 @@ pub struct Conn {
 
 impl Conn {
     fn with<R>(&self, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
-        let mut t = self.table.table.lock().unwrap_or_else(|e| e.into_inner());
-        t.1.get_mut(&self.id).map(f)
+        self.table.table().open.get_mut(&self.id).map(f)
     }
 
-    /// A request began: not closed to make room until it ends.
+    /// Bytes arrived at `now`: between requests, the start of the next one.
+    pub fn heard(&self, now: Instant) {
+        self.with(|e| {
+            if !e.busy && e.heard.is_none() {
+                e.heard = Some(now);
+            }
+        });
+    }
+
+    /// A request's headers are in: the header timeout stops.
+    pub fn heard_headers(&self) {
+        self.with(|e| e.heard = None);
+    }
+
+    /// A request began (its headers are in): not closed to make room until
+    /// it ends.
     pub fn begin(&self) {
-        self.with(|e| e.busy = true);
+        self.with(|e| (e.busy, e.heard) = (true, None));
     }
 
     /// A request ended at `now`.
@@ -110,21 +160,21 @@ impl Conn {
         self.with(|e| (e.busy, e.active) = (false, now));
     }
 
-    /// Resolves when the connection should close: told to make room, or
-    /// idle (no request) for the table's idle timeout.
+    /// Resolves when the connection should close: told to make room, its
+    /// headers late, or idle for the idle timeout.
     pub async fn closed(&self) -> Closed {
+        let (header, idle) = (self.table.header, self.table.idle);
         loop {
-            let Some((busy, active)) = self.with(|e| (e.busy, e.active)) else {
+            let Some((busy, active, heard)) = self.with(|e| (e.busy, e.active, e.heard)) else {
                 return Closed::Evicted;
             };
-            let deadline = active + self.table.idle;
-            if !busy && Instant::now() >= deadline {
-                return Closed::Idle;
-            }
-            let wake = if busy {
-                Instant::now() + self.table.idle
-            } else {
-                deadline
+            let now = Instant::now();
+            let wake = match (busy, heard) {
+                (true, _) => now + idle,
+                (false, Some(t)) if now >= t + header => return Closed::HeaderTimeout,
+                (false, Some(t)) => t + header,
+                (false, None) if now >= active + idle => return Closed::Idle,
+                (false, None) => (active + idle).min(now + header),
             };
             tokio::select! {
                 _ = self.close.notified() => return Closed::Evicted,
@@ -136,8 +186,47 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        let mut t = self.table.table.lock().unwrap_or_else(|e| e.into_inner());
-        t.1.remove(&self.id);
+        self.table.table().open.remove(&self.id);
+    }
+}
+
+/// A connection's stream, telling its [`Conn`] when bytes arrive.
+pub struct Watched<S> {
+    pub inner: S,
+    pub conn: Arc<Conn>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.conn.heard(Instant::now());
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, b)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -157,19 +246,21 @@ pub fn default_cap() -> usize {
 mod tests {
     use super::*;
 
+    const LONG: Duration = Duration::from_secs(60);
+
     #[tokio::test]
     async fn at_the_bound_the_least_recently_active_idle_one_makes_room() {
-        let table = Connections::new(2, Duration::from_secs(60));
+        let table = Connections::new(2, LONG, LONG);
         let t0 = Instant::now();
         let (a, _) = table.admit(t0).unwrap();
         let (b, _) = table.admit(t0 + Duration::from_millis(1)).unwrap();
-        // a is in a request: b, the older idle one after a's request, goes.
+        // a is in a request: b, the only one not in a request, goes.
         a.begin();
         let (c, evicted) = table.admit(t0 + Duration::from_millis(2)).unwrap();
         assert_eq!(evicted, Some(Closed::Evicted));
         assert_eq!(b.closed().await, Closed::Evicted);
         assert_eq!(table.open(), 2);
-        // With every connection in a request, a new one must wait.
+        // With every connection in a request, a new one is not admitted.
         c.begin();
         assert!(table.admit(t0 + Duration::from_millis(3)).is_none());
         // Ended requests make their connections evictable again, oldest first.
@@ -184,11 +275,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_idle_connection_closes_after_the_idle_timeout() {
-        let table = Connections::new(4, Duration::from_millis(50));
+    async fn idle_closes_after_the_idle_timeout_and_late_headers_after_theirs() {
+        let table = Connections::new(4, Duration::from_millis(40), Duration::from_millis(120));
         let started = Instant::now();
         let (a, _) = table.admit(started).unwrap();
+        // Idle: the header timeout does not apply before a byte arrives.
         assert_eq!(a.closed().await, Closed::Idle);
-        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(started.elapsed() >= Duration::from_millis(120));
+        let (b, _) = table.admit(Instant::now()).unwrap();
+        let heard = Instant::now();
+        b.heard(heard);
+        assert_eq!(b.closed().await, Closed::HeaderTimeout);
+        let took = heard.elapsed();
+        assert!(
+            took >= Duration::from_millis(40) && took < Duration::from_millis(120),
+            "{took:?}"
+        );
     }
 }

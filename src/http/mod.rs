@@ -20,7 +20,7 @@ use hyper::header::{
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::exporter::Exporter;
@@ -28,7 +28,7 @@ use crate::exposition::Format;
 use crate::web::WebConfig;
 
 pub use connections::default_cap as default_max_connections;
-use connections::{Closed, Conn, Connections};
+use connections::{Conn, Connections, Watched};
 
 type Body = Full<Bytes>;
 
@@ -74,7 +74,11 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let connections = Connections::new(limits.max_connections, limits.idle_timeout);
+    let connections = Connections::new(
+        limits.max_connections,
+        limits.read_header_timeout,
+        limits.idle_timeout,
+    );
     let site = Arc::new(Site {
         exporter,
         telemetry_path,
@@ -103,40 +107,42 @@ pub async fn serve(
                 .inc();
             continue;
         };
-        if evicted.is_some() {
+        if let Some(why) = evicted {
             stats
                 .http_connections_closed
-                .with_label_values(&["evicted"])
+                .with_label_values(&[why.reason()])
                 .inc();
         }
-        stats.http_connections.set(connections.open() as i64);
-        let (site, connections) = (site.clone(), connections.clone());
+        stats.http_connections.inc();
+        let site = site.clone();
         tokio::spawn(async move {
             let conn = Arc::new(conn);
-            let why = tokio::select! {
-                _ = accepted(stream, site.clone(), conn.clone(), limits) => None,
-                why = conn.closed() => Some(why),
+            let stream = Watched {
+                inner: stream,
+                conn: conn.clone(),
             };
             let stats = &site.exporter.stats;
-            if why == Some(Closed::Idle) {
-                stats
-                    .http_connections_closed
-                    .with_label_values(&["idle"])
-                    .inc();
+            tokio::select! {
+                _ = accepted(stream, site.clone(), conn.clone()) => {}
+                why = conn.closed() => {
+                    // (Evictions were counted when they were made.)
+                    if why != connections::Closed::Evicted {
+                        stats.http_connections_closed.with_label_values(&[why.reason()]).inc();
+                    }
+                }
             }
-            drop(conn);
-            stats.http_connections.set(connections.open() as i64);
+            stats.http_connections.dec();
         });
     }
 }
 
 /// One accepted connection: its TLS handshake (bounded), then HTTP/1.1.
-async fn accepted(stream: tokio::net::TcpStream, site: Arc<Site>, conn: Arc<Conn>, limits: Limits) {
+async fn accepted(stream: Watched<tokio::net::TcpStream>, site: Arc<Site>, conn: Arc<Conn>) {
     match &site.web.tls {
-        None => connection(stream, site.clone(), conn, limits).await,
+        None => connection(stream, site.clone(), conn).await,
         Some(tls) => {
             match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
-                Ok(Ok(stream)) => connection(stream, site.clone(), conn, limits).await,
+                Ok(Ok(stream)) => connection(stream, site.clone(), conn).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
@@ -144,22 +150,19 @@ async fn accepted(stream: tokio::net::TcpStream, site: Arc<Site>, conn: Arc<Conn
     }
 }
 
-async fn connection<S>(stream: S, site: Arc<Site>, conn: Arc<Conn>, limits: Limits)
+async fn connection<S>(stream: S, site: Arc<Site>, conn: Arc<Conn>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| {
         let (site, conn) = (site.clone(), conn.clone());
         async move {
-            conn.begin();
-            let response = handle(req, site).await;
-            // In a request until its body is written (or dropped).
-            Ok::<_, Infallible>(response.map(|body| Sent { body, conn }))
+            let response = handle(req, site, &conn).await;
+            // In a request until hyper has taken its body's last frame.
+            Ok::<_, Infallible>(response.map(|body| Sent::new(body, conn)))
         }
     });
     if let Err(e) = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.read_header_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .await
     {
@@ -167,11 +170,30 @@ where
     }
 }
 
-/// A response body that ends its connection's request when hyper is done
-/// with it: a connection writing a large page is not one to close.
+/// A response body that ends its connection's request when hyper has taken
+/// its last frame (and drops it). It is handed over in 64 KiB frames, which
+/// hyper takes as it writes, so a connection writing a large page stays in
+/// its request, not one to close to make room, until about its last frame.
 struct Sent {
-    body: Body,
+    rest: Bytes,
     conn: Arc<Conn>,
+}
+
+const FRAME: usize = 64 * 1024;
+
+impl Sent {
+    fn new(body: Body, conn: Arc<Conn>) -> Sent {
+        // A `Full` body is one frame, ready at once: take its bytes to hand
+        // them over in parts.
+        use futures_util::FutureExt;
+        use http_body_util::BodyExt;
+        let mut body = body;
+        let frame = body.frame().now_or_never().flatten();
+        let rest = frame
+            .and_then(|f| f.ok()?.into_data().ok())
+            .unwrap_or_default();
+        Sent { rest, conn }
+    }
 }
 
 impl hyper::body::Body for Sent {
@@ -180,17 +202,22 @@ impl hyper::body::Body for Sent {
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let n = this.rest.len().min(FRAME);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(this.rest.split_to(n)))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
+        hyper::body::SizeHint::with_exact(self.rest.len() as u64)
     }
 }
 
@@ -222,7 +249,11 @@ impl AcceptErrors {
     }
 }
 
-async fn handle(req: Request<Incoming>, site: Arc<Site>) -> Response<Body> {
+/// A request whose headers are in. `conn` enters the request once
+/// credentials pass: requests that only wait for a bcrypt check are never
+/// protected from being closed to make room, so they cannot starve scrapes.
+async fn handle(req: Request<Incoming>, site: Arc<Site>, conn: &Conn) -> Response<Body> {
+    conn.heard_headers();
     if site.web.requires_auth() {
         let header = req
             .headers()
@@ -243,6 +274,7 @@ async fn handle(req: Request<Incoming>, site: Arc<Site>) -> Response<Body> {
             return r;
         }
     }
+    conn.begin();
     let exporter = &site.exporter;
     let telemetry = site.telemetry_path.as_str();
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
