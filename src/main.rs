@@ -17,7 +17,10 @@ fn main() -> ExitCode {
             print!("{DEFAULT_MAPPING}");
             Ok(())
         }
-        Some(Command::Rules { config_file }) => rules(config_file.as_deref()),
+        Some(Command::Rules {
+            config_file,
+            scrape_interval,
+        }) => rules(config_file.as_deref(), scrape_interval),
         Some(Command::Replay(args)) => replay(&args),
         Some(Command::Partition(args)) => {
             for ns in &args.namespaces {
@@ -45,12 +48,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn rules(config_file: Option<&std::path::Path>) -> Result<(), BoxError> {
+fn rules(
+    config_file: Option<&std::path::Path>,
+    scrape_interval: std::time::Duration,
+) -> Result<(), BoxError> {
     let catalog = match config_file {
         Some(path) => Catalog::from_file(path)?,
         None => Catalog::default_mapping(),
     };
-    print!("{}", session_exporter::rules::render(&catalog));
+    print!(
+        "{}",
+        session_exporter::rules::render(&catalog, scrape_interval)
+    );
     Ok(())
 }
 

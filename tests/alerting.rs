@@ -346,7 +346,13 @@ fn a_degraded_namespace_pages_once(prom_bin: &PromBin, am_bin: &AmBin) {
     // and the health rules with SessionExporterDown after 1 s, not 5 m.
     let mapping = mapping_file("paging", "    period: 30d\n", "    period: 12h\n");
     let rules = Command::new(EXPORTER)
-        .args(["rules", "--config.file", mapping.to_str().unwrap()])
+        .args([
+            "rules",
+            "--scrape-interval",
+            "1s",
+            "--config.file",
+            mapping.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(rules.status.success());

@@ -33,9 +33,11 @@ fn rule_files_are_valid() {
     }
 }
 
-fn rules_of(mapping: Option<&std::path::Path>) -> String {
+fn rules_of(mapping: Option<&std::path::Path>, flags: &[&str]) -> String {
     let mut cmd = Command::new(EXPORTER);
-    cmd.arg("rules").env_remove("SESSION_EXPORTER_CONFIG_FILE");
+    cmd.arg("rules")
+        .args(flags)
+        .env_remove("SESSION_EXPORTER_CONFIG_FILE");
     if let Some(m) = mapping {
         cmd.arg("--config.file").arg(m);
     }
@@ -52,7 +54,7 @@ fn rules_of(mapping: Option<&std::path::Path>) -> String {
 fn the_slo_rules_are_generated_from_the_default_mapping() {
     let shipped = std::fs::read_to_string(repo_path(RULES[1].0)).unwrap();
     assert!(
-        rules_of(None) == shipped,
+        rules_of(None, &[]) == shipped,
         "{} is not `session-exporter rules` of the default mapping: regenerate it with\n  \
          cargo run -q -- rules > {0}\nthen scripts/gen-deploy",
         RULES[1].0
@@ -66,7 +68,10 @@ fn slo_windows_scale_with_the_period_and_overrides_stay_in_the_mapping() {
         "    period: 30d\n",
         "    period: 12h\n    min_events: 5\n    namespaces:\n      biggame: {threshold: 10s, objective: 0.995}\n",
     );
-    let rules = rules_of(Some(&mapping));
+    // Scraped every minute (the default), no window is under four scrapes.
+    let floored = rules_of(Some(&mapping), &[]);
+    assert!(floored.contains("[4m]") && !floored.contains("[5s]") && !floored.contains("[1m]"));
+    let rules = rules_of(Some(&mapping), &["--scrape-interval", "1s"]);
     // 12 h is 60 times shorter than 30 d: the page tier's 1h/5m become 1m/5s.
     for window in [
         "[5s]", "[30s]", "[1m]", "[2m]", "[6m]", "[24m]", "[72m]", "[12h]",

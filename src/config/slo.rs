@@ -68,9 +68,8 @@ pub struct Target {
 pub struct SloDef {
     /// The `slo` label.
     pub name: String,
-    /// Index of its histogram in `Catalog::metrics`, and its name.
+    /// Index of its histogram in `Catalog::metrics`.
     pub metric: usize,
-    pub metric_name: String,
     pub target: Target,
     pub period: Duration,
     /// Fewest events in a tier's long window for it to alert.
@@ -158,7 +157,6 @@ pub(super) fn check_slos(
         slos.push(SloDef {
             name: s.name,
             metric,
-            metric_name: s.metric,
             target,
             period,
             min_events,
