@@ -219,3 +219,56 @@ fn metrics_are_gzipped_when_asked() {
     assert_eq!(status, 200);
     assert!(plain.starts_with("# HELP"));
 }
+
+/// A TLS setting for NATS requires TLS: against a plaintext server the
+/// exporter refuses to connect (and so never sends the password in clear).
+#[test]
+fn a_nats_tls_setting_refuses_a_plaintext_server() {
+    let dir = temp_dir("nats-tls");
+    let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    run_ok(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test-ca",
+        ],
+    );
+    let nats = Nats::start();
+    let exporter = Exporter::start(
+        &nats.url(),
+        &[
+            "--nats.tls-ca-file",
+            cert.to_str().unwrap(),
+            "--nats.user",
+            "u",
+            "--nats.password",
+            "secret-pw",
+        ],
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "a refused connection in the log",
+        || {
+            // The client tries TLS; the plaintext server cannot answer it.
+            let log = exporter.log();
+            (log.contains("NATS TLS required") && log.contains("connection attempt failed"))
+                .then_some(())
+        },
+    );
+    let m = exporter.metrics();
+    assert_eq!(value(&m, "session_exporter_nats_connected"), Some(0.0));
+    assert_ne!(exporter.get("/-/ready").0, 200);
+}

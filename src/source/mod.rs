@@ -135,7 +135,16 @@ impl NatsConfig {
         if let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) {
             o = o.add_client_certificate(cert.clone(), key.clone());
         }
-        Ok(o.require_tls(self.tls_required))
+        // Any TLS setting means TLS (as the Go client's `Secure`): a server
+        // that does not offer it is refused, never sent credentials in clear.
+        let tls = self.tls_required
+            || self.tls_ca_file.is_some()
+            || self.tls_cert_file.is_some()
+            || self.tls_key_file.is_some();
+        if tls {
+            tracing::info!("NATS TLS required: a server that does not offer TLS is refused");
+        }
+        Ok(o.require_tls(tls))
     }
 }
 
