@@ -122,9 +122,9 @@ fn curl(args: &[&str]) -> (String, String) {
     (code.to_string(), body.to_string())
 }
 
-#[test]
-fn tls_and_basic_auth_from_the_web_config_file() {
-    let dir = temp_dir("tls");
+/// A fresh self-signed certificate for 127.0.0.1 (openssl): its paths.
+fn self_signed(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = temp_dir(tag);
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     run_ok(
         "openssl",
@@ -148,8 +148,14 @@ fn tls_and_basic_auth_from_the_web_config_file() {
             "subjectAltName=IP:127.0.0.1",
         ],
     );
+    (cert, key)
+}
+
+#[test]
+fn tls_and_basic_auth_from_the_web_config_file() {
+    let (cert, key) = self_signed("tls");
     let hash = bcrypt::hash("s3cret", 4).unwrap();
-    let web = dir.join("web.yml");
+    let web = cert.with_file_name("web.yml");
     std::fs::write(
         &web,
         format!(
@@ -224,28 +230,7 @@ fn metrics_are_gzipped_when_asked() {
 /// exporter refuses to connect (and so never sends the password in clear).
 #[test]
 fn a_nats_tls_setting_refuses_a_plaintext_server() {
-    let dir = temp_dir("nats-tls");
-    let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
-    run_ok(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=test-ca",
-        ],
-    );
+    let (cert, _) = self_signed("nats-tls");
     let nats = Nats::start();
     let exporter = Exporter::start(
         &nats.url(),
