@@ -28,24 +28,81 @@ pub const SLO_OBJECTIVE_METRIC: &str = "session_slo_objective_ratio";
 pub const SLO_THRESHOLD_METRIC: &str = "session_slo_threshold_seconds";
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ConfigError(String);
+pub struct ConfigError {
+    /// The whole account, for the terminal and the log. It quotes the file
+    /// (the YAML parser's snippet, a refused value) only where the file is
+    /// known to be a mapping, never where it may hold a secret.
+    message: String,
+    /// The path, line and column only: for answers over HTTP.
+    bare: String,
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 impl std::error::Error for ConfigError {}
 
 impl ConfigError {
+    /// An error in our own words (keys, limits, paths).
     pub fn new(msg: impl Into<String>) -> ConfigError {
-        ConfigError(msg.into())
+        let message = msg.into();
+        ConfigError {
+            bare: message.clone(),
+            message,
+        }
+    }
+
+    /// A YAML error in `file`: its line and column, and the parser's own
+    /// account (which quotes the file) only when `quote`.
+    pub fn yaml(file: &Path, e: &serde_saphyr::Error, quote: bool) -> ConfigError {
+        let at = match e.location() {
+            Some(l) => format!("line {} column {}", l.line(), l.column()),
+            None => "no position known".into(),
+        };
+        let bare = format!(
+            "{}: {at}: not valid YAML for this file (its content is not shown)",
+            file.display()
+        );
+        let message = if quote {
+            format!("{}: {e}", file.display())
+        } else {
+            bare.clone()
+        };
+        ConfigError { message, bare }
+    }
+
+    /// The error without anything from the file: path, line and column.
+    pub fn unquoted(&self) -> &str {
+        &self.bare
+    }
+
+    /// A mapping refused after it parsed: the reason names keys and values.
+    fn in_file(self, file: &Path) -> ConfigError {
+        ConfigError {
+            message: format!("{}: {}", file.display(), self.message),
+            bare: format!(
+                "{}: the mapping is refused (the log says why)",
+                file.display()
+            ),
+        }
     }
 }
 
+/// Whether a file that failed to parse is meant as a mapping (it has the
+/// top-level `mappings:` key), so quoting it helps; a creds or key file
+/// given by mistake is not quoted.
+fn looks_like_mapping(text: &str) -> bool {
+    text.lines().any(|l| {
+        l.strip_prefix("mappings:")
+            .is_some_and(|rest| rest.trim().is_empty() || rest.starts_with(' '))
+    })
+}
+
 fn err(key: impl fmt::Display, msg: impl fmt::Display) -> ConfigError {
-    ConfigError(format!("{key}: {msg}"))
+    ConfigError::new(format!("{key}: {msg}"))
 }
 
 #[derive(Deserialize)]
@@ -293,12 +350,15 @@ impl Catalog {
 
     pub fn from_file(path: &Path) -> Result<Catalog, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        Catalog::from_yaml(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+            .map_err(|e| ConfigError::new(format!("{}: {e}", path.display())))?;
+        let raw: RawFile = serde_saphyr::from_str(&text)
+            .map_err(|e| ConfigError::yaml(path, &e, looks_like_mapping(&text)))?;
+        build(raw).map_err(|e| e.in_file(path))
     }
 
     pub fn from_yaml(text: &str) -> Result<Catalog, ConfigError> {
-        let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        let raw: RawFile = serde_saphyr::from_str(text)
+            .map_err(|e| ConfigError::yaml(Path::new("<mapping>"), &e, true))?;
         build(raw)
     }
 
