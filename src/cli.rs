@@ -151,30 +151,44 @@ pub enum LogFormat {
 
 #[derive(Args, Debug)]
 pub struct NatsArgs {
-    /// NATS server URL(s), comma-separated.
+    /// NATS server URL(s), comma-separated. Credentials in a URL
+    /// (nats://user:password@host, nats://token@host) are taken out of it and
+    /// given to the client apart, so no log line holds them.
     #[arg(
         long = "nats.url",
         env = "SESSION_EXPORTER_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
     )]
     pub url: String,
-    /// NATS user (with --nats.password).
+    /// NATS user (with --nats.password or --nats.password-file).
     #[arg(long = "nats.user", env = "SESSION_EXPORTER_NATS_USER")]
     pub user: Option<String>,
-    /// NATS password.
+    /// NATS password. Visible in `ps`: prefer --nats.password-file.
     #[arg(
         long = "nats.password",
         env = "SESSION_EXPORTER_NATS_PASSWORD",
-        hide_env_values = true
+        hide_env_values = true,
+        conflicts_with = "password_file"
     )]
     pub password: Option<String>,
-    /// NATS token.
+    /// File holding the NATS password (one line).
+    #[arg(
+        long = "nats.password-file",
+        env = "SESSION_EXPORTER_NATS_PASSWORD_FILE"
+    )]
+    pub password_file: Option<PathBuf>,
+    /// NATS token. Visible in `ps`: prefer --nats.token-file.
     #[arg(
         long = "nats.token",
         env = "SESSION_EXPORTER_NATS_TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        conflicts_with = "token_file"
     )]
     pub token: Option<String>,
+    /// File holding the NATS token (one line).
+    #[arg(long = "nats.token-file", env = "SESSION_EXPORTER_NATS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// File holding an nkey seed.
     #[arg(long = "nats.nkey-file", env = "SESSION_EXPORTER_NATS_NKEY_FILE")]
     pub nkey_file: Option<PathBuf>,
@@ -342,6 +356,13 @@ pub struct RunArgs {
     /// exporter-toolkit format (tls_server_config, basic_auth_users).
     #[arg(long = "web.config.file", env = "SESSION_EXPORTER_WEB_CONFIG_FILE")]
     pub web_config_file: Option<PathBuf>,
+    /// Answer POST /-/reload (re-read the mapping file), as Prometheus's
+    /// flag of the same name. Off: 403. SIGHUP reloads either way.
+    #[arg(
+        long = "web.enable-lifecycle",
+        env = "SESSION_EXPORTER_WEB_ENABLE_LIFECYCLE"
+    )]
+    pub enable_lifecycle: bool,
     /// Mapping file (YAML). Default: the built-in mapping (see print-default-config).
     #[arg(long = "config.file", env = "SESSION_EXPORTER_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
@@ -433,12 +454,46 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
 }
 
 impl NatsArgs {
-    pub fn config(&self) -> NatsConfig {
-        NatsConfig {
-            url: self.url.clone(),
-            user: self.user.clone(),
-            password: self.password.clone(),
-            token: self.token.clone(),
+    /// The connection settings, secrets read from their files; credentials
+    /// given twice, or a password without a user, are refused.
+    pub fn config(&self) -> Result<NatsConfig, String> {
+        let servers = crate::source::url::Servers::parse(&self.url)
+            .map_err(|e| format!("--nats.url: {e}"))?;
+        let password = secret("--nats.password-file", &self.password, &self.password_file)?;
+        let token = secret("--nats.token-file", &self.token, &self.token_file)?;
+        for (flag, file) in [
+            ("--nats.nkey-file", &self.nkey_file),
+            ("--nats.creds-file", &self.creds_file),
+        ] {
+            if let Some(path) = file {
+                warn_if_readable_by_others(flag, path);
+            }
+        }
+        let (user, password, token) = match servers.credentials {
+            None => (self.user.clone(), password, token),
+            Some(_) if self.user.is_some() || password.is_some() || token.is_some() => {
+                return Err("--nats.url holds credentials and --nats.user, --nats.password or --nats.token gives them again: give them once".into());
+            }
+            Some(crate::source::url::Credentials::UserPassword(u, p)) => (Some(u), Some(p), None),
+            Some(crate::source::url::Credentials::Token(t)) => (None, None, Some(t)),
+        };
+        match (&user, &password) {
+            (None, Some(_)) => {
+                return Err("--nats.password (or --nats.password-file) needs --nats.user".into())
+            }
+            (Some(_), None) => {
+                return Err("--nats.user needs --nats.password or --nats.password-file".into())
+            }
+            _ => {}
+        }
+        if user.is_some() && token.is_some() {
+            return Err("--nats.user and --nats.token: give one way to authenticate".into());
+        }
+        Ok(NatsConfig {
+            url: servers.urls.join(","),
+            user,
+            password,
+            token,
             nkey_file: self.nkey_file.clone(),
             creds_file: self.creds_file.clone(),
             tls_ca_file: self.tls_ca_file.clone(),
@@ -447,6 +502,42 @@ impl NatsArgs {
             tls_required: self.tls_required,
             subscription_capacity: crate::source::DEFAULT_SUBSCRIPTION_CAPACITY,
             ..NatsConfig::default()
+        })
+    }
+}
+
+/// A secret given on the command line, or read from its file (trailing
+/// newline dropped). Errors name the flag and path, never the content.
+fn secret(
+    flag: &str,
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<Option<String>, String> {
+    let Some(path) = file else {
+        return Ok(value.clone());
+    };
+    warn_if_readable_by_others(flag, path);
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    let text = text.trim_end_matches(['\n', '\r']);
+    if text.is_empty() {
+        return Err(format!("{flag} {}: the file is empty", path.display()));
+    }
+    Ok(Some(text.to_string()))
+}
+
+/// Secrets belong in files only their owner reads: say so when others can.
+fn warn_if_readable_by_others(flag: &str, path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                flag,
+                path = %path.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "a secret file is readable by group or others; chmod 600 it"
+            );
         }
     }
 }
@@ -479,7 +570,7 @@ impl RunArgs {
             state: self.state_config()?,
             partition: self.partition()?,
             partition_subjects: self.partition_subjects()?,
-            ..self.nats.config()
+            ..self.nats.config()?
         })
     }
 

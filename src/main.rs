@@ -133,7 +133,7 @@ fn replay(args: &ReplayArgs) -> Result<(), BoxError> {
 
 async fn simulate(args: SimulateArgs) -> Result<(), BoxError> {
     let stop = shutdown::terminate();
-    let cfg = args.nats.config();
+    let cfg = args.nats.config()?;
     // The simulator has no /metrics; its exporter state only absorbs connection events.
     let sink = Arc::new(session_exporter::exporter::Exporter::new(
         Catalog::default_mapping(),

@@ -17,6 +17,7 @@ mod core;
 mod jetstream;
 pub mod state;
 mod stream;
+pub mod url;
 
 use std::future::Future;
 use std::path::PathBuf;
