@@ -473,9 +473,7 @@ fn run_exporter_as(
     rt.spawn(http::serve(
         listener,
         exporter.clone(),
-        "/metrics".into(),
-        Default::default(),
-        http::Limits::default(),
+        http::Options::default(),
         wait(stopped.clone()),
     ));
     let source = rt.spawn({
@@ -1231,9 +1229,7 @@ fn bench_scrape(namespaces: usize) -> Scrape {
     rt.spawn(http::serve(
         listener,
         exporter.clone(),
-        "/metrics".into(),
-        Default::default(),
-        http::Limits::default(),
+        http::Options::default(),
         async move {
             let _ = rx.wait_for(|s| *s).await;
         },

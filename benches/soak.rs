@@ -139,7 +139,14 @@ struct Soak {
 
 impl Soak {
     fn start_exporter(url: &str, mapping: &std::path::Path) -> Exporter {
-        let e = Exporter::start(url, &["--config.file", mapping.to_str().unwrap()]);
+        let e = Exporter::start(
+            url,
+            &[
+                "--config.file",
+                mapping.to_str().unwrap(),
+                "--web.enable-lifecycle",
+            ],
+        );
         e.wait_ready();
         e
     }

@@ -193,6 +193,7 @@ fn main() {
     std::fs::write(&mapping_file, mapping("1m")).unwrap();
     let start_exporter = |key: &str, partition: Option<usize>| {
         let mut args = vec![
+            "--web.enable-lifecycle".to_string(),
             "--config.file".to_string(),
             mapping_file.to_str().unwrap().to_string(),
             "--nats.jetstream.stream".into(),

@@ -23,7 +23,6 @@ pub mod shutdown;
 pub mod simulate;
 pub mod source;
 pub mod stats;
-pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -52,8 +51,8 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     }
     let exporter = Arc::new(exporter);
     let web = match &args.web_config_file {
-        Some(path) => web::WebConfig::load(path)?,
-        None => web::WebConfig::default(),
+        Some(path) => http::WebConfig::load(path)?,
+        None => http::WebConfig::default(),
     };
     let listener = TcpListener::bind(args.listen)
         .await
@@ -80,12 +79,16 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let options = http::Options {
+        telemetry_path: args.telemetry_path.clone(),
+        web,
+        limits,
+        lifecycle: args.enable_lifecycle,
+    };
     let http = tokio::spawn(http::serve(
         listener,
         exporter.clone(),
-        args.telemetry_path.clone(),
-        web,
-        limits,
+        options,
         stopped(stop_rx.clone()),
     ));
     let source = async {

@@ -65,6 +65,8 @@ pub struct Stats {
     /// Connections closed by the exporter, by reason (`evicted`, `idle`,
     /// `header_timeout`, `refused`).
     pub http_connections_closed: IntCounterVec,
+    /// Requests' credentials checked, by verdict.
+    http_auth: IntCounterVec,
 }
 
 fn name(s: &str) -> String {
@@ -105,6 +107,15 @@ impl Stats {
             "HTTP connections the exporter closed, by reason: evicted (the least recently active one not in a request, to admit a new one at --web.max-connections), idle (no request within the idle timeout), header_timeout (headers not in within --web.read-header-timeout of their first byte), refused (every connection was in a request).",
             "reason",
         );
+        let http_auth = counter_vec(
+            &r,
+            "http_auth_requests_total",
+            "Requests whose basic-auth credentials were checked, by result: allowed, denied (wrong or missing), busy (too many waited for a password check: 503).",
+            "result",
+        );
+        for v in crate::http::Verdict::ALL {
+            http_auth.with_label_values(&[v.as_str()]);
+        }
         let events_rejected = counter_vec(
             &r,
             "events_rejected_total",
@@ -278,6 +289,7 @@ impl Stats {
             ),
             http_connections: gauge(&r, "http_connections", "Open HTTP connections."),
             http_connections_closed,
+            http_auth,
             registry: r,
         };
         for reason in ["evicted", "idle", "header_timeout", "refused"] {
@@ -285,6 +297,10 @@ impl Stats {
         }
         stats.reload_success.set(1);
         stats
+    }
+
+    pub fn http_auth(&self, verdict: crate::http::Verdict) {
+        self.http_auth.with_label_values(&[verdict.as_str()]).inc();
     }
 
     pub fn reject(&self, reason: Reason) {

@@ -23,7 +23,8 @@ fn endpoints_answer_as_exporters_do() {
     assert_eq!(exporter.get("/metrics").0, 404);
     assert_eq!(exporter.get("/-/healthy"), (200, "Healthy\n".to_string()));
     assert_eq!(exporter.get("/-/ready"), (200, "Ready\n".to_string()));
-    assert_eq!(exporter.get("/-/reload").0, 405);
+    // Off without --web.enable-lifecycle, as in Prometheus.
+    assert_eq!(http(&exporter.addr, "POST", "/-/reload").0, 403);
     let (_, m) = exporter.get("/custom");
     assert!(m.contains("session_exporter_build_info{"), "build_info");
     // Built from this checkout: the revision is its HEAD.
@@ -49,8 +50,16 @@ fn endpoints_answer_as_exporters_do() {
 async fn reload_changes_buckets_keeps_data_and_refuses_bad_files() {
     let nats = Nats::start();
     let path = mapping_file("reload", BUCKETS, BUCKETS);
-    let exporter = Exporter::start(&nats.url(), &["--config.file", path.to_str().unwrap()]);
+    let exporter = Exporter::start(
+        &nats.url(),
+        &[
+            "--config.file",
+            path.to_str().unwrap(),
+            "--web.enable-lifecycle",
+        ],
+    );
     exporter.wait_ready();
+    assert_eq!(exporter.get("/-/reload").0, 405, "POST only");
     let events = load_events(&examples_file());
     publish(&nats.url(), &events).await;
     exporter.wait_received(events.len() as u64);
@@ -75,7 +84,10 @@ async fn reload_changes_buckets_keeps_data_and_refuses_bad_files() {
     std::fs::write(&path, "mappings: [{event: A}]\n").unwrap();
     let (status, body) = http(&exporter.addr, "POST", "/-/reload");
     assert_eq!(status, 500);
-    assert!(body.contains("metric"), "{body}");
+    // The answer names the file, never its content; the log says why.
+    assert!(body.contains(path.to_str().unwrap()), "{body}");
+    assert!(!body.contains("event: A"), "{body}");
+    assert!(exporter.log().contains("metric"), "the reason is logged");
     let m = exporter.metrics();
     assert_eq!(
         value(&m, "session_exporter_config_last_reload_successful"),
@@ -109,46 +121,6 @@ fn sigterm_drains_and_exits_cleanly() {
         log.contains("SIGTERM received; draining") && log.contains("stopped"),
         "{log}"
     );
-}
-
-fn curl(args: &[&str]) -> (String, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
-    (code.to_string(), body.to_string())
-}
-
-/// A fresh self-signed certificate for 127.0.0.1 (openssl): its paths.
-fn self_signed(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = temp_dir(tag);
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    run_ok(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-    );
-    (cert, key)
 }
 
 #[test]

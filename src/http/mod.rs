@@ -3,7 +3,10 @@
 //! connections bounded ([`connections`]) and each with a header read
 //! timeout; accept errors are logged at most once a second and survived.
 
+mod auth;
+mod config;
 mod connections;
+mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,8 +17,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, VARY,
-    WWW_AUTHENTICATE,
+    HeaderValue, ACCEPT, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE,
+    RETRY_AFTER, VARY, WWW_AUTHENTICATE,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -25,8 +28,9 @@ use tokio::net::TcpListener;
 
 use crate::exporter::Exporter;
 use crate::exposition::Format;
-use crate::web::WebConfig;
 
+pub use auth::Verdict;
+pub use config::WebConfig;
 pub use connections::default_cap as default_max_connections;
 use connections::{Conn, Connections, Watched};
 
@@ -58,32 +62,49 @@ impl Default for Limits {
 /// interval in use (Prometheus reconnects at no cost if it is shorter).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// What the HTTP surface serves and how it guards it.
+#[derive(Clone)]
+pub struct Options {
+    /// `--web.telemetry-path`.
+    pub telemetry_path: String,
+    /// `--web.config.file`: TLS and basic auth.
+    pub web: WebConfig,
+    pub limits: Limits,
+    /// `--web.enable-lifecycle`: `/-/reload` answers (SIGHUP always reloads).
+    pub lifecycle: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            telemetry_path: "/metrics".into(),
+            web: WebConfig::default(),
+            limits: Limits::default(),
+            lifecycle: false,
+        }
+    }
+}
+
 /// What every connection needs.
 struct Site {
     exporter: Arc<Exporter>,
-    telemetry_path: String,
-    web: WebConfig,
+    options: Options,
 }
 
 /// Serve until `shutdown` resolves. In-flight requests finish on their own tasks.
 pub async fn serve(
     listener: TcpListener,
     exporter: Arc<Exporter>,
-    telemetry_path: String,
-    web: WebConfig,
-    limits: Limits,
+    options: Options,
     shutdown: impl Future<Output = ()>,
 ) {
+    let limits = options.limits;
     let connections = Connections::new(
         limits.max_connections,
         limits.read_header_timeout,
         limits.idle_timeout,
     );
-    let site = Arc::new(Site {
-        exporter,
-        telemetry_path,
-        web,
-    });
+    let site = Arc::new(Site { exporter, options });
     let stats = &site.exporter.stats;
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
@@ -138,7 +159,7 @@ pub async fn serve(
 
 /// One accepted connection: its TLS handshake (bounded), then HTTP/1.1.
 async fn accepted(stream: Watched<tokio::net::TcpStream>, site: Arc<Site>, conn: Arc<Conn>) {
-    match &site.web.tls {
+    match &site.options.web.tls {
         None => connection(stream, site.clone(), conn).await,
         Some(tls) => {
             match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
@@ -254,29 +275,38 @@ impl AcceptErrors {
 /// protected from being closed to make room, so they cannot starve scrapes.
 async fn handle(req: Request<Incoming>, site: Arc<Site>, conn: &Conn) -> Response<Body> {
     conn.heard_headers();
-    if site.web.requires_auth() {
+    if let Some(users) = &site.options.web.users {
         let header = req
             .headers()
             .get(AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned);
-        let check = site.clone();
-        // bcrypt takes tens of milliseconds by design: not on the async workers.
-        let ok = tokio::task::spawn_blocking(move || check.web.authorized(header.as_deref()))
-            .await
-            .unwrap_or(false);
-        if !ok {
-            let mut r = reply(StatusCode::UNAUTHORIZED, TEXT, "Unauthorized\n".into());
-            r.headers_mut().insert(
-                WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"session-exporter\""),
-            );
-            return r;
+            .and_then(|h| h.to_str().ok());
+        let verdict = users.check(header).await;
+        site.exporter.stats.http_auth(verdict);
+        match verdict {
+            Verdict::Allowed => {}
+            Verdict::Denied => {
+                let mut r = reply(StatusCode::UNAUTHORIZED, TEXT, "Unauthorized\n".into());
+                r.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"session-exporter\""),
+                );
+                return r;
+            }
+            Verdict::Busy => {
+                let mut r = reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "Too many requests wait for a password check\n".into(),
+                );
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
         }
     }
     conn.begin();
     let exporter = &site.exporter;
-    let telemetry = site.telemetry_path.as_str();
+    let telemetry = site.options.telemetry_path.as_str();
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     match req.uri().path() {
         p if p == telemetry && get => {
@@ -334,32 +364,79 @@ async fn handle(req: Request<Incoming>, site: Arc<Site>, conn: &Conn) -> Respons
                 )
             }
         }
-        "/-/reload" if matches!(*req.method(), Method::POST | Method::PUT) => {
-            match exporter.reload() {
-                Ok(()) => {
-                    tracing::info!("mapping reloaded");
-                    reply(StatusCode::OK, TEXT, "Reloaded\n".into())
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "mapping reload failed; keeping the old one");
-                    reply(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        TEXT,
-                        format!("failed to reload config: {e}\n"),
-                    )
-                }
-            }
-        }
-        "/-/reload" => reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            TEXT,
-            "Use POST or PUT\n".into(),
-        ),
+        "/-/reload" => reload(&req, &site).await,
         _ => reply(StatusCode::NOT_FOUND, TEXT, "Not found\n".into()),
     }
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
+
+/// `/-/reload`: behind `--web.enable-lifecycle` as in Prometheus, POST only,
+/// and never from another site's page (a form posted cross-origin). The
+/// answer names the file, line and column of a failure, never its content.
+async fn reload(req: &Request<Incoming>, site: &Arc<Site>) -> Response<Body> {
+    if !site.options.lifecycle {
+        return reply(
+            StatusCode::FORBIDDEN,
+            TEXT,
+            "Lifecycle API is not enabled (--web.enable-lifecycle); SIGHUP reloads\n".into(),
+        );
+    }
+    if req.method() != Method::POST {
+        let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "Use POST\n".into());
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    if cross_site(req) {
+        return reply(
+            StatusCode::FORBIDDEN,
+            TEXT,
+            "Cross-origin reload refused\n".into(),
+        );
+    }
+    let exporter = site.exporter.clone();
+    // Reading the file and rebuilding every namespace is not async work.
+    let result = tokio::task::spawn_blocking(move || exporter.reload()).await;
+    match result {
+        Ok(Ok(())) => {
+            tracing::info!("mapping reloaded");
+            reply(StatusCode::OK, TEXT, "Reloaded\n".into())
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "mapping reload failed; keeping the old one");
+            let body = format!("failed to reload config: {}\n", e.unquoted());
+            reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, body)
+        }
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            TEXT,
+            format!("reload failed: {e}\n"),
+        ),
+    }
+}
+
+/// A request a browser sent from another site's page: its `Origin` names
+/// another host than the one it asks, or `Sec-Fetch-Site` says so. Clients
+/// that are not browsers send neither.
+fn cross_site(req: &Request<Incoming>) -> bool {
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if header("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none") {
+        return true;
+    }
+    let Some(origin) = header("origin") else {
+        return false;
+    };
+    let origin_host = origin
+        .split_once("://")
+        .map_or(origin, |(_, rest)| rest)
+        .trim_end_matches('/');
+    header("host").is_none_or(|host| !origin_host.eq_ignore_ascii_case(host))
+}
 
 /// Prometheus asks for gzip; the text shrinks ~20× (mostly repeated label sets).
 fn accepts_gzip(req: &Request<Incoming>) -> bool {
@@ -389,10 +466,24 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     r
 }
 
+/// `text` for an HTML attribute or element.
+fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn landing(telemetry: &str) -> String {
-    let mut path = String::new();
-    crate::exposition::escape(&mut path, telemetry, true);
-    let path = path.replace('<', "&lt;").replace('>', "&gt;");
+    let path = html_escape(telemetry);
     format!(
         "<!DOCTYPE html>\n<html><head><title>session-exporter</title></head><body>\n\
          <h1>session-exporter</h1>\n<p>Game-session metrics from NATS, version {}.</p>\n<ul>\n\
