@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use serde::de::IgnoredAny;
 use session_exporter::config::Catalog;
 use session_exporter::exporter::Exporter;
+use session_exporter::exposition::page;
 use session_exporter::simulate::{unix_ms, Generator, Profile};
 use session_exporter::source::{self, NatsConfig};
 use session_exporter::{http, seed};
@@ -520,7 +521,7 @@ fn run_exporter_as(
     let folded = got - base;
     let lost = corpus.len() as u64 - folded;
     if lost > 0 {
-        exporter.scrape();
+        page::render_text(&exporter);
         let s = &exporter.stats;
         eprintln!(
             "    lost {lost}: client took {} off the wire, {} received, {} slow-consumer events, {} reconnects",
@@ -1274,6 +1275,11 @@ fn bench_scrape(namespaces: usize) -> Scrape {
         "scrape at {namespaces} namespaces: protobuf, every namespace changed since the last, ms {}",
         spread(&churned)
     );
+    let (concurrent_peak_rss_ratio, concurrent_p50_ms) = concurrent_scrapes(&addr, 16);
+    let unshared_peak_rss_ratio = unshared_renders(&exporter, 16);
+    eprintln!(
+        "scrape at {namespaces} namespaces: 16 concurrent text scrapes, peak RSS {concurrent_peak_rss_ratio:.3}× idle, p50 {concurrent_p50_ms:.1} ms; 16 unshared renders held at once (the baseline: each scrape its own page) {unshared_peak_rss_ratio:.3}× idle"
+    );
     let _ = stop.send(true);
     render_parts(&exporter, namespaces);
     Scrape {
@@ -1283,13 +1289,83 @@ fn bench_scrape(namespaces: usize) -> Scrape {
         protobuf_churned_ms: median(&churned),
         protobuf_bytes,
         text_bytes,
-        text_series: exporter
-            .scrape()
+        text_series: page::render_text(&exporter)
             .lines()
             .filter(|l| !l.starts_with('#'))
             .count(),
         native_series: native_series(&exporter),
+        concurrent_peak_rss_ratio,
+        concurrent_p50_ms,
+        unshared_peak_rss_ratio,
     }
+}
+
+/// The baseline for [`concurrent_scrapes`]: `n` threads each render their
+/// own text page and hold it until all have one, as scrapes without sharing
+/// did. Peak RSS over RSS before.
+fn unshared_renders(exporter: &Arc<Exporter>, n: usize) -> f64 {
+    let idle = self_kib("VmRSS");
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let (start, held) = (
+        Arc::new(std::sync::Barrier::new(n)),
+        Arc::new(std::sync::Barrier::new(n)),
+    );
+    let renders: Vec<_> = (0..n)
+        .map(|_| {
+            let (exporter, start, held) = (exporter.clone(), start.clone(), held.clone());
+            thread::spawn(move || {
+                start.wait();
+                let page =
+                    page::render(&exporter, session_exporter::exposition::Format::Text, false);
+                held.wait();
+                page.len()
+            })
+        })
+        .collect();
+    for r in renders {
+        r.join().unwrap();
+    }
+    self_kib("VmHWM") as f64 / idle as f64
+}
+
+/// A figure of this process from /proc/self/status, in KiB.
+fn self_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap()
+}
+
+/// `n` text scrapes at once, three times: this process's peak RSS (the
+/// exporter runs in it; the clients read into 64 KiB and discard) over its
+/// RSS just before, and the scrapes' median latency.
+fn concurrent_scrapes(addr: &str, n: usize) -> (f64, f64) {
+    let (mut ratios, mut latencies) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let idle = self_kib("VmRSS");
+        // Linux: 5 resets the peak (VmHWM) to the current RSS.
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(n));
+        let scrapers: Vec<_> = (0..n)
+            .map(|_| {
+                let (addr, barrier) = (addr.to_string(), barrier.clone());
+                thread::spawn(move || {
+                    barrier.wait();
+                    let t = Instant::now();
+                    let mut s = TcpStream::connect(&addr).unwrap();
+                    write!(s, "GET /metrics HTTP/1.0\r\nHost: b\r\n\r\n").unwrap();
+                    let mut buf = vec![0; 64 * 1024];
+                    while s.read(&mut buf).unwrap() > 0 {}
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+            })
+            .collect();
+        latencies.extend(scrapers.into_iter().map(|t| t.join().unwrap()));
+        ratios.push(self_kib("VmHWM") as f64 / idle as f64);
+    }
+    (median(&ratios), median(&latencies))
 }
 
 /// Where a scrape's time goes, in process: the snapshot (under the fold's
@@ -1307,7 +1383,7 @@ fn render_parts(exporter: &Exporter, namespaces: usize) {
             .enumerate()
         {
             let t = Instant::now();
-            exporter.scrape_as(f);
+            page::render(exporter, f, false);
             parts[i].1.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
@@ -1350,6 +1426,11 @@ struct Scrape {
     /// its buckets, sum and count).
     text_series: usize,
     native_series: usize,
+    /// Peak RSS under 16 concurrent text scrapes ÷ RSS before them.
+    concurrent_peak_rss_ratio: f64,
+    concurrent_p50_ms: f64,
+    /// The same without sharing: 16 pages rendered and held at once.
+    unshared_peak_rss_ratio: f64,
 }
 
 impl Scrape {
@@ -1368,6 +1449,18 @@ impl Scrape {
         println!("bench scrape_protobuf_bytes_{tag} {}", self.protobuf_bytes);
         println!("bench series_text_{tag} {}", self.text_series);
         println!("bench series_native_{tag} {}", self.native_series);
+        println!(
+            "bench scrape_concurrent_peak_rss_ratio_{tag} {:.3}",
+            self.concurrent_peak_rss_ratio
+        );
+        println!(
+            "bench scrape_concurrent_p50_ms_{tag} {:.1}",
+            self.concurrent_p50_ms
+        );
+        println!(
+            "bench scrape_unshared_peak_rss_ratio_{tag} {:.3}",
+            self.unshared_peak_rss_ratio
+        );
     }
 }
 
@@ -1375,7 +1468,7 @@ impl Scrape {
 /// the text format's, with each histogram's bucket, sum and count series
 /// replaced by one.
 fn native_series(exporter: &Exporter) -> usize {
-    let text = exporter.scrape();
+    let text = page::render_text(exporter);
     let catalog = Catalog::default_mapping();
     let histograms: Vec<&str> = catalog
         .metrics

@@ -249,7 +249,11 @@ fn series_per_namespace() -> f64 {
     let mut g = Generator::new(Profile::default());
     let events = g.metric_events_for(0, unix_ms());
     e.ingest(events.iter().map(|(_, b)| b.as_slice()));
-    value(&e.scrape(), "session_exporter_series").unwrap()
+    value(
+        &session_exporter::exposition::page::render_text(&e),
+        "session_exporter_series",
+    )
+    .unwrap()
 }
 
 fn main() {

@@ -348,6 +348,16 @@ pub struct RunArgs {
         default_value_t = 0
     )]
     pub max_connections: usize,
+    /// Scrapes in flight at most; past it they are answered 503 (as
+    /// node_exporter's flag). Scrapes of one format in flight share one
+    /// render, so this is a backstop, not a memory bound.
+    #[arg(
+        long = "web.max-requests",
+        env = "SESSION_EXPORTER_WEB_MAX_REQUESTS",
+        default_value_t = 40,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_requests: u64,
     /// A request's headers must arrive within this; slower connections are
     /// closed.
     #[arg(long = "web.read-header-timeout", env = "SESSION_EXPORTER_WEB_READ_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]

@@ -8,11 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Catalog, ConfigError};
 use crate::event::{decode_limited, Minute, Reason, TraceProblem};
-use crate::exposition::{self, openmetrics, protobuf, Format};
 use crate::fold::{CheckpointError, Fold, Outcome, Restored, Resume, Snapshot};
 use crate::partition::{Owner, Partition};
 use crate::stats::Stats;
-use crate::stats::{SERIES, SERIES_HELP};
 
 pub struct Exporter {
     /// A `std` mutex is right here: it is never held across an `.await`, and
@@ -41,8 +39,6 @@ pub struct Exporter {
     /// Counts connections to NATS, so a source can make its consumer anew
     /// after a reconnect (rather than wait for missed heartbeats).
     connections: tokio::sync::watch::Sender<u64>,
-    /// OpenMetrics pages carry `_created` samples (`--web.openmetrics-created`).
-    openmetrics_created: bool,
 }
 
 /// One checkpoint, taken under the fold lock: the encoded state and the
@@ -74,7 +70,6 @@ impl Exporter {
             partition: Partition::default(),
             skips: false,
             connections: tokio::sync::watch::Sender::new(0),
-            openmetrics_created: false,
         }
         .with_partition(Partition::default(), false)
     }
@@ -90,13 +85,6 @@ impl Exporter {
             .partition
             .with_label_values(&[&partition.count.to_string(), &partition.index.to_string()])
             .set(1);
-        self
-    }
-
-    /// Write each series' start as a `_created` sample in OpenMetrics pages
-    /// (protobuf always carries it; text 0.0.4 never does).
-    pub fn with_openmetrics_created(mut self, on: bool) -> Exporter {
-        self.openmetrics_created = on;
         self
     }
 
@@ -325,71 +313,24 @@ impl Exporter {
         }
     }
 
-    /// Render `/metrics` as text 0.0.4.
-    pub fn scrape(&self) -> String {
-        String::from_utf8(self.scrape_as(Format::Text)).unwrap_or_default()
-    }
-
-    /// Render `/metrics`: snapshot under the lock, format without it.
-    pub fn scrape_as(&self, format: Format) -> Vec<u8> {
-        let start = Instant::now();
-        // Self-metrics first: a message they count as received is then
-        // already in the snapshot (ingest counts it after folding).
+    /// The self-metrics as of now, `state_pending_messages` brought up to
+    /// date. A page gathers them before [`Exporter::served`]'s snapshot, so
+    /// a message they count as received is in it.
+    pub fn self_metrics(&self) -> Vec<prometheus::proto::MetricFamily> {
         if self.published.is_some() {
             let pending = self.changes().saturating_sub(self.stored_changes());
             self.stats.state_pending.set(pending as i64);
         }
-        let families = self.stats.families();
-        let snap = match &self.published {
+        self.stats.families()
+    }
+
+    /// What a scrape serves: with a state store, the snapshot of the last
+    /// stored checkpoint (none before the first); else the fold as of `now`.
+    pub fn served(&self, now: Instant) -> Option<Arc<Snapshot>> {
+        match &self.published {
             Some(p) => p.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            None => Some(Arc::new(self.lock().snapshot(start))),
-        };
-        let live = snap.as_ref().map_or(0, |s| s.namespaces.len());
-        let series = snap.as_ref().map_or(0, |s| s.series());
-        let out = match format {
-            Format::Protobuf => {
-                let mut out = Vec::with_capacity(4096 + live * 2048);
-                if let Some(s) = &snap {
-                    protobuf::render(s, &mut out);
-                }
-                protobuf::render_registry(&families, &mut out);
-                protobuf::gauge(&mut out, SERIES, SERIES_HELP, series as f64);
-                out
-            }
-            Format::Text | Format::OpenMetrics => {
-                let mut stats = String::new();
-                let mut buf = Vec::new();
-                if prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut buf)
-                    .is_ok()
-                {
-                    stats.push_str(&String::from_utf8_lossy(&buf));
-                }
-                self.stats.render_series(&mut stats, series);
-                let mut out = String::with_capacity(stats.len() + 4096 + live * 4096);
-                if format == Format::Text {
-                    if let Some(s) = &snap {
-                        exposition::render(s, &mut out);
-                    }
-                    out.push_str(&stats);
-                } else {
-                    if let Some(s) = &snap {
-                        let frame = openmetrics::Frame {
-                            snapshot: s,
-                            at: None,
-                            created: self.openmetrics_created,
-                        };
-                        openmetrics::render_families(&[frame], &mut out);
-                    }
-                    openmetrics::from_text(&stats, &mut out);
-                    out.push_str("# EOF\n");
-                }
-                out.into_bytes()
-            }
-        };
-        self.stats
-            .scrape_duration
-            .observe(start.elapsed().as_secs_f64());
-        out
+            None => Some(Arc::new(self.lock().snapshot(now))),
+        }
     }
 
     /// Re-read the mapping file (SIGHUP, `/-/reload`). On error the old mapping stays.
@@ -469,7 +410,7 @@ mod tests {
         let big = vec![b' '; 70_000];
         let n = e.ingest([good, b"{", br#"{"namespace":"g"}"#, &big, good]);
         assert_eq!(n, 2);
-        let text = e.scrape();
+        let text = crate::exposition::page::render_text(&e);
         for line in [
             "session_ds_acquisitions_total{game_namespace=\"g\"} 2",
             "session_exporter_events_rejected_total{reason=\"invalid_json\"} 1",

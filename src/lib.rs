@@ -44,8 +44,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     };
     let nats = args.nats_config()?;
     let mut exporter = Exporter::new(catalog, args.config_file.clone(), args.dedup_window())
-        .with_partition(nats.partition, !nats.partition_subjects.is_empty())
-        .with_openmetrics_created(args.openmetrics_created);
+        .with_partition(nats.partition, !nats.partition_subjects.is_empty());
     if nats.state.is_some() {
         exporter = exporter.serving_checkpoints();
     }
@@ -64,12 +63,14 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         },
         read_header_timeout: args.read_header_timeout,
         idle_timeout: http::IDLE_TIMEOUT,
+        max_requests: usize::try_from(args.max_requests).unwrap_or(usize::MAX),
     };
     tracing::info!(
         listen_address = %listener.local_addr()?,
         web_config = ?args.web_config_file,
         telemetry_path = %args.telemetry_path,
         max_connections = limits.max_connections,
+        max_requests = limits.max_requests,
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
@@ -84,6 +85,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         web,
         limits,
         lifecycle: args.enable_lifecycle,
+        openmetrics_created: args.openmetrics_created,
     };
     let http = tokio::spawn(http::serve(
         listener,

@@ -393,7 +393,7 @@ mod tests {
         let bodies: Vec<Vec<u8>> = (0..2000).map(|_| g.next_event(unix_ms()).1).collect();
         let folded = exporter.ingest(bodies.iter().map(Vec::as_slice));
         assert_eq!(folded, 2000);
-        let text = exporter.scrape();
+        let text = crate::exposition::page::render_text(&exporter);
         for family in [
             "session_active_sessions{",
             "session_ds_acquisitions_total{",

@@ -67,6 +67,31 @@ pub struct Stats {
     pub http_connections_closed: IntCounterVec,
     /// Requests' credentials checked, by verdict.
     http_auth: IntCounterVec,
+    /// Scrapes by how they were served.
+    scrapes: IntCounterVec,
+}
+
+/// How a scrape was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scrape {
+    /// It rendered its page.
+    Rendered,
+    /// It was served the page of a render in flight.
+    Shared,
+    /// 503: `--web.max-requests` scrapes were in flight.
+    Rejected,
+}
+
+impl Scrape {
+    pub const ALL: [Scrape; 3] = [Scrape::Rendered, Scrape::Shared, Scrape::Rejected];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scrape::Rendered => "rendered",
+            Scrape::Shared => "shared",
+            Scrape::Rejected => "rejected",
+        }
+    }
 }
 
 fn name(s: &str) -> String {
@@ -115,6 +140,15 @@ impl Stats {
         );
         for v in crate::http::Verdict::ALL {
             http_auth.with_label_values(&[v.as_str()]);
+        }
+        let scrapes = counter_vec(
+            &r,
+            "scrapes_total",
+            "Scrapes of /metrics, by result: rendered (made its page), shared (served the page of a render of its format already in flight), rejected (503 at --web.max-requests).",
+            "result",
+        );
+        for s in Scrape::ALL {
+            scrapes.with_label_values(&[s.as_str()]);
         }
         let events_rejected = counter_vec(
             &r,
@@ -290,6 +324,7 @@ impl Stats {
             http_connections: gauge(&r, "http_connections", "Open HTTP connections."),
             http_connections_closed,
             http_auth,
+            scrapes,
             registry: r,
         };
         for reason in ["evicted", "idle", "header_timeout", "refused"] {
@@ -301,6 +336,10 @@ impl Stats {
 
     pub fn http_auth(&self, verdict: crate::http::Verdict) {
         self.http_auth.with_label_values(&[verdict.as_str()]).inc();
+    }
+
+    pub fn scrape(&self, how: Scrape) {
+        self.scrapes.with_label_values(&[how.as_str()]).inc();
     }
 
     pub fn reject(&self, reason: Reason) {

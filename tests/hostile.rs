@@ -49,10 +49,14 @@ fn mutated_events_never_break_the_exposition() {
     }
     let folded = exporter.ingest(batch.iter().map(Vec::as_slice));
     assert!(folded > 10_000, "most mutations still decode: {folded}");
-    let text = exporter.scrape();
+    let text = session_exporter::exposition::page::render_text(&exporter);
     common::promtool_check(&text);
     // The same fold in OpenMetrics passes a strict parser.
-    let om = exporter.scrape_as(session_exporter::exposition::Format::OpenMetrics);
+    let om = session_exporter::exposition::page::render(
+        &exporter,
+        session_exporter::exposition::Format::OpenMetrics,
+        false,
+    );
     common::openmetrics_check(&String::from_utf8(om).unwrap());
     for ns in [
         "日本語のゲーム",

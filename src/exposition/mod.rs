@@ -1,7 +1,8 @@
 //! Rendering a fold snapshot for Prometheus, one file per format, written into
-//! a buffer by pure functions: `text` (0.0.4, what `/metrics` serves) and
-//! `openmetrics` (OpenMetrics 1.0, what `replay --format openmetrics` writes
-//! and `promtool tsdb create-blocks-from openmetrics` imports).
+//! a buffer by pure functions: `text` (0.0.4, the default), `openmetrics`
+//! (OpenMetrics 1.0, also what `replay --format openmetrics` writes for
+//! `promtool tsdb create-blocks-from openmetrics`) and `protobuf`. `page`
+//! puts a scrape's page together and lets concurrent scrapes share it.
 //!
 //! Output is deterministic: families in name order, series sorted by
 //! `game_namespace`, so golden files can compare it. Every format writes the
@@ -15,6 +16,7 @@ use crate::config::{
 use crate::fold::SliSample;
 
 pub mod openmetrics;
+pub mod page;
 pub mod protobuf;
 pub mod text;
 
@@ -22,8 +24,20 @@ pub use text::{render, CONTENT_TYPE};
 
 const LABEL: &str = "game_namespace";
 
+/// Gzip at the fast level: Prometheus asks for it, and the text shrinks
+/// ~20× (mostly repeated label sets). None if compression fails.
+pub fn gzip(page: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write as _;
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(page.len() / 8),
+        flate2::Compression::fast(),
+    );
+    gz.write_all(page).ok()?;
+    gz.finish().ok()
+}
+
 /// What `/metrics` can serve.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Format {
     /// Prometheus text format 0.0.4 (the default).
     Text,

@@ -10,6 +10,7 @@ mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::exporter::Exporter;
+use crate::exposition::page::{Pages, Served};
 use crate::exposition::Format;
+use crate::stats::Scrape;
 
 pub use auth::Verdict;
 pub use config::WebConfig;
@@ -45,6 +48,8 @@ pub struct Limits {
     pub read_header_timeout: Duration,
     /// A connection without a request for this long is closed.
     pub idle_timeout: Duration,
+    /// Scrapes in flight at most (`--web.max-requests`); past it, 503.
+    pub max_requests: usize,
 }
 
 impl Default for Limits {
@@ -54,6 +59,7 @@ impl Default for Limits {
             max_connections: default_max_connections(),
             read_header_timeout: Duration::from_secs(10),
             idle_timeout: IDLE_TIMEOUT,
+            max_requests: 40,
         }
     }
 }
@@ -72,6 +78,8 @@ pub struct Options {
     pub limits: Limits,
     /// `--web.enable-lifecycle`: `/-/reload` answers (SIGHUP always reloads).
     pub lifecycle: bool,
+    /// `--web.openmetrics-created`: `_created` samples in OpenMetrics pages.
+    pub openmetrics_created: bool,
 }
 
 impl Default for Options {
@@ -81,6 +89,7 @@ impl Default for Options {
             web: WebConfig::default(),
             limits: Limits::default(),
             lifecycle: false,
+            openmetrics_created: false,
         }
     }
 }
@@ -89,6 +98,9 @@ impl Default for Options {
 struct Site {
     exporter: Arc<Exporter>,
     options: Options,
+    pages: Pages,
+    /// Scrapes in flight, for `--web.max-requests`.
+    scrapes: AtomicUsize,
 }
 
 /// Serve until `shutdown` resolves. In-flight requests finish on their own tasks.
@@ -104,7 +116,12 @@ pub async fn serve(
         limits.read_header_timeout,
         limits.idle_timeout,
     );
-    let site = Arc::new(Site { exporter, options });
+    let site = Arc::new(Site {
+        exporter,
+        pages: Pages::new(options.openmetrics_created),
+        options,
+        scrapes: AtomicUsize::new(0),
+    });
     let stats = &site.exporter.stats;
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
@@ -309,44 +326,7 @@ async fn handle(req: Request<Incoming>, site: Arc<Site>, conn: &Conn) -> Respons
     let telemetry = site.options.telemetry_path.as_str();
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     match req.uri().path() {
-        p if p == telemetry && get => {
-            let exporter = exporter.clone();
-            let gzip = accepts_gzip(&req);
-            let format = Format::negotiate(req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()));
-            let metrics_type = format.content_type();
-            // Rendering (and compressing) is CPU work: keep it off the async workers.
-            let rendered = tokio::task::spawn_blocking(move || {
-                let body = exporter.scrape_as(format);
-                match gzip.then(|| compress(&body)).flatten() {
-                    Some(gz) => Ok(Bytes::from(gz)),
-                    None => Err(body),
-                }
-            })
-            .await;
-            match rendered {
-                Ok(Ok(gz)) => {
-                    let mut r = Response::new(Full::new(gz));
-                    let h = r.headers_mut();
-                    h.insert(CONTENT_TYPE, HeaderValue::from_static(metrics_type));
-                    h.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
-                    h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-                    r
-                }
-                Ok(Err(body)) => {
-                    let mut r = Response::new(Full::new(Bytes::from(body)));
-                    r.headers_mut()
-                        .insert(CONTENT_TYPE, HeaderValue::from_static(metrics_type));
-                    r.headers_mut()
-                        .insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
-                    r
-                }
-                Err(e) => reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    TEXT,
-                    format!("render failed: {e}\n"),
-                ),
-            }
-        }
+        p if p == telemetry && get => scrape(&req, &site).await,
         "/" if get => reply(
             StatusCode::OK,
             "text/html; charset=utf-8",
@@ -370,6 +350,73 @@ async fn handle(req: Request<Incoming>, site: Arc<Site>, conn: &Conn) -> Respons
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
+
+/// `/metrics`: at most `--web.max-requests` at once (503 past it), each
+/// served from a render of its kind shared with the scrapes in flight.
+async fn scrape(req: &Request<Incoming>, site: &Arc<Site>) -> Response<Body> {
+    let stats = &site.exporter.stats;
+    let Some(_slot) = InFlight::enter(&site.scrapes, site.options.limits.max_requests) else {
+        stats.scrape(Scrape::Rejected);
+        let mut r = reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "Too many scrapes in flight (--web.max-requests)\n".into(),
+        );
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    };
+    let format = Format::negotiate(req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()));
+    let page = site
+        .pages
+        .get(&site.exporter, format, accepts_gzip(req))
+        .await;
+    let (page, served) = match page {
+        Ok(p) => p,
+        Err(e) => {
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                TEXT,
+                format!("render failed: {e}\n"),
+            )
+        }
+    };
+    stats.scrape(match served {
+        Served::Rendered => Scrape::Rendered,
+        Served::Shared => Scrape::Shared,
+    });
+    let mut r = Response::new(Full::new(page.body));
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    h.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+    if page.gzipped {
+        h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    r
+}
+
+/// One scrape in flight, counted while it lives (a client that goes away
+/// drops it with the request's future).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize, max: usize) -> Option<InFlight<'a>> {
+        if count.fetch_add(1, Ordering::AcqRel) >= max {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(InFlight(count))
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// `/-/reload`: behind `--web.enable-lifecycle` as in Prometheus, POST only,
 /// and never from another site's page (a form posted cross-origin). The
@@ -446,16 +493,6 @@ fn accepts_gzip(req: &Request<Incoming>) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|e| e.split(';').next().is_some_and(|t| t.trim() == "gzip"))
-}
-
-fn compress(text: &[u8]) -> Option<Vec<u8>> {
-    use std::io::Write;
-    let mut gz = flate2::write::GzEncoder::new(
-        Vec::with_capacity(text.len() / 8),
-        flate2::Compression::fast(),
-    );
-    gz.write_all(text).ok()?;
-    gz.finish().ok()
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
