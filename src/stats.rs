@@ -69,6 +69,39 @@ pub struct Stats {
     http_auth: IntCounterVec,
     /// Scrapes by how they were served.
     scrapes: IntCounterVec,
+    /// Requests refused as malformed or misdirected, by reason.
+    http_refused: IntCounterVec,
+}
+
+/// Why a request was refused before it was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// 431: headers over hyper's buffer (~400 KiB) or over 100 of them.
+    HeadersTooLarge,
+    /// 400: not HTTP/1.x hyper could parse.
+    Malformed,
+    /// 405: a method the path does not take.
+    Method,
+    /// 400: a body on GET or HEAD, or Content-Length with Transfer-Encoding.
+    Body,
+}
+
+impl Refused {
+    pub const ALL: [Refused; 4] = [
+        Refused::HeadersTooLarge,
+        Refused::Malformed,
+        Refused::Method,
+        Refused::Body,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::HeadersTooLarge => "headers_too_large",
+            Refused::Malformed => "malformed",
+            Refused::Method => "method",
+            Refused::Body => "body",
+        }
+    }
 }
 
 /// How a scrape was answered.
@@ -149,6 +182,15 @@ impl Stats {
         );
         for s in Scrape::ALL {
             scrapes.with_label_values(&[s.as_str()]);
+        }
+        let http_refused = counter_vec(
+            &r,
+            "http_requests_refused_total",
+            "HTTP requests refused before being served, by reason: headers_too_large (431), malformed (400: not parseable HTTP/1.x), method (405), body (400: a body on GET or HEAD, or Content-Length with Transfer-Encoding).",
+            "reason",
+        );
+        for reason in Refused::ALL {
+            http_refused.with_label_values(&[reason.as_str()]);
         }
         let events_rejected = counter_vec(
             &r,
@@ -325,6 +367,7 @@ impl Stats {
             http_connections_closed,
             http_auth,
             scrapes,
+            http_refused,
             registry: r,
         };
         for reason in ["evicted", "idle", "header_timeout", "refused"] {
@@ -336,6 +379,10 @@ impl Stats {
 
     pub fn http_auth(&self, verdict: crate::http::Verdict) {
         self.http_auth.with_label_values(&[verdict.as_str()]).inc();
+    }
+
+    pub fn http_refused(&self, why: Refused) {
+        self.http_refused.with_label_values(&[why.as_str()]).inc();
     }
 
     pub fn scrape(&self, how: Scrape) {

@@ -3,6 +3,8 @@
 //! leave a real scrape served at once (the least recently active connection
 //! not in a request is closed to admit a new one), the exporter stays up and
 //! its log quiet; and one alone is closed at the header read timeout.
+//! Malformed and misdirected requests get a clear status, are counted, and
+//! their connections closed.
 
 mod common;
 
@@ -126,4 +128,75 @@ fn a_keep_alive_connection_outlives_the_header_timeout_between_requests() {
     std::thread::sleep(Duration::from_millis(1500));
     s.write_all(request).unwrap();
     assert!(response(&mut s).starts_with("HTTP/1.1 200"));
+}
+
+/// Send `raw` on a new connection; the status line's code and whether the
+/// exporter closed the connection afterwards (read to the end within 10 s).
+fn answer(addr: &str, raw: &[u8]) -> (u16, bool) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // A refused request may be answered before all of it is written.
+    let _ = s.write_all(raw);
+    let mut got = Vec::new();
+    let closed = s.read_to_end(&mut got).is_ok();
+    let head = String::from_utf8_lossy(&got);
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, closed)
+}
+
+#[test]
+fn hostile_requests_get_clear_answers_and_are_counted() {
+    let nats = Nats::start();
+    let exporter = Exporter::start(&nats.url(), &[]);
+    let addr = exporter.addr.as_str();
+    let big = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(500_000)
+    );
+    let many: String = (0..200).map(|i| format!("X-{i}: y\r\n")).collect();
+    let many = format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    let cases: [(&[u8], u16); 7] = [
+        (big.as_bytes(), 431),
+        (many.as_bytes(), 431),
+        (b"FOO /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+        (b"POST /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\nabc", 400),
+        (
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            400,
+        ),
+        (b"GARBAGE\r\n\r\n", 400),
+    ];
+    for (raw, want) in cases {
+        let started = Instant::now();
+        let (code, closed) = answer(addr, raw);
+        let first = String::from_utf8_lossy(&raw[..raw.len().min(40)]).into_owned();
+        assert_eq!(code, want, "{first}");
+        // Answered and closed, never left hanging.
+        assert!(
+            closed && started.elapsed() < Duration::from_secs(5),
+            "{first}"
+        );
+    }
+    let m = exporter.metrics();
+    let refused = |r: &str| {
+        value(
+            &m,
+            &format!("session_exporter_http_requests_refused_total{{reason=\"{r}\"}}"),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        [
+            refused("headers_too_large"),
+            refused("method"),
+            refused("body"),
+            refused("malformed")
+        ],
+        [2.0, 2.0, 2.0, 1.0]
+    );
 }

@@ -18,8 +18,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ACCEPT, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE,
-    RETRY_AFTER, VARY, WWW_AUTHENTICATE,
+    HeaderValue, ACCEPT, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_ENCODING,
+    CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, TRANSFER_ENCODING, VARY, WWW_AUTHENTICATE,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use crate::exporter::Exporter;
 use crate::exposition::page::{Pages, Served};
 use crate::exposition::Format;
-use crate::stats::Scrape;
+use crate::stats::{Refused, Scrape};
 
 pub use auth::Verdict;
 pub use config::WebConfig;
@@ -192,6 +192,7 @@ async fn connection<S>(stream: S, site: Arc<Site>, conn: Arc<Conn>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let stats_site = site.clone();
     let service = service_fn(move |req| {
         let (site, conn) = (site.clone(), conn.clone());
         async move {
@@ -204,6 +205,13 @@ where
         .serve_connection(TokioIo::new(stream), service)
         .await
     {
+        // hyper answered these itself (431, 400) before closing.
+        let stats = &stats_site.exporter.stats;
+        if e.is_parse_too_large() {
+            stats.http_refused(Refused::HeadersTooLarge);
+        } else if e.is_parse() {
+            stats.http_refused(Refused::Malformed);
+        }
         tracing::debug!(error = %e, "http connection ended with an error");
     }
 }
@@ -292,6 +300,10 @@ impl AcceptErrors {
 /// protected from being closed to make room, so they cannot starve scrapes.
 async fn handle(req: Request<Incoming>, site: Arc<Site>, conn: &Conn) -> Response<Body> {
     conn.heard_headers();
+    if let Some(refused) = refuse(&req, &site.options.telemetry_path) {
+        site.exporter.stats.http_refused(refused);
+        return refused_reply(refused);
+    }
     if let Some(users) = &site.options.web.users {
         let header = req
             .headers()
@@ -350,6 +362,47 @@ async fn handle(req: Request<Incoming>, site: Arc<Site>, conn: &Conn) -> Respons
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
+
+/// A request refused before anything else is looked at: a method a path
+/// does not take, or a body where none belongs (a GET or HEAD with one, or
+/// with both `Content-Length` and `Transfer-Encoding`, the request-smuggling
+/// shape RFC 9112 says to refuse).
+fn refuse(req: &Request<Incoming>, telemetry: &str) -> Option<Refused> {
+    let method = req.method();
+    let h = req.headers();
+    if h.contains_key(TRANSFER_ENCODING) && h.contains_key(CONTENT_LENGTH) {
+        return Some(Refused::Body);
+    }
+    let get = matches!(*method, Method::GET | Method::HEAD);
+    let has_body = h.contains_key(TRANSFER_ENCODING)
+        || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    if get && has_body {
+        return Some(Refused::Body);
+    }
+    let path = req.uri().path();
+    let get_only = path == telemetry || matches!(path, "/" | "/-/healthy" | "/-/ready");
+    (get_only && !get).then_some(Refused::Method)
+}
+
+fn refused_reply(refused: Refused) -> Response<Body> {
+    let mut r = match refused {
+        Refused::Method => {
+            let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "Use GET\n".into());
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r
+        }
+        _ => reply(
+            StatusCode::BAD_REQUEST,
+            TEXT,
+            "This request takes no body\n".into(),
+        ),
+    };
+    // Whatever body was sent is not read: the connection cannot be reused.
+    r.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    r
+}
 
 /// `/metrics`: at most `--web.max-requests` at once (503 past it), each
 /// served from a render of its kind shared with the scrapes in flight.
