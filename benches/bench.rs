@@ -1517,6 +1517,127 @@ fn bench_checkpoint(namespaces: usize) -> (f64, usize) {
     (median(&times), bytes)
 }
 
+/// The fold lock across checkpoints, in process: `namespaces` namespaces,
+/// one thread folding 512-event batches without pause, one scraping
+/// protobuf from the fold every 100 ms, and a checkpoint every 2 s taken,
+/// encoded and compressed as the source does. Figures: the longest hold of
+/// the fold lock, the longest and median ingest batch (its wait for the lock
+/// included: how much event lag a checkpoint adds), the scrapes' median and
+/// longest.
+fn bench_lock_hold(namespaces: usize) -> LockHold {
+    use session_exporter::exposition::Format;
+    // No de-duplication: every pass over the corpus folds anew.
+    let exporter = Arc::new(Exporter::new(Catalog::default_mapping(), None, 0));
+    let corpus = Arc::new(populate_corpus(namespaces));
+    for chunk in corpus.chunks(512) {
+        exporter.ingest(chunk.iter().map(|c| c.1.as_slice()));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let ingest = {
+        let (exporter, corpus, stop) = (exporter.clone(), corpus.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut batches = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for chunk in corpus.chunks(512) {
+                    let t = Instant::now();
+                    exporter.ingest(chunk.iter().map(|c| c.1.as_slice()));
+                    batches.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            batches
+        })
+    };
+    let scrapes = {
+        let (exporter, stop) = (exporter.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut times = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                page::render(&exporter, Format::Protobuf, false);
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+                thread::sleep(Duration::from_millis(100));
+            }
+            times
+        })
+    };
+    exporter.take_longest_hold();
+    let idle = self_kib("VmRSS");
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let mut checkpoints = Vec::new();
+    for _ in 0..5 {
+        thread::sleep(Duration::from_secs(2));
+        let t = Instant::now();
+        let bytes = checkpoint_bytes(&exporter);
+        session_exporter::exposition::gzip(&bytes).unwrap();
+        checkpoints.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let longest_hold_ms = exporter.take_longest_hold() * 1e3;
+    let peak_rss_ratio = self_kib("VmHWM") as f64 / idle as f64;
+    stop.store(true, Ordering::Relaxed);
+    let batches = ingest.join().unwrap();
+    let scrapes = scrapes.join().unwrap();
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let hold = LockHold {
+        longest_hold_ms,
+        ingest_batch_p50_ms: median(&batches),
+        ingest_batch_max_ms: max(&batches),
+        scrape_p50_ms: median(&scrapes),
+        scrape_max_ms: max(&scrapes),
+        peak_rss_ratio,
+    };
+    eprintln!(
+        "fold lock at {namespaces} namespaces, a checkpoint every 2 s ({}): longest hold {:.1} ms; ingest batch p50 {:.2} ms, max {:.1} ms; protobuf scrape p50 {:.1} ms, max {:.1} ms; peak RSS {:.3}× before",
+        spread(&checkpoints),
+        hold.longest_hold_ms,
+        hold.ingest_batch_p50_ms,
+        hold.ingest_batch_max_ms,
+        hold.scrape_p50_ms,
+        hold.scrape_max_ms,
+        hold.peak_rss_ratio
+    );
+    hold
+}
+
+/// One checkpoint's bytes, as the source takes them.
+fn checkpoint_bytes(exporter: &Exporter) -> Vec<u8> {
+    exporter.checkpoint(&Default::default()).bytes
+}
+
+struct LockHold {
+    longest_hold_ms: f64,
+    ingest_batch_p50_ms: f64,
+    ingest_batch_max_ms: f64,
+    scrape_p50_ms: f64,
+    scrape_max_ms: f64,
+    /// Peak RSS over the checkpoints ÷ RSS before them.
+    peak_rss_ratio: f64,
+}
+
+impl LockHold {
+    fn print(&self) {
+        println!(
+            "bench fold_lock_longest_hold_ms_10k {:.2}",
+            self.longest_hold_ms
+        );
+        println!(
+            "bench checkpoint_ingest_batch_max_ms_10k {:.2}",
+            self.ingest_batch_max_ms
+        );
+        println!(
+            "bench checkpoint_ingest_batch_p50_ms_10k {:.3}",
+            self.ingest_batch_p50_ms
+        );
+        println!(
+            "bench checkpoint_scrape_p50_ms_10k {:.2}",
+            self.scrape_p50_ms
+        );
+        println!(
+            "bench checkpoint_scrape_max_ms_10k {:.2}",
+            self.scrape_max_ms
+        );
+    }
+}
+
 // ---------------------------------------------------------------- memory
 
 fn rss(exporter: &common::Exporter) -> f64 {
@@ -1588,6 +1709,10 @@ fn main() {
         bench_scrape(10_000).print("10k");
         return;
     }
+    if only == "lock" {
+        bench_lock_hold(10_000).print();
+        return;
+    }
     if only == "e2e" {
         let nats = nats_with_partitions();
         bench_e2e(&nats.url(), E2E_REPS_PER_REP * reps).print();
@@ -1621,6 +1746,7 @@ fn main() {
     let js = bench_jetstream(&url, reps.min(3));
     let partitions = bench_partition_memory(&url, 30_000);
     let (checkpoint_ms, checkpoint_bytes) = bench_checkpoint(10_000);
+    let lock_hold = bench_lock_hold(10_000);
     let scrape_1k = bench_scrape(1_000);
     let scrape_10k = bench_scrape(10_000);
     let scrape_ingest = bench_scrape_ingest(&url, reps.min(3));
@@ -1632,6 +1758,7 @@ fn main() {
     print_partition_memory(partitions);
     println!("bench checkpoint_ms_10k {checkpoint_ms:.1}");
     println!("bench checkpoint_bytes_10k {checkpoint_bytes}");
+    lock_hold.print();
     scrape_1k.print("1k");
     scrape_10k.print("10k");
     println!("bench scrape_ingest_ratio {scrape_ingest:.3}");

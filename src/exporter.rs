@@ -31,6 +31,8 @@ pub struct Exporter {
     /// checkpoint (`None` until the first), so that no value it serves can be
     /// lost by a crash: a restart never shows a counter lower than before.
     published: Option<Mutex<Option<Arc<Snapshot>>>>,
+    /// The longest hold of `fold` since it was last taken, in nanoseconds.
+    longest_hold: AtomicU64,
     /// The namespaces this replica folds; others' messages are skipped.
     partition: Partition,
     /// Whether it skips others' messages itself (not when the server sends
@@ -67,6 +69,7 @@ impl Exporter {
             changes: AtomicU64::new(0),
             stored_changes: AtomicU64::new(0),
             published: None,
+            longest_hold: AtomicU64::new(0),
             partition: Partition::default(),
             skips: false,
             connections: tokio::sync::watch::Sender::new(0),
@@ -219,10 +222,22 @@ impl Exporter {
         self.stats.broadcast_messages.inc_by(n);
     }
 
-    fn lock(&self) -> MutexGuard<'_, Fold> {
+    /// The fold, held until the guard drops; how long is recorded in
+    /// `session_exporter_fold_lock_hold_seconds`.
+    fn lock(&self) -> Held<'_> {
         // A panic while folding cannot leave the fold half-written in a way that
         // matters more than losing the exporter, so keep serving.
-        self.fold.lock().unwrap_or_else(|e| e.into_inner())
+        let fold = self.fold.lock().unwrap_or_else(|e| e.into_inner());
+        Held {
+            fold,
+            since: Instant::now(),
+            exporter: self,
+        }
+    }
+
+    /// The longest hold of the fold lock since the last call, in seconds.
+    pub fn take_longest_hold(&self) -> f64 {
+        self.longest_hold.swap(0, Ordering::Relaxed) as f64 / 1e9
     }
 
     pub fn set_subscribed(&self, v: bool) {
@@ -359,6 +374,41 @@ impl Exporter {
         self.stats.reloads.with_label_values(&[label]).inc();
         self.stats.reload_success.set(i64::from(outcome.is_ok()));
         outcome
+    }
+}
+
+/// The fold while its lock is held: every hold is timed, since ingest and
+/// scrapes wait for it.
+struct Held<'a> {
+    fold: MutexGuard<'a, Fold>,
+    since: Instant,
+    exporter: &'a Exporter,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Fold;
+    fn deref(&self) -> &Fold {
+        &self.fold
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut Fold {
+        &mut self.fold
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let held = self.since.elapsed();
+        let nanos = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX);
+        self.exporter
+            .longest_hold
+            .fetch_max(nanos, Ordering::Relaxed);
+        self.exporter
+            .stats
+            .fold_lock_hold
+            .observe(held.as_secs_f64());
     }
 }
 

@@ -60,6 +60,8 @@ pub struct Stats {
     pub reloads: IntCounterVec,
     pub reload_success: IntGauge,
     pub scrape_duration: Histogram,
+    /// How long each hold of the fold lock lasted.
+    pub fold_lock_hold: Histogram,
     /// Open HTTP connections.
     pub http_connections: IntGauge,
     /// Connections closed by the exporter, by reason (`evicted`, `idle`,
@@ -362,6 +364,12 @@ impl Stats {
                 "scrape_duration_seconds",
                 "Time to render /metrics.",
                 vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+            ),
+            fold_lock_hold: histogram(
+                &r,
+                "fold_lock_hold_seconds",
+                "How long each hold of the fold's lock lasted (a batch folded, a snapshot or a checkpoint's copy taken, a reload applied): ingest and scrapes wait for it.",
+                vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25],
             ),
             http_connections: gauge(&r, "http_connections", "Open HTTP connections."),
             http_connections_closed,
