@@ -8,13 +8,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Catalog, ConfigError};
 use crate::event::{decode_limited, Minute, Reason, TraceProblem};
-use crate::fold::{CheckpointError, Fold, Outcome, Restored, Resume, Snapshot};
+use crate::fold::{CheckpointError, Fold, Image, Outcome, Restored, Resume, Snapshot};
 use crate::partition::{Owner, Partition};
 use crate::stats::Stats;
 
 pub struct Exporter {
     /// A `std` mutex is right here: it is never held across an `.await`, and
-    /// both critical sections (fold a batch, snapshot for a scrape) are short.
+    /// what it is held for is short: a batch folded, a scrape's snapshot
+    /// (without a state store), a checkpoint's image (a pointer per
+    /// namespace; encoded after), a reload's swap (parsed before). Every hold
+    /// is timed ([`Held`]); figures in BENCHMARKS.md.
     fold: Mutex<Fold>,
     pub stats: Stats,
     /// Set once the source has subscribed; readiness also needs a live connection.
@@ -43,11 +46,11 @@ pub struct Exporter {
     connections: tokio::sync::watch::Sender<u64>,
 }
 
-/// One checkpoint, taken under the fold lock: the encoded state and the
-/// snapshot to serve once it is stored.
+/// One checkpoint, taken under the fold lock in a moment: the state to
+/// encode, and snapshot for serving once it is stored, after the lock is
+/// released.
 pub struct Checkpoint {
-    pub bytes: Vec<u8>,
-    pub snapshot: Snapshot,
+    pub image: Image,
     /// [`Exporter::changes`] at the moment it was taken.
     pub changes: u64,
 }
@@ -133,22 +136,23 @@ impl Exporter {
         self.stored_changes.load(Ordering::Relaxed)
     }
 
-    /// The whole fold, encoded, with the snapshot it stands for.
+    /// The whole fold as of now, for a checkpoint. Under the lock only the
+    /// image is taken (a pointer per namespace); its snapshot and encoding
+    /// are the caller's, without the lock.
     pub fn checkpoint(&self, resume: &Resume) -> Checkpoint {
         let now = Instant::now();
-        let mut fold = self.lock();
-        // Read under the lock: every ingest counted here is in the bytes.
+        let fold = self.lock();
+        // Read under the lock: every ingest counted here is in the image.
         let changes = self.changes();
         Checkpoint {
-            bytes: fold.encode(now, unix_now(), resume),
-            snapshot: fold.snapshot(now),
+            image: fold.image(now, unix_now(), resume),
             changes,
         }
     }
 
     /// A snapshot of the fold now, and `changes` at that moment.
     pub fn snapshot(&self) -> (Snapshot, u64) {
-        let mut fold = self.lock();
+        let fold = self.lock();
         (fold.snapshot(Instant::now()), self.changes())
     }
 

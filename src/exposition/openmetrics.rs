@@ -474,7 +474,7 @@ mod tests {
     fn an_empty_fold_is_just_eof() {
         // Found by the fuzzer: families without samples, metadata only,
         // were refused by a strict parser.
-        let mut fold = crate::fold::Fold::new(std::sync::Arc::new(
+        let fold = crate::fold::Fold::new(std::sync::Arc::new(
             crate::config::Catalog::default_mapping(),
         ));
         let snap = fold.snapshot(std::time::Instant::now());

@@ -24,14 +24,17 @@
 //! messages that may not have been acked, and the broadcast consumer's
 //! position; it still loads (`Resume::legacy_acks`), with no stream position.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use super::snapshot::View;
 use super::{
-    step_nanos, window_step, Dedup, Exact, Fold, Hist, Namespace, Sli, Slot, Window, WINDOW_STEPS,
+    step_nanos, window_step, Dedup, Exact, Fold, Hist, Namespace, Sli, Slot, Snapshot, Window,
+    WINDOW_STEPS,
 };
-use crate::config::{Kind, MetricDef};
+use crate::config::{Catalog, Kind, MetricDef};
 use crate::partition::Partition;
 use crate::seed;
 
@@ -82,10 +85,74 @@ impl std::fmt::Display for CheckpointError {
 
 impl std::error::Error for CheckpointError {}
 
+/// A checkpoint's content, taken from the fold in a moment and encoded
+/// later, without the fold's lock: the namespaces are shared copy-on-write
+/// (see `Namespaces::list`), everything else is small and copied.
+pub struct Image {
+    catalog: Arc<Catalog>,
+    namespaces: Vec<Arc<Namespace>>,
+    /// Indexes into `namespaces`, by name.
+    by_name: Vec<usize>,
+    events: Vec<u64>,
+    event_starts: Vec<super::Start>,
+    /// The de-duplication key and ids, oldest first.
+    dedup: (u64, Vec<u64>),
+    /// The fold's time zero of window steps, and the moment of the image
+    /// (`wall`: the same as Unix seconds).
+    started: Instant,
+    now: Instant,
+    wall: f64,
+    resume: Resume,
+}
+
 impl Fold {
-    /// The whole state at `now` (`wall`: the same moment as Unix seconds).
+    /// The state at `now` (`wall`: the same moment as Unix seconds) and the
+    /// source's position, to encode with [`Image::encode`]. Takes a pointer
+    /// per namespace and copies the de-duplication window.
+    pub fn image(&self, now: Instant, wall: f64, resume: &Resume) -> Image {
+        Image {
+            catalog: self.catalog.clone(),
+            namespaces: self.namespaces.list.clone(),
+            by_name: self.namespaces.by_name.clone(),
+            events: self.events.clone(),
+            event_starts: self.event_starts.clone(),
+            dedup: match &self.dedup {
+                Some(d) => (d.key, d.order.iter().copied().collect()),
+                None => (0, Vec::new()),
+            },
+            started: self.started,
+            now,
+            wall,
+            resume: resume.clone(),
+        }
+    }
+
+    /// The whole state at `now`, encoded at once.
     pub fn encode(&self, now: Instant, wall: f64, resume: &Resume) -> Vec<u8> {
-        let mut w = Writer(Vec::with_capacity(4096 + self.namespaces.list.len() * 1024));
+        self.image(now, wall, resume).encode()
+    }
+}
+
+impl Image {
+    /// What `/metrics` serves once this checkpoint is stored.
+    pub fn snapshot(&self) -> Snapshot {
+        View {
+            catalog: &self.catalog,
+            list: &self.namespaces,
+            by_name: &self.by_name,
+            events: &self.events,
+            event_starts: &self.event_starts,
+            started: self.started,
+        }
+        .snapshot(self.now)
+    }
+
+    /// The checkpoint's bytes (format [`FORMAT`]). Each namespace is let go
+    /// once written: the fold no longer copies it when it changes.
+    pub fn encode(mut self) -> Vec<u8> {
+        let namespaces = std::mem::take(&mut self.namespaces);
+        let (now, wall, resume) = (self.now, self.wall, &self.resume);
+        let mut w = Writer(Vec::with_capacity(4096 + self.namespaces.len() * 1024));
         w.0.extend_from_slice(MAGIC);
         w.varint(FORMAT);
         w.f64(wall);
@@ -119,8 +186,8 @@ impl Fold {
             w.str(&slo.name);
             w.str(&metrics[slo.metric].name);
         }
-        w.varint(self.namespaces.list.len() as u64);
-        for ns in &self.namespaces.list {
+        w.varint(namespaces.len() as u64);
+        for ns in namespaces {
             w.str(&ns.name);
             for (slot, def) in ns.slots.iter().zip(metrics.iter()) {
                 self.encode_slot(&mut w, slot, def, now);
@@ -131,17 +198,10 @@ impl Fold {
                 w.varint(sli.bad);
             }
         }
-        match &self.dedup {
-            Some(d) => {
-                w.u64(d.key);
-                w.varint(d.order.len() as u64);
-                d.order.iter().for_each(|&h| w.u64(h));
-            }
-            None => {
-                w.u64(0);
-                w.varint(0);
-            }
-        }
+        let (key, ids) = &self.dedup;
+        w.u64(*key);
+        w.varint(ids.len() as u64);
+        ids.iter().for_each(|&h| w.u64(h));
         w.varint(u64::from(resume.partition.count));
         w.varint(u64::from(resume.partition.index));
         w.str(&resume.stream);
@@ -194,7 +254,9 @@ impl Fold {
             }
         }
     }
+}
 
+impl Fold {
     /// Load a checkpoint into this fold, which must be empty (just built with
     /// the current mapping). On error the fold is left empty.
     pub fn restore(
@@ -339,13 +401,11 @@ impl Fold {
                 return Err(CheckpointError(format!("namespace {name:?} appears twice")));
             }
             let i = self.namespaces.insert(name, &catalog);
-            self.namespaces.list[i] = Namespace {
-                name: self.namespaces.list[i].name.clone(),
-                slots,
-                slis,
-            };
+            let ns = self.namespaces.get_mut(i);
+            (ns.slots, ns.slis) = (slots, slis);
         }
         for ns in &mut self.namespaces.list {
+            let ns = std::sync::Arc::make_mut(ns);
             for (slot, def) in ns.slots.iter_mut().zip(catalog.metrics.iter()) {
                 if let Slot::Histogram(h) = slot {
                     if out.rebucketed.contains(&def.name) {

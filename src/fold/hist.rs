@@ -8,7 +8,7 @@ use super::window::Window;
 use super::{At, Exact, Start};
 use crate::config::MetricDef;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Hist {
     /// Every value at 1% precision: re-buckets when the bounds change on
     /// reload, and feeds nothing else.
@@ -31,7 +31,7 @@ pub(super) struct Hist {
 }
 
 /// One observation with the trace it came from.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Traced {
     pub(super) bucket: u32,
     pub(super) value: f64,
@@ -46,7 +46,7 @@ pub(super) struct Traced {
 const INLINE_TRACE: usize = 38;
 
 /// A trace id's bytes, checked by `event::check_trace_id` (ASCII).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum TraceBytes {
     Inline { len: u8, bytes: [u8; INLINE_TRACE] },
     Boxed(Box<[u8]>),

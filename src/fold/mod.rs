@@ -11,7 +11,7 @@ pub mod native;
 mod snapshot;
 mod window;
 
-pub use checkpoint::{CheckpointError, Restored, Resume};
+pub use checkpoint::{CheckpointError, Image, Restored, Resume};
 use dedup::Dedup;
 use exact::Exact;
 use hist::{record_hdr, Hist};
@@ -42,7 +42,7 @@ pub enum Outcome {
     Duplicate,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Slot {
     Empty,
     Counter {
@@ -186,7 +186,7 @@ impl Fold {
         let (slot_ns, outcome) = self.namespaces.find_or_insert(ns, &self.catalog);
         let Namespace {
             name, slots, slis, ..
-        } = &mut self.namespaces.list[slot_ns];
+        } = self.namespaces.get_mut(slot_ns);
         let at = At {
             event_time,
             now,
@@ -230,7 +230,7 @@ impl Fold {
             };
             let Ok(v) = ev.value(spec) else { continue };
             let (slot_ns, _) = self.namespaces.find_or_insert(ns, &self.catalog);
-            let slot = &mut self.namespaces.list[slot_ns].slots[rule.metric];
+            let slot = &mut self.namespaces.get_mut(slot_ns).slots[rule.metric];
             let at = At {
                 event_time,
                 now,
@@ -269,6 +269,7 @@ impl Fold {
             })
             .collect();
         for ns in &mut self.namespaces.list {
+            let ns = Arc::make_mut(ns);
             ns.slis = carry_slis
                 .iter()
                 .map(|c| c.map_or(Sli::default(), |i| ns.slis[i]))

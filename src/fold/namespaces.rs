@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::{Outcome, Sli, Slot, OVERFLOW_NAMESPACE};
 use crate::config::Catalog;
 
+#[derive(Clone)]
 pub(super) struct Namespace {
     pub(super) name: Arc<str>,
     pub(super) slots: Vec<Slot>,
@@ -23,7 +24,11 @@ pub(super) struct Namespaces {
     /// keeps collisions from being computed offline; and the map holds at
     /// most `max_namespaces` entries.
     pub(super) index: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
-    pub(super) list: Vec<Namespace>,
+    /// Shared, copy-on-write: a checkpoint takes a copy of the list under
+    /// the fold's lock (a pointer per namespace) and encodes it after; a
+    /// namespace written to while that copy lives is copied first
+    /// ([`Namespaces::get_mut`]), so the checkpoint sees it as it was.
+    pub(super) list: Vec<Arc<Namespace>>,
     /// Indexes into `list`, by name: a scrape copies them out in the order
     /// every format renders them, and sorts nothing.
     pub(super) by_name: Vec<usize>,
@@ -45,6 +50,12 @@ impl Namespaces {
         (self.insert(name, catalog), Outcome::Folded)
     }
 
+    /// Namespace `i`, to write to: copied first if a checkpoint still holds
+    /// it (otherwise this is one atomic compare on the count).
+    pub(super) fn get_mut(&mut self, i: usize) -> &mut Namespace {
+        Arc::make_mut(&mut self.list[i])
+    }
+
     pub(super) fn insert(&mut self, name: &str, catalog: &Catalog) -> usize {
         if let Some(&i) = self.index.get(name) {
             return i;
@@ -55,11 +66,11 @@ impl Namespaces {
             .by_name
             .partition_point(|&i| *self.list[i].name < *name);
         self.by_name.insert(at, self.list.len());
-        self.list.push(Namespace {
+        self.list.push(Arc::new(Namespace {
             name: name.clone(),
             slots,
             slis: vec![Sli::default(); catalog.slos.len()],
-        });
+        }));
         self.index.insert(name, self.list.len() - 1);
         self.list.len() - 1
     }

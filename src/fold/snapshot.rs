@@ -15,18 +15,44 @@ use super::{window_step, Fold, Namespace, Slot};
 use crate::config::{Catalog, Kind};
 use crate::seed;
 
+/// What a snapshot reads: the fold itself, or a checkpoint's image of it.
+pub(super) struct View<'a> {
+    pub(super) catalog: &'a Arc<Catalog>,
+    pub(super) list: &'a [Arc<Namespace>],
+    /// Indexes into `list`, by name.
+    pub(super) by_name: &'a [usize],
+    pub(super) events: &'a [u64],
+    pub(super) event_starts: &'a [super::Start],
+    /// Time zero of the windows' steps.
+    pub(super) started: Instant,
+}
+
 impl Fold {
     /// Copy out what a scrape needs; the caller renders without the lock.
-    pub fn snapshot(&mut self, now: Instant) -> Snapshot {
-        let Fold {
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        View {
+            catalog: &self.catalog,
+            list: &self.namespaces.list,
+            by_name: &self.namespaces.by_name,
+            events: &self.events,
+            event_starts: &self.event_starts,
+            started: self.started,
+        }
+        .snapshot(now)
+    }
+}
+
+impl View<'_> {
+    pub(super) fn snapshot(&self, now: Instant) -> Snapshot {
+        let View {
             catalog,
-            namespaces,
-            started,
+            list,
+            by_name,
             events,
             event_starts,
-            ..
-        } = self;
-        let live = namespaces.list.len();
+            started,
+        } = *self;
+        let live = list.len();
         let mut families: Vec<FamilySnapshot> = catalog
             .metrics
             .iter()
@@ -39,12 +65,12 @@ impl Fold {
             .collect();
         let mut names = Names::with_capacity(live);
         let mut slis = Vec::new();
-        for (ni, &i) in namespaces.by_name.iter().enumerate() {
+        for (ni, &i) in by_name.iter().enumerate() {
             if ni % WARM_AHEAD == 0 {
-                let next = namespaces.by_name[ni..].iter().take(WARM_AHEAD);
-                black_box(next.map(|&j| warm(&namespaces.list[j])).sum::<u64>());
+                let next = by_name[ni..].iter().take(WARM_AHEAD);
+                black_box(next.map(|&j| warm(&list[j])).sum::<u64>());
             }
-            let ns = &mut namespaces.list[i];
+            let ns = &list[i];
             names.push(&ns.name);
             for (slo, (sli, def)) in ns.slis.iter().zip(&catalog.slos).enumerate() {
                 if sli.good + sli.bad > 0 {
@@ -58,7 +84,7 @@ impl Fold {
             }
             for (((slot, def), fam), merged) in ns
                 .slots
-                .iter_mut()
+                .iter()
                 .zip(&catalog.metrics)
                 .zip(&mut families)
                 .zip(&mut merged)
@@ -106,14 +132,10 @@ impl Fold {
                             zero_count: h.native.zero_count,
                             buckets: start..fam.native_buckets.len(),
                         });
-                        if let (Some(w), Some(wd)) = (&mut h.window, &def.window) {
-                            let step = window_step(def, *started, now);
-                            fam.window_values.extend_from_slice(w.quantiles(
-                                step,
-                                wd,
-                                def.hdr_scale,
-                                merged,
-                            ));
+                        if let (Some(w), Some(wd)) = (&h.window, &def.window) {
+                            let step = window_step(def, started, now);
+                            let out = &mut fam.window_values;
+                            w.quantiles(step, wd, def.hdr_scale, merged, out);
                         }
                     }
                 }

@@ -1,6 +1,7 @@
 //! Windowed quantiles: each histogram with a `window` keeps five rotating
 //! HDR sub-histograms, merged at scrape time.
 
+use std::sync::Mutex;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
@@ -20,11 +21,32 @@ pub(super) struct Window {
     pub(super) held: [u64; WINDOW_STEPS],
     /// Bumped by every record.
     pub(super) version: u64,
-    /// The quantiles last computed, and the step and version they are of: a
-    /// scrape visits every namespace, most of which nothing changed since
-    /// the last (reading a quantile scans the histogram's counts).
-    pub(super) cached: Option<(u64, u64)>,
-    pub(super) values: Vec<f64>,
+    /// The quantiles last computed: a scrape visits every namespace, most of
+    /// which nothing changed since the last (reading a quantile scans the
+    /// histogram's counts). Behind a lock of its own, so that a snapshot
+    /// reads windows through shared references: the namespace may be
+    /// shared with a checkpoint being encoded, and writing to it would copy
+    /// it.
+    cached: Mutex<Cached>,
+}
+
+/// Quantiles, and the step and version they are of.
+#[derive(Debug, Default)]
+struct Cached {
+    of: Option<(u64, u64)>,
+    values: Vec<f64>,
+}
+
+impl Clone for Window {
+    /// A copy starts without cached quantiles.
+    fn clone(&self) -> Window {
+        Window {
+            steps: self.steps.clone(),
+            held: self.held,
+            version: self.version,
+            cached: Mutex::default(),
+        }
+    }
 }
 
 impl Window {
@@ -35,8 +57,7 @@ impl Window {
                 .collect(),
             held: [0; WINDOW_STEPS],
             version: 0,
-            cached: None,
-            values: Vec::new(),
+            cached: Mutex::default(),
         }
     }
 
@@ -78,18 +99,20 @@ impl Window {
         scratch
     }
 
-    /// The window's quantiles at `step`, in the exposed unit (NaN: nothing
-    /// recorded within the window). `scratch` merges steps.
+    /// Append the window's quantiles at `step` to `out`, in the exposed unit
+    /// (NaN: nothing recorded within the window). `scratch` merges steps.
     pub(super) fn quantiles(
-        &mut self,
+        &self,
         step: u64,
         def: &WindowDef,
         hdr_scale: f64,
         scratch: &mut Histogram<u32>,
-    ) -> &[f64] {
-        if self.cached != Some((step, self.version)) {
+        out: &mut Vec<f64>,
+    ) {
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if cached.of != Some((step, self.version)) {
             // Refilled in place: no allocation per window per scrape.
-            let mut values = std::mem::take(&mut self.values);
+            let mut values = std::mem::take(&mut cached.values);
             values.clear();
             let live = self.live(step, scratch);
             // Lowest equivalent, as the buckets count it.
@@ -111,10 +134,10 @@ impl Window {
                         .map(|&q| value(live.value_at_quantile(q))),
                 );
             }
-            self.values = values;
-            self.cached = Some((step, self.version));
+            cached.values = values;
+            cached.of = Some((step, self.version));
         }
-        &self.values
+        out.extend_from_slice(&cached.values);
     }
 }
 

@@ -84,7 +84,7 @@ pub(super) async fn run(
             Some(batch) = gauges.next(), if broadcasting => {
                 exporter.ingest_gauges(batch.iter().map(|m| m.payload.as_ref()));
             }
-            _ = tick.tick() => checkpoints.tick(),
+            _ = tick.tick() => checkpoints.tick().await,
         }
     }
     exporter.set_subscribed(false);

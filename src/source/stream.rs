@@ -164,7 +164,7 @@ pub(super) async fn run(
                 None => Some("its subscription ended"),
             },
             _ = tick.tick() => {
-                checkpoints.tick();
+                checkpoints.tick().await;
                 None
             }
             () = &mut silence => Some("no message or heartbeat for three heartbeat intervals"),
