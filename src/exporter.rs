@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use crate::clock::unix_now;
 use crate::config::{Catalog, ConfigError};
 use crate::event::{decode_limited, Minute, Reason, TraceProblem};
 use crate::fold::{CheckpointError, Fold, Image, Outcome, Restored, Resume, Snapshot};
@@ -414,12 +415,6 @@ impl Drop for Held<'_> {
             .fold_lock_hold
             .observe(held.as_secs_f64());
     }
-}
-
-pub(crate) fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// At most `burst` events per `period`: keeps hostile input from flooding logs.

@@ -3,11 +3,12 @@
 //!
 //! An event flows `source` (NATS) → `event` (decode) → `fold` (per-namespace
 //! state) → `exposition` (render) → `http`. Beside them: `config` (the mapping),
-//! `cli`, `shutdown`, `stats` (self-metrics), `simulate` (a realistic publisher).
+//! `cli`, `clock`, `shutdown`, `stats` (self-metrics), `simulate` (a realistic publisher).
 // One `unsafe` block, measured and explained: `scan::plain` (SSE2).
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod event;
 pub mod exporter;

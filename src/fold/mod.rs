@@ -113,7 +113,7 @@ impl Fold {
             namespaces: Namespaces::default(),
             events: vec![0; seed::EVENT_NAMES.len() + 1],
             event_starts: vec![None; seed::EVENT_NAMES.len() + 1],
-            clock: crate::exporter::unix_now,
+            clock: crate::clock::unix_now,
             dedup: None,
             scratch: Vec::new(),
             started: Instant::now(),

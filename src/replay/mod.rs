@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::clock::unix_now;
 use crate::config::Catalog;
 use crate::event::decode_limited;
-use crate::exporter::unix_now;
 use crate::exposition::{self, openmetrics};
 use crate::fold::{Fold, Outcome, Snapshot};
 

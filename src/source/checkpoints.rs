@@ -117,7 +117,9 @@ impl Checkpoints {
             Ok(bytes) => {
                 stats.checkpoints.inc();
                 stats.checkpoint_bytes.set(bytes as i64);
-                stats.checkpoint_last_success.set(unix_secs());
+                stats
+                    .checkpoint_last_success
+                    .set(crate::clock::unix_now() as i64);
                 if let Some(s) = stored.snapshot {
                     self.exporter.publish(s, stored.changes);
                 }
@@ -169,10 +171,4 @@ pub struct Stored {
     snapshot: Option<Snapshot>,
     changes: u64,
     started: Instant,
-}
-
-fn unix_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
