@@ -180,26 +180,24 @@ impl Exporter {
         let restored = fold.restore(bytes, now, unix_now())?;
         let held = restored.resume.partition;
         let mismatch = if held != partition {
-            Some(format!(
-                "it holds partition {} of {}, and this replica is partition {} of {}: a change of \
-                 --partition.count moves namespaces between replicas, so each one's checkpoint must \
-                 be read anew from the stream (delete the replicas' keys, or --state.on-invalid=start-empty)",
-                held.index, held.count, partition.index, partition.count
-            ))
+            Some(CheckpointError::Partition {
+                held,
+                this: partition,
+            })
         } else {
             match stream {
                 Some(s) if !restored.resume.stream.is_empty() && restored.resume.stream != s => {
-                    Some(format!(
-                        "it holds a position in stream {:?}, and this exporter reads stream {s:?}",
-                        restored.resume.stream
-                    ))
+                    Some(CheckpointError::Stream {
+                        held: restored.resume.stream.clone(),
+                        reading: s.to_string(),
+                    })
                 }
                 _ => None,
             }
         };
         if let Some(m) = mismatch {
             fold.clear();
-            return Err(CheckpointError(m));
+            return Err(m);
         }
         self.stats.namespaces.set(fold.namespace_count() as i64);
         let snapshot = fold.snapshot(now);
@@ -371,13 +369,7 @@ impl Exporter {
             }
             Err(e) => Err(e),
         };
-        let label = if outcome.is_ok() {
-            "success"
-        } else {
-            "failure"
-        };
-        self.stats.reloads.with_label_values(&[label]).inc();
-        self.stats.reload_success.set(i64::from(outcome.is_ok()));
+        self.stats.reloaded(outcome.is_ok());
         outcome
     }
 }

@@ -12,6 +12,15 @@ use std::sync::{Arc, OnceLock};
 use crate::event::Reason;
 
 const P: &str = "session_exporter_";
+const STREAM_TRUNCATED: &str = "stream_truncated";
+
+fn reload_result(ok: bool) -> &'static str {
+    if ok {
+        "success"
+    } else {
+        "failure"
+    }
+}
 /// Rendered by hand after the snapshot it counts (every format).
 pub const SERIES: &str = "session_exporter_series";
 pub const SERIES_HELP: &str = "Domain series in this scrape.";
@@ -45,7 +54,7 @@ pub struct Stats {
     /// This replica's partition: `{count, index}`, always 1.
     pub partition: IntGaugeVec,
     /// Stream messages this replica never read, by reason (`stream_truncated`).
-    pub events_lost: IntCounterVec,
+    events_lost: IntCounterVec,
     /// The last stream sequence folded (ack-free JetStream reading).
     pub stream_position: IntGauge,
     /// Stream messages after the last one delivered, as the server reports them.
@@ -56,8 +65,8 @@ pub struct Stats {
     pub checkpoint_duration: Histogram,
     pub checkpoint_bytes: IntGauge,
     pub checkpoint_last_success: IntGauge,
-    pub restores: IntCounterVec,
-    pub reloads: IntCounterVec,
+    restores: IntCounterVec,
+    reloads: IntCounterVec,
     pub reload_success: IntGauge,
     pub scrape_duration: Histogram,
     /// How long each hold of the fold lock lasted.
@@ -66,7 +75,7 @@ pub struct Stats {
     pub http_connections: IntGauge,
     /// Connections closed by the exporter, by reason (`evicted`, `idle`,
     /// `header_timeout`, `refused`).
-    pub http_connections_closed: IntCounterVec,
+    http_connections_closed: IntCounterVec,
     /// Requests' credentials checked, by verdict.
     http_auth: IntCounterVec,
     /// Scrapes by how they were served.
@@ -102,6 +111,59 @@ impl Refused {
             Refused::Malformed => "malformed",
             Refused::Method => "method",
             Refused::Body => "body",
+        }
+    }
+}
+
+/// What a start with a state store found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restore {
+    Restored,
+    /// No checkpoint yet.
+    Empty,
+    /// Unreadable, and started empty (`--state.on-invalid=start-empty`).
+    Invalid,
+}
+
+impl Restore {
+    const ALL: [Restore; 3] = [Restore::Restored, Restore::Empty, Restore::Invalid];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Restore::Restored => "restored",
+            Restore::Empty => "empty",
+            Restore::Invalid => "invalid",
+        }
+    }
+}
+
+/// Why the exporter closed an HTTP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// The least recently active at the bound, for a new one.
+    Evicted,
+    /// No request within the idle timeout.
+    Idle,
+    /// A request's headers did not arrive within the header timeout.
+    HeaderTimeout,
+    /// Every connection was in a request: a new one could not be served.
+    Refused,
+}
+
+impl Closed {
+    const ALL: [Closed; 4] = [
+        Closed::Evicted,
+        Closed::Idle,
+        Closed::HeaderTimeout,
+        Closed::Refused,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Closed::Evicted => "evicted",
+            Closed::Idle => "idle",
+            Closed::HeaderTimeout => "header_timeout",
+            Closed::Refused => "refused",
         }
     }
 }
@@ -219,8 +281,8 @@ impl Stats {
             "Mapping reloads, by result.",
             "result",
         );
-        for result in ["success", "failure"] {
-            reloads.with_label_values(&[result]);
+        for ok in [true, false] {
+            reloads.with_label_values(&[reload_result(ok)]);
         }
         let restores = counter_vec(
             &r,
@@ -228,8 +290,8 @@ impl Stats {
             "Start-ups with a state store, by what was found: restored, empty (no checkpoint yet), invalid (started empty with --state.on-invalid=start-empty).",
             "result",
         );
-        for result in ["restored", "empty", "invalid"] {
-            restores.with_label_values(&[result]);
+        for r in Restore::ALL {
+            restores.with_label_values(&[r.as_str()]);
         }
         let events_lost = counter_vec(
             &r,
@@ -237,7 +299,7 @@ impl Stats {
             "Stream messages this replica could never read, by reason: stream_truncated (removed by the stream's limits before it read them).",
             "reason",
         );
-        events_lost.with_label_values(&["stream_truncated"]);
+        events_lost.with_label_values(&[STREAM_TRUNCATED]);
         let partition = IntGaugeVec::new(
             Opts::new(
                 name("partition_info"),
@@ -378,8 +440,10 @@ impl Stats {
             http_refused,
             registry: r,
         };
-        for reason in ["evicted", "idle", "header_timeout", "refused"] {
-            stats.http_connections_closed.with_label_values(&[reason]);
+        for c in Closed::ALL {
+            stats
+                .http_connections_closed
+                .with_label_values(&[c.as_str()]);
         }
         stats.reload_success.set(1);
         stats
@@ -387,6 +451,29 @@ impl Stats {
 
     pub fn http_auth(&self, verdict: crate::http::Verdict) {
         self.http_auth.with_label_values(&[verdict.as_str()]).inc();
+    }
+
+    pub fn restored(&self, r: Restore) {
+        self.restores.with_label_values(&[r.as_str()]).inc();
+    }
+
+    /// A mapping reload, and whether it took.
+    pub fn reloaded(&self, ok: bool) {
+        self.reloads.with_label_values(&[reload_result(ok)]).inc();
+        self.reload_success.set(i64::from(ok));
+    }
+
+    /// `n` stream messages removed by the stream's limits before they were read.
+    pub fn stream_truncated(&self, n: u64) {
+        self.events_lost
+            .with_label_values(&[STREAM_TRUNCATED])
+            .inc_by(n);
+    }
+
+    pub fn http_closed(&self, why: Closed) {
+        self.http_connections_closed
+            .with_label_values(&[why.as_str()])
+            .inc();
     }
 
     pub fn http_refused(&self, why: Refused) {

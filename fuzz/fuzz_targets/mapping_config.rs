@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     match Catalog::from_yaml(text) {
         Err(e) => assert!(!e.to_string().is_empty()),
         Ok(catalog) => {
-            let mut fold = Fold::new(Arc::new(catalog));
+            let fold = Fold::new(Arc::new(catalog));
             let mut out = String::new();
             exposition::render(&fold.snapshot(Instant::now()), &mut out);
             openmetrics_parser::prometheus::parse_prometheus(&out)

@@ -74,12 +74,32 @@ pub struct Restored {
     pub age_seconds: f64,
 }
 
+/// Why a checkpoint is not restored.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CheckpointError(pub String);
+pub enum CheckpointError {
+    /// The bytes are not a checkpoint this build reads: truncated, corrupt,
+    /// an unknown format.
+    Corrupt(String),
+    /// It holds another partition of the namespaces than this replica's.
+    Partition { held: Partition, this: Partition },
+    /// It holds a position in another stream than the one read.
+    Stream { held: String, reading: String },
+}
 
 impl std::fmt::Display for CheckpointError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            CheckpointError::Corrupt(e) => f.write_str(e),
+            CheckpointError::Partition { held, this } => write!(
+                f,
+                "it holds partition {} of {}, and this replica is partition {} of {}",
+                held.index, held.count, this.index, this.count
+            ),
+            CheckpointError::Stream { held, reading } => write!(
+                f,
+                "it holds a position in stream {held:?}, and this exporter reads stream {reading:?}"
+            ),
+        }
     }
 }
 
@@ -290,13 +310,13 @@ impl Fold {
     ) -> Result<Restored, CheckpointError> {
         let mut r = Reader { buf: bytes, at: 0 };
         if r.take(4).ok() != Some(MAGIC.as_slice()) {
-            return Err(CheckpointError(
+            return Err(CheckpointError::Corrupt(
                 "not a session-exporter checkpoint (no SXST magic)".into(),
             ));
         }
         let format = r.varint()?;
         if !(1..=FORMAT).contains(&format) {
-            return Err(CheckpointError(format!(
+            return Err(CheckpointError::Corrupt(format!(
                 "checkpoint format {format} is not one this build reads (format {FORMAT})"
             )));
         }
@@ -314,9 +334,9 @@ impl Fold {
             let i = seed::event_index(label);
             self.event_starts[i] = start;
             let count = &mut self.events[i];
-            *count = count
-                .checked_add(n)
-                .ok_or_else(|| CheckpointError(format!("event count of {label:?} overflows")))?;
+            *count = count.checked_add(n).ok_or_else(|| {
+                CheckpointError::Corrupt(format!("event count of {label:?} overflows"))
+            })?;
         }
         let catalog = self.catalog.clone();
         let stored = r.count(8)?;
@@ -343,7 +363,7 @@ impl Fold {
                 None => out.dropped_metrics.push(name),
             }
             if !(1..=5).contains(&sigfig) {
-                return Err(CheckpointError(format!(
+                return Err(CheckpointError::Corrupt(format!(
                     "metric {:?}: significant figures {sigfig} out of range",
                     table.len()
                 )));
@@ -389,7 +409,7 @@ impl Fold {
                     bad: r.varint()?,
                 };
                 if sli.good.checked_add(sli.bad).is_none() {
-                    return Err(CheckpointError(format!(
+                    return Err(CheckpointError::Corrupt(format!(
                         "SLI counts of namespace {name:?} overflow"
                     )));
                 }
@@ -398,7 +418,9 @@ impl Fold {
                 }
             }
             if self.namespaces.index.contains_key(name) {
-                return Err(CheckpointError(format!("namespace {name:?} appears twice")));
+                return Err(CheckpointError::Corrupt(format!(
+                    "namespace {name:?} appears twice"
+                )));
             }
             let i = self.namespaces.insert(name, &catalog);
             let ns = self.namespaces.get_mut(i);
@@ -432,7 +454,7 @@ impl Fold {
         } else {
             let (count, index) = (r.varint()?, r.varint()?);
             if count == 0 || index >= count || count > u64::from(u32::MAX) {
-                return Err(CheckpointError(format!(
+                return Err(CheckpointError::Corrupt(format!(
                     "partition {index} of {count} is not a partition"
                 )));
             }
@@ -444,7 +466,7 @@ impl Fold {
             out.resume.stream_seq = r.varint()?;
         }
         if r.at != bytes.len() {
-            return Err(CheckpointError(format!(
+            return Err(CheckpointError::Corrupt(format!(
                 "{} bytes after the end of the checkpoint",
                 bytes.len() - r.at
             )));
@@ -461,7 +483,8 @@ impl Fold {
         age: f64,
     ) -> Result<Slot, CheckpointError> {
         let tag = r.varint()?;
-        let mismatch = || CheckpointError(format!("slot of type {tag} in a {:?} metric", m.kind));
+        let mismatch =
+            || CheckpointError::Corrupt(format!("slot of type {tag} in a {:?} metric", m.kind));
         let mut start = || if format >= 3 { r.start() } else { Ok(None) };
         Ok(match tag {
             0 => Slot::Empty,
@@ -474,12 +497,12 @@ impl Fold {
                 let event_time = r.f64()?;
                 // The fold only keeps values an event could set: finite, not negative.
                 if !(value.is_finite() && value >= 0.0 && event_time.is_finite()) {
-                    return Err(CheckpointError(format!(
+                    return Err(CheckpointError::Corrupt(format!(
                         "gauge value {value} at event time {event_time} is not one the fold keeps"
                     )));
                 }
                 let since = Duration::try_from_secs_f64(r.f64()? + age)
-                    .map_err(|_| CheckpointError("gauge age is not a duration".into()))?;
+                    .map_err(|_| CheckpointError::Corrupt("gauge age is not a duration".into()))?;
                 // A gauge older than the process clock can date is at least
                 // as old as the process: it has expired, or is about to.
                 let seen = now.checked_sub(since).unwrap_or(now);
@@ -499,14 +522,14 @@ impl Fold {
                 // Per-bucket counts: together at most the count (the rest is above the last bound).
                 let below = buckets.iter().try_fold(0u64, |a, &b| a.checked_add(b));
                 if below.is_none_or(|b| b > count) {
-                    return Err(CheckpointError(format!(
+                    return Err(CheckpointError::Corrupt(format!(
                         "histogram bucket counts add up to more than its count {count}"
                     )));
                 }
                 let hdr = r.hdr(m.sigfig)?;
                 // Buckets are re-counted from HDR when their bounds changed.
                 if hdr.len() > count {
-                    return Err(CheckpointError(format!(
+                    return Err(CheckpointError::Corrupt(format!(
                         "histogram records {} values but counts {count}",
                         hdr.len()
                     )));
@@ -555,7 +578,7 @@ impl Exact {
     /// Sums and counters only grow from zero: a negative one is not ours.
     fn non_negative(self, what: &str) -> Result<Exact, CheckpointError> {
         if self.0 < 0 {
-            return Err(CheckpointError(format!("{what} is negative")));
+            return Err(CheckpointError::Corrupt(format!("{what} is negative")));
         }
         Ok(self)
     }
@@ -584,7 +607,9 @@ fn kind_from(code: u64) -> Result<Kind, CheckpointError> {
         1 => Ok(Kind::Counter),
         2 => Ok(Kind::Gauge),
         3 => Ok(Kind::Histogram),
-        _ => Err(CheckpointError(format!("unknown metric type {code}"))),
+        _ => Err(CheckpointError::Corrupt(format!(
+            "unknown metric type {code}"
+        ))),
     }
 }
 
@@ -649,7 +674,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn truncated(&self) -> CheckpointError {
-        CheckpointError(format!("checkpoint truncated at byte {}", self.at))
+        CheckpointError::Corrupt(format!("checkpoint truncated at byte {}", self.at))
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], CheckpointError> {
@@ -669,7 +694,10 @@ impl<'a> Reader<'a> {
                 return Ok(v);
             }
         }
-        Err(CheckpointError(format!("bad varint at byte {}", self.at)))
+        Err(CheckpointError::Corrupt(format!(
+            "bad varint at byte {}",
+            self.at
+        )))
     }
 
     /// A count of items at least `min_bytes` long each: never more than the
@@ -681,7 +709,7 @@ impl<'a> Reader<'a> {
             .ok()
             .filter(|&n| n <= left)
             .ok_or_else(|| {
-                CheckpointError(format!("count {n} at byte {} is past the end", self.at))
+                CheckpointError::Corrupt(format!("count {n} at byte {} is past the end", self.at))
             })
     }
 
@@ -698,7 +726,9 @@ impl<'a> Reader<'a> {
         match self.f64()? {
             s if s.is_nan() => Ok(None),
             s if s.is_finite() && s > 0.0 => Ok(Some(s)),
-            s => Err(CheckpointError(format!("series start {s} is not a time"))),
+            s => Err(CheckpointError::Corrupt(format!(
+                "series start {s} is not a time"
+            ))),
         }
     }
 
@@ -711,7 +741,7 @@ impl<'a> Reader<'a> {
         let n = self.count(1)?;
         let at = self.at;
         std::str::from_utf8(self.take(n)?)
-            .map_err(|_| CheckpointError(format!("string at byte {at} is not UTF-8")))
+            .map_err(|_| CheckpointError::Corrupt(format!("string at byte {at} is not UTF-8")))
     }
 
     fn hdr(&mut self, sigfig: u8) -> Result<Histogram<u32>, CheckpointError> {
@@ -720,10 +750,12 @@ impl<'a> Reader<'a> {
         for _ in 0..self.count(2)? {
             v = v
                 .checked_add(self.varint()?)
-                .ok_or_else(|| CheckpointError("HDR value overflows".into()))?;
+                .ok_or_else(|| CheckpointError::Corrupt("HDR value overflows".into()))?;
             let n = u32::try_from(self.varint()?).unwrap_or(u32::MAX);
             if h.record_n(v, n).is_err() {
-                return Err(CheckpointError(format!("HDR value {v} out of range")));
+                return Err(CheckpointError::Corrupt(format!(
+                    "HDR value {v} out of range"
+                )));
             }
         }
         Ok(h)
@@ -856,7 +888,7 @@ mod tests {
         let tail = bad.len() - (1 + 1 + 1 + "SESSIONS".len() + 2);
         bad[tail + 1] = 3;
         let e = empty().restore(&bad, now, 1.7e9).unwrap_err();
-        assert!(e.0.contains("partition 3 of 3"), "{e}");
+        assert!(e.to_string().contains("partition 3 of 3"), "{e}");
     }
 
     /// A format-3 checkpoint as the first release with series starts wrote it
@@ -1094,13 +1126,17 @@ mod tests {
         }
         let mut g = empty();
         let err = g.restore(b"{\"json\":1}", now, 1.7e9).unwrap_err();
-        assert!(err.0.contains("not a session-exporter checkpoint"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("not a session-exporter checkpoint"),
+            "{err}"
+        );
         let mut future = bytes.clone();
         future[4] = 9;
         assert!(g
             .restore(&future, now, 1.7e9)
             .unwrap_err()
-            .0
+            .to_string()
             .contains("format 9"));
     }
 }

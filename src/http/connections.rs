@@ -12,6 +12,7 @@
 //! connections between 15 s scrapes: the first byte is watched here
 //! instead, by [`Watched`].)
 
+use crate::stats::Closed;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -30,27 +31,6 @@ struct Entry {
     /// In a request: never closed to make room.
     busy: bool,
     close: Arc<Notify>,
-}
-
-/// Why a connection was closed by the exporter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Closed {
-    /// The least recently active at the bound, for a new one.
-    Evicted,
-    /// No request within the idle timeout.
-    Idle,
-    /// A request's headers did not arrive within the header timeout.
-    HeaderTimeout,
-}
-
-impl Closed {
-    pub fn reason(self) -> &'static str {
-        match self {
-            Closed::Evicted => "evicted",
-            Closed::Idle => "idle",
-            Closed::HeaderTimeout => "header_timeout",
-        }
-    }
 }
 
 #[derive(Default)]

@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use crate::exporter::Exporter;
 use crate::exposition::page::{Pages, Served};
 use crate::exposition::Format;
-use crate::stats::{Refused, Scrape};
+use crate::stats::{Closed, Refused, Scrape};
 
 pub use auth::Verdict;
 pub use config::WebConfig;
@@ -139,17 +139,11 @@ pub async fn serve(
         };
         let Some((conn, evicted)) = connections.admit(Instant::now()) else {
             // Every connection is in a request: this one cannot be served now.
-            stats
-                .http_connections_closed
-                .with_label_values(&["refused"])
-                .inc();
+            stats.http_closed(Closed::Refused);
             continue;
         };
         if let Some(why) = evicted {
-            stats
-                .http_connections_closed
-                .with_label_values(&[why.reason()])
-                .inc();
+            stats.http_closed(why);
         }
         stats.http_connections.inc();
         let site = site.clone();
@@ -164,8 +158,8 @@ pub async fn serve(
                 _ = accepted(stream, site.clone(), conn.clone()) => {}
                 why = conn.closed() => {
                     // (Evictions were counted when they were made.)
-                    if why != connections::Closed::Evicted {
-                        stats.http_connections_closed.with_label_values(&[why.reason()]).inc();
+                    if why != Closed::Evicted {
+                        stats.http_closed(why);
                     }
                 }
             }

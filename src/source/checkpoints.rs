@@ -132,7 +132,7 @@ impl Checkpoints {
             }
             Err(SaveError::Fenced(e)) => {
                 stats.checkpoint_failures.inc();
-                Err(SourceError(e))
+                Err(SourceError::Fenced(e))
             }
         }
     }

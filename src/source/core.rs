@@ -33,7 +33,7 @@ pub(super) async fn run(
             Some(q) => client.queue_subscribe(subject.clone(), q.clone()).await,
             None => client.subscribe(subject.clone()).await,
         }
-        .map_err(|e| SourceError(format!("subscribe {subject}: {e}")))?;
+        .map_err(|e| subscribe_error(subject, e))?;
         subs.push(sub);
     }
     // Without a queue group this replica sees every event already.
@@ -43,7 +43,7 @@ pub(super) async fn run(
             let sub = client
                 .subscribe(subject.clone())
                 .await
-                .map_err(|e| SourceError(format!("subscribe {subject}: {e}")))?;
+                .map_err(|e| subscribe_error(subject, e))?;
             broadcast.push(sub);
         }
     }
@@ -111,4 +111,11 @@ pub(super) async fn run(
         tracing::warn!(error = %e, "NATS drain failed");
     }
     last
+}
+
+fn subscribe_error(subject: &str, e: impl std::fmt::Display) -> SourceError {
+    SourceError::Subscribe {
+        subject: subject.to_string(),
+        reason: e.to_string(),
+    }
 }

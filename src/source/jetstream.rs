@@ -47,7 +47,10 @@ pub(super) async fn run(
         .max_messages_per_batch(js_cfg.pull_batch)
         .messages()
         .await
-        .map_err(|e| SourceError(format!("JetStream consumer {}: {e}", js_cfg.consumer)))?;
+        .map_err(|e| SourceError::Subscribe {
+            subject: format!("JetStream consumer {}", js_cfg.consumer),
+            reason: e.to_string(),
+        })?;
     let mut messages = messages.ready_chunks(BATCH);
     let since = exporter.gauge_ttl();
     let broadcast = broadcast(&stream, &cfg.broadcast_subjects, since).await;

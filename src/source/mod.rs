@@ -31,8 +31,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::exporter::Exporter;
-use crate::fold::Resume;
+use crate::fold::{CheckpointError, Resume};
 use crate::partition::Partition;
+use crate::stats::Restore;
 use checkpoints::Checkpoints;
 use state::{LoadError, OnInvalid, StateConfig, StateStore};
 
@@ -88,12 +89,55 @@ pub struct JetStreamConfig {
     pub pull_batch: usize,
 }
 
+/// Why the source stopped (or could not start). The process exits 1 with it.
 #[derive(Debug)]
-pub struct SourceError(pub String);
+pub enum SourceError {
+    /// A credentials file (`flag`) could not be read.
+    Credentials {
+        flag: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// The client refused the server URLs (they hold no credentials).
+    Connect { urls: String, reason: String },
+    /// A subscription or consumer could not be made.
+    Subscribe { subject: String, reason: String },
+    /// The stream is missing, or not one a replica can read without acks.
+    Stream { stream: String, reason: String },
+    /// The stored checkpoint cannot be read, and `--state.on-invalid` refuses
+    /// to overwrite it.
+    Unreadable {
+        bucket: String,
+        key: String,
+        reason: String,
+    },
+    /// Another process wrote this replica's state key: two writers.
+    Fenced(String),
+}
 
 impl std::fmt::Display for SourceError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            SourceError::Credentials { flag, path, reason } => {
+                write!(f, "{flag} {}: {reason}", path.display())
+            }
+            SourceError::Connect { urls, reason } => write!(f, "--nats.url {urls}: {reason}"),
+            SourceError::Subscribe { subject, reason } => {
+                write!(f, "subscribe {subject}: {reason}")
+            }
+            SourceError::Stream { stream, reason } => write!(f, "stream {stream}: {reason}"),
+            SourceError::Unreadable {
+                bucket,
+                key,
+                reason,
+            } => write!(
+                f,
+                "state bucket {bucket} key {key}: unreadable checkpoint: {reason}. Nothing was \
+                 overwritten; delete the key (nats kv del {bucket} {key}), choose another \
+                 --state.key, or start with --state.on-invalid=start-empty"
+            ),
+            SourceError::Fenced(e) => f.write_str(e),
+        }
     }
 }
 
@@ -120,15 +164,22 @@ impl NatsConfig {
             o = o.token(t.clone());
         }
         if let Some(path) = &self.nkey_file {
-            let seed = std::fs::read_to_string(path)
-                .map_err(|e| SourceError(format!("--nats.nkey-file {}: {e}", path.display())))?;
+            let seed = std::fs::read_to_string(path).map_err(|e| SourceError::Credentials {
+                flag: "--nats.nkey-file",
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
             o = o.nkey(seed.trim().to_string());
         }
         if let Some(path) = &self.creds_file {
             o = o
                 .credentials_file(path)
                 .await
-                .map_err(|e| SourceError(format!("--nats.creds-file {}: {e}", path.display())))?;
+                .map_err(|e| SourceError::Credentials {
+                    flag: "--nats.creds-file",
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
         }
         if let Some(ca) = &self.tls_ca_file {
             o = o.add_root_certificates(ca.clone());
@@ -189,7 +240,10 @@ pub async fn connect(cfg: &NatsConfig, exporter: Arc<Exporter>) -> Result<Client
     let client = options
         .connect(servers)
         .await
-        .map_err(|e| SourceError(format!("--nats.url {}: {e}", cfg.url)))?;
+        .map_err(|e| SourceError::Connect {
+            urls: cfg.url.clone(),
+            reason: e.to_string(),
+        })?;
     exporter.stats.watch_client(client.statistics());
     Ok(client)
 }
@@ -206,11 +260,15 @@ pub async fn run(
     let (store, resume, restored) = match &cfg.state {
         None => (None, Resume::default(), false),
         Some(state) => {
-            let r = tokio::select! {
+            let started = tokio::select! {
                 r = restore(&client, cfg, state, &exporter) => r?,
                 _ = &mut shutdown => return Ok(()),
             };
-            (Some(Arc::new(r.0)), r.1, r.2)
+            (
+                Some(Arc::new(started.store)),
+                started.resume,
+                started.restored,
+            )
         }
     };
     let resume = Resume {
@@ -249,33 +307,33 @@ async fn restore(
     nats: &NatsConfig,
     cfg: &StateConfig,
     exporter: &Exporter,
-) -> Result<(StateStore, Resume, bool), SourceError> {
-    let mut delay = Duration::from_millis(100);
+) -> Result<Started, SourceError> {
+    let mut backoff = Backoff::new();
     let where_ = format!("state bucket {} key {}", cfg.bucket, cfg.key);
     let stream = nats.jetstream.as_ref().map(|js| js.stream.as_str());
+    let empty = |store| Started {
+        store,
+        resume: Resume::default(),
+        restored: false,
+    };
     loop {
         let store = match StateStore::open(client, cfg).await {
             Ok(store) => store,
             Err(e) => {
                 tracing::warn!(state = %where_, error = %e, "state store not available; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                backoff.wait().await;
                 continue;
             }
         };
         let reason = match store.load().await {
             Ok(None) => {
-                exporter.stats.restores.with_label_values(&["empty"]).inc();
+                exporter.stats.restored(Restore::Empty);
                 tracing::info!(state = %where_, "no checkpoint yet; starting empty");
-                return Ok((store, Resume::default(), false));
+                return Ok(empty(store));
             }
             Ok(Some(bytes)) => match exporter.restore(&bytes, nats.partition, stream) {
                 Ok(r) => {
-                    exporter
-                        .stats
-                        .restores
-                        .with_label_values(&["restored"])
-                        .inc();
+                    exporter.stats.restored(Restore::Restored);
                     tracing::info!(
                         state = %where_,
                         namespaces = r.namespaces,
@@ -288,32 +346,71 @@ async fn restore(
                         dropped_slos = ?r.dropped_slos,
                         "state restored"
                     );
-                    return Ok((store, r.resume, true));
+                    return Ok(Started {
+                        store,
+                        resume: r.resume,
+                        restored: true,
+                    });
                 }
-                Err(e) => e.to_string(),
+                Err(e) => unreadable_reason(&e),
             },
             Err(LoadError::Invalid(e)) => e,
             Err(LoadError::Unreachable(e)) => {
                 tracing::warn!(state = %where_, error = %e, "state store not available; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                backoff.wait().await;
                 continue;
             }
         };
         match cfg.on_invalid {
             OnInvalid::Refuse => {
-                return Err(SourceError(format!(
-                    "{where_}: unreadable checkpoint: {reason}. Nothing was overwritten; delete the key \
-                     (nats kv del {} {}), choose another --state.key, or start with --state.on-invalid=start-empty",
-                    cfg.bucket, cfg.key
-                )))
+                return Err(SourceError::Unreadable {
+                    bucket: cfg.bucket.clone(),
+                    key: cfg.key.clone(),
+                    reason,
+                })
             }
             OnInvalid::StartEmpty => {
-                exporter.stats.restores.with_label_values(&["invalid"]).inc();
+                exporter.stats.restored(Restore::Invalid);
                 tracing::error!(state = %where_, error = %reason, "unreadable checkpoint; starting empty (--state.on-invalid=start-empty), the next checkpoint replaces it");
-                return Ok((store, Resume::default(), false));
+                return Ok(empty(store));
             }
         }
+    }
+}
+
+/// Why a checkpoint cannot be restored, with what to do when it is the
+/// partitioning or the stream that changed.
+fn unreadable_reason(e: &CheckpointError) -> String {
+    match e {
+        CheckpointError::Partition { .. } => format!(
+            "{e}: a change of --partition.count moves namespaces between replicas, so each one's \
+             checkpoint must be read anew from the stream (delete the replicas' keys, or \
+             --state.on-invalid=start-empty)"
+        ),
+        _ => e.to_string(),
+    }
+}
+
+/// What a start with a state store found: the open store, where the fold
+/// stands, and whether a checkpoint was restored into it.
+struct Started {
+    store: StateStore,
+    resume: Resume,
+    restored: bool,
+}
+
+/// Waits between tries while NATS, the stream or the bucket is not there
+/// yet: 100 ms, doubling to 5 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(Duration::from_millis(100))
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -325,7 +422,7 @@ async fn retrying<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     shutdown: &mut (impl Future<Output = ()> + Unpin),
     mut attempt: impl FnMut() -> F,
 ) -> Option<T> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     loop {
         match attempt().await {
             Ok(v) => return Some(v),
@@ -333,9 +430,8 @@ async fn retrying<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
                 tracing::warn!(error = %e, "{what}; retrying");
                 tokio::select! {
                     _ = &mut *shutdown => return None,
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = backoff.wait() => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

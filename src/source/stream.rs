@@ -59,14 +59,16 @@ pub(super) async fn run(
     };
     let retention = stream.cached_info().config.retention;
     if retention != RetentionPolicy::Limits {
-        return Err(SourceError(format!(
-            "stream {}: retention {retention:?} removes messages once they are acknowledged or \
-             have no interest, but with --state.bucket the exporter reads without acks, from the \
-             position its checkpoint holds: use a stream with limits retention (a mirror or \
-             source of this one will do), or run without --state.bucket (an acking durable \
-             consumer, at-least-once)",
-            js_cfg.stream
-        )));
+        return Err(SourceError::Stream {
+            stream: js_cfg.stream.clone(),
+            reason: format!(
+                "retention {retention:?} removes messages once they are acknowledged or \
+                 have no interest, but with --state.bucket the exporter reads without acks, from the \
+                 position its checkpoint holds: use a stream with limits retention (a mirror or \
+                 source of this one will do), or run without --state.bucket (an acking durable \
+                 consumer, at-least-once)"
+            ),
+        });
     }
     if legacy {
         checkpoints.resume.stream_seq =
@@ -85,7 +87,10 @@ pub(super) async fn run(
     let state = stream
         .info()
         .await
-        .map_err(|e| SourceError(format!("stream {}: {e}", js_cfg.stream)))?
+        .map_err(|e| SourceError::Stream {
+            stream: js_cfg.stream.clone(),
+            reason: e.to_string(),
+        })?
         .state
         .clone();
     if at.last > state.last_sequence {
@@ -403,11 +408,7 @@ fn digits(s: &[u8]) -> Option<u64> {
 
 fn lost(exporter: &Exporter, stream: &str, from: u64, to: u64) {
     let n = to - from + 1;
-    exporter
-        .stats
-        .events_lost
-        .with_label_values(&["stream_truncated"])
-        .inc_by(n);
+    exporter.stats.stream_truncated(n);
     tracing::warn!(
         stream,
         from_sequence = from,
@@ -436,12 +437,15 @@ async fn legacy_position(
             tracing::info!(consumer = %js_cfg.consumer, after_sequence = floor, "checkpoint from the acking design: reading on after its durable consumer's ack floor");
             Ok(floor)
         }
-        Err(e) => Err(SourceError(format!(
-            "the checkpoint holds no position in stream {} (it comes from core NATS or from the \
-             acking design of format 1), and durable consumer {} to take it from is not there \
-             ({e}): delete the key (nats kv del BUCKET KEY) to fold the stream from its start",
-            js_cfg.stream, js_cfg.consumer
-        ))),
+        Err(e) => Err(SourceError::Stream {
+            stream: js_cfg.stream.clone(),
+            reason: format!(
+                "the checkpoint holds no position in it (it comes from core NATS or from the \
+                 acking design of format 1), and durable consumer {} to take it from is not there \
+                 ({e}): delete the key (nats kv del BUCKET KEY) to fold the stream from its start",
+                js_cfg.consumer
+            ),
+        }),
     }
 }
 
