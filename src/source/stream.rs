@@ -338,10 +338,14 @@ impl Reader {
     /// A status message: an idle heartbeat (checked against what was
     /// received) or a flow-control request (answered after the batch).
     fn status(&mut self, m: &Message, status: StatusCode) -> Result<(), &'static str> {
+        // Flow-control requests and idle heartbeats share status 100
+        // (async-nats names it IDLE_HEARTBEAT); anything else is informative.
         if status != StatusCode::IDLE_HEARTBEAT {
             tracing::debug!(%status, description = ?m.description, "JetStream status message");
             return Ok(());
         }
+        // Of the two, only a flow-control request has a reply subject: the
+        // server waits for an answer there before it sends more.
         if let Some(reply) = &m.reply {
             self.flow_control.push(reply.clone());
             return Ok(());
