@@ -1583,7 +1583,7 @@ fn bench_lock_hold(namespaces: usize, rate: Option<u64>) -> LockHold {
                         paused.push(t.elapsed().as_secs_f64() * 1e3);
                         encoded.send((t, bytes)).unwrap();
                         // (Served once stored; storing is not measured here.)
-                        exporter.publish(snapshot, cp.changes);
+                        exporter.publish(snapshot, cp.ingested);
                     }
                 }
             }

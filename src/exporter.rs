@@ -13,6 +13,9 @@ use crate::fold::{CheckpointError, Fold, Image, Outcome, Restored, Resume, Snaps
 use crate::partition::{Owner, Partition};
 use crate::stats::Stats;
 
+/// The snapshot of the last stored checkpoint: none until the first.
+type Published = Mutex<Option<Arc<Snapshot>>>;
+
 pub struct Exporter {
     /// A `std` mutex is right here: it is never held across an `.await`, and
     /// what it is held for is short: a batch folded, a scrape's snapshot
@@ -28,13 +31,13 @@ pub struct Exporter {
     reject_log: Mutex<RateLimit>,
     /// Messages ingested so far (folded or not: a rejected event still counts
     /// in `session_events_total`), so a checkpoint can tell what it holds.
-    changes: AtomicU64,
-    /// `changes` as of the stored checkpoint being served.
-    stored_changes: AtomicU64,
-    /// With a state store, `/metrics` serves the fold as of the last stored
-    /// checkpoint (`None` until the first), so that no value it serves can be
-    /// lost by a crash: a restart never shows a counter lower than before.
-    published: Option<Mutex<Option<Arc<Snapshot>>>>,
+    ingested: AtomicU64,
+    /// `ingested` as of the stored checkpoint being served.
+    checkpointed: AtomicU64,
+    /// With a state store (`Some`), `/metrics` serves the fold as of the
+    /// last stored checkpoint, so that no value it serves can be lost by a
+    /// crash: a restart never shows a counter lower than before.
+    published: Option<Published>,
     /// The longest hold of `fold` since it was last taken, in nanoseconds.
     longest_hold: AtomicU64,
     /// The namespaces this replica folds; others' messages are skipped.
@@ -52,8 +55,8 @@ pub struct Exporter {
 /// released.
 pub struct Checkpoint {
     pub image: Image,
-    /// [`Exporter::changes`] at the moment it was taken.
-    pub changes: u64,
+    /// [`Exporter::ingested`] at the moment it was taken.
+    pub ingested: u64,
 }
 
 impl Exporter {
@@ -70,8 +73,8 @@ impl Exporter {
             max_message_bytes: AtomicUsize::new(max),
             mapping_file,
             reject_log: Mutex::new(RateLimit::new(10, Duration::from_secs(1))),
-            changes: AtomicU64::new(0),
-            stored_changes: AtomicU64::new(0),
+            ingested: AtomicU64::new(0),
+            checkpointed: AtomicU64::new(0),
             published: None,
             longest_hold: AtomicU64::new(0),
             partition: Partition::default(),
@@ -128,13 +131,13 @@ impl Exporter {
             .unwrap_or(Duration::ZERO)
     }
 
-    pub fn changes(&self) -> u64 {
-        self.changes.load(Ordering::Relaxed)
+    pub fn ingested(&self) -> u64 {
+        self.ingested.load(Ordering::Relaxed)
     }
 
-    /// [`Exporter::changes`] as of the stored checkpoint being served.
-    pub fn stored_changes(&self) -> u64 {
-        self.stored_changes.load(Ordering::Relaxed)
+    /// [`Exporter::ingested`] as of the stored checkpoint being served.
+    pub fn checkpointed(&self) -> u64 {
+        self.checkpointed.load(Ordering::Relaxed)
     }
 
     /// The whole fold as of now, for a checkpoint. Under the lock only the
@@ -144,25 +147,25 @@ impl Exporter {
         let now = Instant::now();
         let fold = self.lock();
         // Read under the lock: every ingest counted here is in the image.
-        let changes = self.changes();
+        let ingested = self.ingested();
         Checkpoint {
             image: fold.image(now, unix_now(), resume),
-            changes,
+            ingested,
         }
     }
 
-    /// A snapshot of the fold now, and `changes` at that moment.
+    /// A snapshot of the fold now, and [`Exporter::ingested`] at that moment.
     pub fn snapshot(&self) -> (Snapshot, u64) {
         let fold = self.lock();
-        (fold.snapshot(Instant::now()), self.changes())
+        (fold.snapshot(Instant::now()), self.ingested())
     }
 
     /// From now on serve `snapshot`, of a stored checkpoint that holds the
-    /// first `changes` messages.
-    pub fn publish(&self, snapshot: Snapshot, changes: u64) {
+    /// first `ingested` messages.
+    pub fn publish(&self, snapshot: Snapshot, ingested: u64) {
         if let Some(p) = &self.published {
             *p.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(snapshot));
-            self.stored_changes.store(changes, Ordering::Relaxed);
+            self.checkpointed.store(ingested, Ordering::Relaxed);
         }
     }
 
@@ -202,7 +205,7 @@ impl Exporter {
         self.stats.namespaces.set(fold.namespace_count() as i64);
         let snapshot = fold.snapshot(now);
         drop(fold);
-        self.publish(snapshot, self.changes());
+        self.publish(snapshot, self.ingested());
         Ok(restored)
     }
 
@@ -220,7 +223,7 @@ impl Exporter {
             }
         }
         self.stats.namespaces.set(fold.namespace_count() as i64);
-        self.changes.fetch_add(n, Ordering::Relaxed);
+        self.ingested.fetch_add(n, Ordering::Relaxed);
         drop(fold);
         self.stats.broadcast_messages.inc_by(n);
     }
@@ -296,7 +299,7 @@ impl Exporter {
         }
         self.stats.namespaces.set(fold.namespace_count() as i64);
         // Skipped messages move the stream position: a checkpoint records it.
-        self.changes
+        self.ingested
             .fetch_add(received + skipped, Ordering::Relaxed);
         let dropped = fold.take_exemplars_dropped();
         drop(fold);
@@ -336,7 +339,7 @@ impl Exporter {
     /// a message they count as received is in it.
     pub fn self_metrics(&self) -> Vec<prometheus::proto::MetricFamily> {
         if self.published.is_some() {
-            let pending = self.changes().saturating_sub(self.stored_changes());
+            let pending = self.ingested().saturating_sub(self.checkpointed());
             self.stats.state_pending.set(pending as i64);
         }
         self.stats.families()

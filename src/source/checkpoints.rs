@@ -47,15 +47,15 @@ impl Checkpoints {
         if self.store.is_none() || self.inflight.is_some() {
             return;
         }
-        let stored = self.exporter.stored_changes();
-        if self.exporter.changes() != stored {
+        let stored = self.exporter.checkpointed();
+        if self.exporter.ingested() != stored {
             self.start().await;
         } else {
             // Nothing new: serve a fresh snapshot of the same state, so gauges
             // still expire and windows still slide.
-            let (snapshot, changes) = self.exporter.snapshot();
-            if changes == stored {
-                self.exporter.publish(snapshot, changes);
+            let (snapshot, ingested) = self.exporter.snapshot();
+            if ingested == stored {
+                self.exporter.publish(snapshot, ingested);
             }
         }
     }
@@ -84,7 +84,7 @@ impl Checkpoints {
             Stored {
                 result,
                 snapshot,
-                changes: cp.changes,
+                ingested: cp.ingested,
                 started,
             }
         }));
@@ -101,7 +101,7 @@ impl Checkpoints {
         joined.unwrap_or_else(|e| Stored {
             result: Err(SaveError::Failed(format!("checkpoint task failed: {e}"))),
             snapshot: None,
-            changes: 0,
+            ingested: 0,
             started: Instant::now(),
         })
     }
@@ -121,7 +121,7 @@ impl Checkpoints {
                     .checkpoint_last_success
                     .set(crate::clock::unix_now() as i64);
                 if let Some(s) = stored.snapshot {
-                    self.exporter.publish(s, stored.changes);
+                    self.exporter.publish(s, stored.ingested);
                 }
                 Ok(())
             }
@@ -149,7 +149,7 @@ impl Checkpoints {
                 let s = self.stored().await;
                 self.settle(s)?;
             }
-            if self.exporter.changes() != self.exporter.stored_changes() {
+            if self.exporter.ingested() != self.exporter.checkpointed() {
                 self.start().await;
                 let s = self.stored().await;
                 self.settle(s)?;
@@ -169,6 +169,6 @@ impl Checkpoints {
 pub struct Stored {
     result: Result<usize, SaveError>,
     snapshot: Option<Snapshot>,
-    changes: u64,
+    ingested: u64,
     started: Instant,
 }

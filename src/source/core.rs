@@ -4,24 +4,25 @@
 //! to the broadcast subjects.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::Client;
 use futures_util::StreamExt;
 
-use super::checkpoints::Checkpoints;
-use super::{ticker, Merged, NatsConfig, SourceError, BATCH};
-use crate::exporter::Exporter;
+use super::{ticker, Folding, Merged, NatsConfig, SourceError, BATCH};
 
+/// Subscribe, fold until `shutdown`, then drain and store a last checkpoint.
 pub(super) async fn run(
-    client: Client,
+    folding: Folding,
     cfg: &NatsConfig,
-    exporter: Arc<Exporter>,
-    mut checkpoints: Checkpoints,
-    interval: Option<Duration>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SourceError> {
+    let Folding {
+        client,
+        exporter,
+        mut checkpoints,
+        interval,
+        ..
+    } = folding;
     let subjects = if cfg.partition_subjects.is_empty() {
         &cfg.subjects
     } else {

@@ -275,27 +275,18 @@ pub async fn run(
         partition: cfg.partition,
         ..resume
     };
-    let interval = cfg.state.as_ref().map(|s| s.interval);
     let has_store = store.is_some();
-    let checkpoints = Checkpoints::new(exporter.clone(), store, resume);
+    let folding = Folding {
+        client,
+        exporter: exporter.clone(),
+        checkpoints: Checkpoints::new(exporter, store, resume),
+        interval: cfg.state.as_ref().map(|s| s.interval),
+        restored,
+    };
     match &cfg.jetstream {
-        None => core::run(client, cfg, exporter, checkpoints, interval, shutdown).await,
-        Some(js) if has_store => {
-            // A restored checkpoint without a position in this stream.
-            let legacy = restored && checkpoints.resume.stream.is_empty();
-            let s = stream::run(
-                client,
-                cfg,
-                js,
-                exporter,
-                checkpoints,
-                legacy,
-                interval,
-                shutdown,
-            );
-            s.await
-        }
-        Some(js) => jetstream::run(client, cfg, js, exporter, shutdown).await,
+        None => core::run(folding, cfg, shutdown).await,
+        Some(js) if has_store => stream::run(folding, cfg, js, shutdown).await,
+        Some(js) => jetstream::run(folding.client, cfg, js, folding.exporter, shutdown).await,
     }
 }
 
@@ -389,6 +380,17 @@ fn unreadable_reason(e: &CheckpointError) -> String {
         ),
         _ => e.to_string(),
     }
+}
+
+/// What a reader folds with, whichever it is.
+struct Folding {
+    client: Client,
+    exporter: Arc<Exporter>,
+    checkpoints: Checkpoints,
+    /// Between checkpoints (`None`: no state store).
+    interval: Option<Duration>,
+    /// A checkpoint was restored (it may hold no position in the stream).
+    restored: bool,
 }
 
 /// What a start with a state store found: the open store, where the fold

@@ -18,7 +18,6 @@
 //! silently.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -28,7 +27,9 @@ use async_nats::{Client, Message, StatusCode, Subscriber};
 use futures_util::{FutureExt, StreamExt};
 
 use super::checkpoints::Checkpoints;
-use super::{retrying, server_version, ticker, JetStreamConfig, NatsConfig, SourceError, BATCH};
+use super::{
+    retrying, server_version, ticker, Folding, JetStreamConfig, NatsConfig, SourceError, BATCH,
+};
 use crate::exporter::Exporter;
 
 /// Where the reader stands: the last stream sequence folded.
@@ -39,17 +40,21 @@ struct Position {
     gaps_are_losses: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Read `js_cfg`'s stream from where `folding`'s checkpoint stands until
+/// `shutdown`, then fold what was delivered and store a last checkpoint.
 pub(super) async fn run(
-    client: Client,
+    folding: Folding,
     cfg: &NatsConfig,
     js_cfg: &JetStreamConfig,
-    exporter: Arc<Exporter>,
-    mut checkpoints: Checkpoints,
-    legacy: bool,
-    interval: Option<Duration>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SourceError> {
+    let Folding {
+        client,
+        exporter,
+        mut checkpoints,
+        interval,
+        restored,
+    } = folding;
     let js = jetstream::new(client.clone());
     tokio::pin!(shutdown);
     let what = format!("JetStream stream {} not available", js_cfg.stream);
@@ -57,20 +62,10 @@ pub(super) async fn run(
     else {
         return Ok(());
     };
-    let retention = stream.cached_info().config.retention;
-    if retention != RetentionPolicy::Limits {
-        return Err(SourceError::Stream {
-            stream: js_cfg.stream.clone(),
-            reason: format!(
-                "retention {retention:?} removes messages once they are acknowledged or \
-                 have no interest, but with --state.bucket the exporter reads without acks, from the \
-                 position its checkpoint holds: use a stream with limits retention (a mirror or \
-                 source of this one will do), or run without --state.bucket (an acking durable \
-                 consumer, at-least-once)"
-            ),
-        });
-    }
-    if legacy {
+    check_retention(&stream, js_cfg)?;
+    // A restored checkpoint without a position in this stream: the acking
+    // design's, or core NATS's.
+    if restored && checkpoints.resume.stream.is_empty() {
         checkpoints.resume.stream_seq =
             legacy_position(&client, &stream, js_cfg, &checkpoints).await?;
     }
@@ -84,50 +79,8 @@ pub(super) async fn run(
         last: checkpoints.resume.stream_seq,
         gaps_are_losses: filters.is_empty(),
     };
-    let state = stream
-        .info()
-        .await
-        .map_err(|e| SourceError::Stream {
-            stream: js_cfg.stream.clone(),
-            reason: e.to_string(),
-        })?
-        .state
-        .clone();
-    if at.last > state.last_sequence {
-        tracing::warn!(
-            stream = %js_cfg.stream,
-            position = at.last,
-            last_sequence = state.last_sequence,
-            "the checkpoint's position is past the end of the stream (it was deleted and made anew?): reading it from its start"
-        );
-        at.last = 0;
-    }
-    if at.last == 0 {
-        // A first start reads what the stream still holds; nothing was lost to it.
-        at.last = state.first_sequence.saturating_sub(1);
-    } else if state.first_sequence > at.last + 1 {
-        lost(
-            &exporter,
-            &js_cfg.stream,
-            at.last + 1,
-            state.first_sequence - 1,
-        );
-        at.last = state.first_sequence - 1;
-    }
-    let mut config = push::Config::default();
-    match filters.as_slice() {
-        [] => {}
-        [one] => config.filter_subject = one.clone(),
-        many if server_version(&client) >= (2, 10) => config.filter_subjects = many.to_vec(),
-        many => {
-            tracing::warn!(
-                subjects = ?many,
-                server = %client.server_info().version,
-                "this nats-server allows one filter subject per consumer (2.10+ allow several): reading every subject of the stream"
-            );
-            at.gaps_are_losses = true;
-        }
-    }
+    at.within(&mut stream, &exporter, &js_cfg.stream).await?;
+    let config = consumer_config(&client, &filters, &mut at);
     let Some(mut reader) = Reader::open(&client, &stream, &config, at.last, &mut shutdown).await
     else {
         return Ok(());
@@ -206,6 +159,83 @@ pub(super) async fn run(
     reader.close(&stream);
     exporter.stats.subscriptions.set(0);
     checkpoints.finish(Duration::from_secs(10)).await
+}
+
+/// Reading without acks needs a stream that keeps what it holds.
+fn check_retention(stream: &Stream, js_cfg: &JetStreamConfig) -> Result<(), SourceError> {
+    let retention = stream.cached_info().config.retention;
+    if retention == RetentionPolicy::Limits {
+        return Ok(());
+    }
+    Err(SourceError::Stream {
+        stream: js_cfg.stream.clone(),
+        reason: format!(
+            "retention {retention:?} removes messages once they are acknowledged or \
+             have no interest, but with --state.bucket the exporter reads without acks, from the \
+             position its checkpoint holds: use a stream with limits retention (a mirror or \
+             source of this one will do), or run without --state.bucket (an acking durable \
+             consumer, at-least-once)"
+        ),
+    })
+}
+
+impl Position {
+    /// Bring the position within what the stream holds: past its end (the
+    /// stream was made anew) reads it from its start; before its start,
+    /// what it removed meanwhile is counted as lost.
+    async fn within(
+        &mut self,
+        stream: &mut Stream,
+        exporter: &Exporter,
+        name: &str,
+    ) -> Result<(), SourceError> {
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| SourceError::Stream {
+                stream: name.to_string(),
+                reason: e.to_string(),
+            })?
+            .state
+            .clone();
+        if self.last > state.last_sequence {
+            tracing::warn!(
+                stream = %name,
+                position = self.last,
+                last_sequence = state.last_sequence,
+                "the checkpoint's position is past the end of the stream (it was deleted and made anew?): reading it from its start"
+            );
+            self.last = 0;
+        }
+        if self.last == 0 {
+            // A first start reads what the stream still holds; nothing was lost to it.
+            self.last = state.first_sequence.saturating_sub(1);
+        } else if state.first_sequence > self.last + 1 {
+            lost(exporter, name, self.last + 1, state.first_sequence - 1);
+            self.last = state.first_sequence - 1;
+        }
+        Ok(())
+    }
+}
+
+/// The consumer's filter: several subjects on servers 2.10+; on older ones
+/// one, or every subject of the stream (then gaps are not losses).
+fn consumer_config(client: &Client, filters: &[String], at: &mut Position) -> push::Config {
+    let mut config = push::Config::default();
+    match filters {
+        [] => {}
+        [one] => config.filter_subject = one.clone(),
+        many if server_version(client) >= (2, 10) => config.filter_subjects = many.to_vec(),
+        many => {
+            tracing::warn!(
+                subjects = ?many,
+                server = %client.server_info().version,
+                "this nats-server allows one filter subject per consumer (2.10+ allow several): reading every subject of the stream"
+            );
+            at.gaps_are_losses = true;
+        }
+    }
+    config
 }
 
 /// The server's heartbeat to an idle or stalled consumer (one whose
