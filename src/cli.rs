@@ -499,11 +499,12 @@ impl NatsArgs {
         if user.is_some() && token.is_some() {
             return Err("--nats.user and --nats.token: give one way to authenticate".into());
         }
+        use crate::source::Secret;
         Ok(NatsConfig {
             url: servers.urls.join(","),
             user,
-            password,
-            token,
+            password: password.map(Secret),
+            token: token.map(Secret),
             nkey_file: self.nkey_file.clone(),
             creds_file: self.creds_file.clone(),
             tls_ca_file: self.tls_ca_file.clone(),

@@ -62,8 +62,17 @@ impl ConfigError {
             Some(l) => format!("line {} column {}", l.line(), l.column()),
             None => "no position known".into(),
         };
+        // A key the file's form has not is named: key names are not secrets.
+        let unknown = e.to_string();
+        let unknown = unknown
+            .split("unknown field `")
+            .nth(1)
+            .and_then(|rest| rest.split('`').next())
+            .filter(|k| k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            .map(|k| format!(": unknown key `{k}`"))
+            .unwrap_or_default();
         let bare = format!(
-            "{}: {at}: not valid YAML for this file (its content is not shown)",
+            "{}: {at}{unknown}: not valid YAML for this file (its content is not shown)",
             file.display()
         );
         let message = if quote {

@@ -10,11 +10,12 @@
 //! is, one page is rendered and held per kind.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::OnceCell;
+use tokio::sync::watch;
 
 use super::{openmetrics, protobuf, Format};
 use crate::exporter::Exporter;
@@ -100,72 +101,91 @@ pub enum Served {
 
 /// A kind of page: its format, and whether it is gzipped.
 type Kind = (Format, bool);
-/// The render of a kind in flight, which its scrapes wait for.
-type Render = Arc<OnceCell<Page>>;
+
+/// The render of a kind in flight: its number, and where its page will be.
+type Render = (u64, watch::Receiver<Option<Page>>);
 
 /// Scrapes in flight, by kind, sharing one render each.
 #[derive(Default)]
 pub struct Pages {
     /// `_created` samples in OpenMetrics pages (`--web.openmetrics-created`).
     created: bool,
-    inflight: Mutex<HashMap<Kind, Render>>,
+    inflight: Arc<Mutex<HashMap<Kind, Render>>>,
+    renders: std::sync::atomic::AtomicU64,
 }
+
+/// A render failed (it panicked): the scrape is answered 500.
+#[derive(Debug)]
+pub struct RenderFailed;
 
 impl Pages {
     pub fn new(created: bool) -> Pages {
         Pages {
             created,
-            inflight: Mutex::default(),
+            ..Pages::default()
         }
     }
 
     /// The page for `format` (gzipped if `gzip` and it shrinks): the one
     /// being rendered if a render of this kind is in flight, else a new one.
-    /// Rendering and compressing run on a blocking thread.
+    /// A render runs on a blocking thread to its end, whoever still waits,
+    /// and takes its kind out of flight when done: a scrape that comes after
+    /// gets a new page, and scrapes that go away start no second render.
     pub async fn get(
         &self,
         exporter: &Arc<Exporter>,
         format: Format,
         gzip: bool,
-    ) -> Result<(Page, Served), tokio::task::JoinError> {
-        let key = (format, gzip);
-        let cell = self
-            .lock()
-            .entry(key)
-            .or_insert_with(|| Arc::new(OnceCell::new()))
-            .clone();
-        let mut served = Served::Shared;
-        let page = cell
-            .get_or_try_init(|| {
-                served = Served::Rendered;
-                let (exporter, created) = (exporter.clone(), self.created);
-                tokio::task::spawn_blocking(move || {
-                    let body = render(&exporter, format, created);
-                    match gzip.then(|| super::gzip(&body)).flatten() {
-                        Some(gz) => Page {
-                            body: Bytes::from(gz),
-                            gzipped: true,
-                        },
-                        None => Page {
-                            body: Bytes::from(body),
-                            gzipped: false,
-                        },
-                    }
-                })
-            })
+    ) -> Result<(Page, Served), RenderFailed> {
+        let kind = (format, gzip);
+        let (mut page, served) = {
+            let mut inflight = lock(&self.inflight);
+            match inflight.get(&kind) {
+                Some((_, page)) => (page.clone(), Served::Shared),
+                None => {
+                    let n = self.renders.fetch_add(1, Ordering::Relaxed);
+                    let (tx, rx) = watch::channel(None);
+                    inflight.insert(kind, (n, rx.clone()));
+                    let (exporter, created) = (exporter.clone(), self.created);
+                    let inflight = self.inflight.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let page = make(&exporter, format, gzip, created);
+                        let mut inflight = lock(&inflight);
+                        if inflight.get(&kind).is_some_and(|(m, _)| *m == n) {
+                            inflight.remove(&kind);
+                        }
+                        let _ = tx.send(Some(page));
+                    });
+                    (rx, Served::Rendered)
+                }
+            }
+        };
+        // An error: the render panicked and dropped its sender.
+        let page = page
+            .wait_for(Option::is_some)
             .await
-            .cloned();
-        // The render is over: the next scrape of this kind renders anew.
-        let mut inflight = self.lock();
-        if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            inflight.remove(&key);
-        }
-        Ok((page?, served))
+            .map_err(|_| RenderFailed)?;
+        Ok((page.clone().ok_or(RenderFailed)?, served))
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Kind, Render>> {
-        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+/// Render a page and compress it if asked (and it shrinks).
+fn make(exporter: &Exporter, format: Format, gzip: bool, created: bool) -> Page {
+    let body = render(exporter, format, created);
+    match gzip.then(|| super::gzip(&body)).flatten() {
+        Some(gz) => Page {
+            body: Bytes::from(gz),
+            gzipped: true,
+        },
+        None => Page {
+            body: Bytes::from(body),
+            gzipped: false,
+        },
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -197,6 +217,6 @@ mod tests {
         assert_eq!(buffers.len(), rendered);
         assert!(bodies.iter().all(|b| b.starts_with(b"# HELP")));
         // Nothing stays in flight.
-        assert!(pages.lock().is_empty());
+        assert!(lock(&pages.inflight).is_empty());
     }
 }

@@ -172,7 +172,7 @@ impl Image {
     pub fn encode(mut self) -> Vec<u8> {
         let namespaces = std::mem::take(&mut self.namespaces);
         let (now, wall, resume) = (self.now, self.wall, &self.resume);
-        let mut w = Writer(Vec::with_capacity(4096 + self.namespaces.len() * 1024));
+        let mut w = Writer(Vec::with_capacity(4096 + namespaces.len() * 1024));
         w.0.extend_from_slice(MAGIC);
         w.varint(FORMAT);
         w.f64(wall);

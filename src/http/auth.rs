@@ -6,16 +6,20 @@
 //! - verified credentials are remembered (a salted SHA-256 of user, hash and
 //!   password; never the password), so a scraper pays bcrypt once;
 //! - one bcrypt runs at a time, on a blocking thread, and at most
-//!   [`QUEUE`] requests wait for it: past that, 503. A flood of wrong
+//!   [`QUEUE`] checks wait for it: past that, 503. A flood of wrong
 //!   passwords costs one core at most and never delays a remembered scraper.
+//!   A check runs to its end on a task of its own even when its client goes
+//!   away (its verdict is remembered), so closing connections frees neither
+//!   the queue nor the core early.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use ring::digest;
+use tokio::sync::Semaphore;
 
 use crate::config::ConfigError;
 
@@ -64,8 +68,10 @@ pub struct Users {
     denied: Mutex<HashMap<Key, u64>>,
     /// Insertion order for eviction (oldest first goes).
     clock: std::sync::atomic::AtomicU64,
-    bcrypt: tokio::sync::Semaphore,
-    waiting: AtomicUsize,
+    /// One permit: the bcrypt running.
+    bcrypt: Arc<Semaphore>,
+    /// [`QUEUE`] permits: the checks waiting or running.
+    queue: Arc<Semaphore>,
 }
 
 impl Users {
@@ -118,8 +124,8 @@ impl Users {
             allowed: Mutex::default(),
             denied: Mutex::default(),
             clock: Default::default(),
-            bcrypt: tokio::sync::Semaphore::new(1),
-            waiting: AtomicUsize::new(0),
+            bcrypt: Arc::new(Semaphore::new(1)),
+            queue: Arc::new(Semaphore::new(QUEUE)),
         })
     }
 
@@ -138,29 +144,39 @@ impl Users {
         if let Some(v) = self.remembered(&key) {
             return v;
         }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= QUEUE {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Verdict::Busy;
-        }
-        let permit = self.bcrypt.acquire().await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        let Ok(_permit) = permit else {
+        let Ok(queued) = self.queue.clone().try_acquire_owned() else {
             return Verdict::Busy;
         };
-        // A request ahead in the queue may have checked the same credentials.
-        if let Some(v) = self.remembered(&key) {
-            return v;
-        }
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
-            .await
-            .is_ok_and(|r| r.unwrap_or(false));
-        let verdict = if ok && known {
-            Verdict::Allowed
-        } else {
-            Verdict::Denied
-        };
-        self.remember(key, verdict);
-        verdict
+        let users = self.clone();
+        let check = tokio::spawn(async move {
+            let _queued = queued;
+            let Ok(running) = users.bcrypt.clone().acquire_owned().await else {
+                return Verdict::Busy;
+            };
+            // A check ahead in the queue may have had the same credentials.
+            if let Some(v) = users.remembered(&key) {
+                return v;
+            }
+            let verified = tokio::task::spawn_blocking(move || {
+                let _running = running;
+                bcrypt::verify(password, &hash)
+            })
+            .await;
+            match verified {
+                Ok(Ok(ok)) => {
+                    let verdict = if ok && known {
+                        Verdict::Allowed
+                    } else {
+                        Verdict::Denied
+                    };
+                    users.remember(key, verdict);
+                    verdict
+                }
+                // Not remembered: the same credentials are checked again.
+                _ => Verdict::Denied,
+            }
+        });
+        check.await.unwrap_or(Verdict::Denied)
     }
 
     fn key(&self, user: &str, hash: &str, password: &str) -> Key {
@@ -194,7 +210,7 @@ impl Users {
             _ => (&self.denied, DENIED),
         };
         let mut map = lock(map);
-        if map.len() >= cap {
+        if map.len() >= cap && !map.contains_key(&key) {
             if let Some(oldest) = map.iter().min_by_key(|(_, &t)| t).map(|(k, _)| *k) {
                 map.remove(&oldest);
             }

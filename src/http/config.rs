@@ -100,7 +100,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("web-test2-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cases = [
-            ("http_server_config:\n  http2: true\n", "line 1 column 1"),
+            (
+                "http_server_config:\n  http2: true\n",
+                "unknown key `http_server_config`",
+            ),
             (
                 "basic_auth_users:\n  alice: plain\n",
                 "basic_auth_users.alice",
@@ -111,7 +114,7 @@ mod tests {
             ),
             (
                 "tls_server_config:\n  cert_file: x\n  key_file: y\n  min_version: TLS13\n",
-                "line 4 column 3",
+                "line 4 column 3: unknown key `min_version`",
             ),
         ];
         for (i, (yaml, key)) in cases.iter().enumerate() {

@@ -420,12 +420,13 @@ async fn scrape(req: &Request<Incoming>, site: &Arc<Site>) -> Response<Body> {
         .await;
     let (page, served) = match page {
         Ok(p) => p,
-        Err(e) => {
+        Err(_) => {
+            tracing::error!("a render of /metrics panicked");
             return reply(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 TEXT,
-                format!("render failed: {e}\n"),
-            )
+                "render failed\n".into(),
+            );
         }
     };
     stats.scrape(match served {

@@ -105,17 +105,26 @@ struct Pair {
     key_file: PathBuf,
 }
 
-/// A loaded pair and the modification times it was read at.
+/// What tells a file changed: its modification time, size and inode (a
+/// file written twice within the clock's tick, or renamed over the old,
+/// still differs).
+type Stamp = Option<(SystemTime, u64, u64)>;
+
+/// A loaded pair and the stamps of its files when read.
 #[derive(Debug)]
 struct Loaded {
     key: Arc<CertifiedKey>,
-    stamps: (Option<SystemTime>, Option<SystemTime>),
+    stamps: (Stamp, Stamp),
 }
 
 impl Pair {
-    fn stamps(&self) -> (Option<SystemTime>, Option<SystemTime>) {
-        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        (modified(&self.cert_file), modified(&self.key_file))
+    fn stamps(&self) -> (Stamp, Stamp) {
+        use std::os::unix::fs::MetadataExt;
+        let stamp = |p: &Path| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len(), m.ino()))
+        };
+        (stamp(&self.cert_file), stamp(&self.key_file))
     }
 
     /// Read both files; an error names the key of the file at fault.

@@ -55,8 +55,8 @@ pub struct NatsConfig {
     pub subjects: Vec<String>,
     pub queue_group: Option<String>,
     pub user: Option<String>,
-    pub password: Option<String>,
-    pub token: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
     pub nkey_file: Option<PathBuf>,
     pub creds_file: Option<PathBuf>,
     pub tls_ca_file: Option<PathBuf>,
@@ -73,6 +73,17 @@ pub struct NatsConfig {
     /// Where the subjects carry the partition: this replica's own subjects,
     /// read instead of `subjects` (and without skipping anything).
     pub partition_subjects: Vec<String>,
+}
+
+/// A password or a token: printed as `Secret(..)`, never its value, so a
+/// debug print of the configuration leaks nothing.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -158,10 +169,10 @@ impl NatsConfig {
                 async move { on_event(&exporter, &connected_before, event) }
             });
         if let (Some(u), Some(p)) = (&self.user, &self.password) {
-            o = o.user_and_password(u.clone(), p.clone());
+            o = o.user_and_password(u.clone(), p.0.clone());
         }
         if let Some(t) = &self.token {
-            o = o.token(t.clone());
+            o = o.token(t.0.clone());
         }
         if let Some(path) = &self.nkey_file {
             let seed = std::fs::read_to_string(path).map_err(|e| SourceError::Credentials {

@@ -27,6 +27,11 @@ impl Servers {
         let mut credentials = None;
         for url in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (bare, found) = split(url);
+            if bare.contains('@') {
+                // A `/`, `?` or `#` in the password ended the host part
+                // early: the URL would keep the password.
+                return Err("a URL's credentials hold `/`, `?`, `#` or `@`: percent-encode them (%2F, %3F, %23, %40)".into());
+            }
             if let Some(found) = found {
                 if credentials.as_ref().is_some_and(|c| *c != found) {
                     return Err(
@@ -110,5 +115,10 @@ mod tests {
         let e = Servers::parse("nats://u:pw1@a,nats://u:pw2@b").unwrap_err();
         assert!(!e.contains("pw1") && !e.contains("pw2"), "{e}");
         assert!(Servers::parse(" , ").is_err());
+        let slash = Servers::parse("nats://u:pa/ss@h:4222").unwrap_err();
+        assert!(
+            slash.contains("percent-encode") && !slash.contains("pa/ss"),
+            "{slash}"
+        );
     }
 }
