@@ -40,6 +40,10 @@ pub struct Exporter {
     published: Option<Published>,
     /// The longest hold of `fold` since it was last taken, in nanoseconds.
     longest_hold: AtomicU64,
+    /// Held while a checkpoint's image is alive (taken, snapshotted,
+    /// encoded), and by a reload to apply a mapping: reconfiguring shares
+    /// nothing, so it would copy every namespace an image still holds.
+    encoding: Mutex<()>,
     /// The namespaces this replica folds; others' messages are skipped.
     partition: Partition,
     /// Whether it skips others' messages itself (not when the server sends
@@ -77,6 +81,7 @@ impl Exporter {
             checkpointed: AtomicU64::new(0),
             published: None,
             longest_hold: AtomicU64::new(0),
+            encoding: Mutex::new(()),
             partition: Partition::default(),
             skips: false,
             connections: tokio::sync::watch::Sender::new(0),
@@ -152,6 +157,15 @@ impl Exporter {
             image: fold.image(now, unix_now(), resume),
             ingested,
         }
+    }
+
+    /// A checkpoint made whole: its snapshot, its bytes and
+    /// [`Exporter::ingested`] as of it. The lock is held for the image only;
+    /// the rest is CPU work for a blocking thread. A reload waits for it.
+    pub fn encode_checkpoint(&self, resume: &Resume) -> (Snapshot, Vec<u8>, u64) {
+        let _encoding = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
+        let cp = self.checkpoint(resume);
+        (cp.image.snapshot(), cp.image.encode(), cp.ingested)
     }
 
     /// A snapshot of the fold now, and [`Exporter::ingested`] at that moment.
@@ -367,6 +381,7 @@ impl Exporter {
                 self.stats
                     .max_namespaces
                     .set(catalog.limits.max_namespaces as i64);
+                let _encoding = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
                 self.lock().reconfigure(Arc::new(catalog));
                 Ok(())
             }

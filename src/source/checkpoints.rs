@@ -12,7 +12,9 @@
 //! would be copied whole. Folding on instead cost 1.37x peak RSS at 100,000
 //! events/s and 10,000 namespaces, and its copies held the lock longer than
 //! the encode saved (BENCHMARKS.md, "The fold lock across checkpoints").
-//! Compressing and storing need no image: folding goes on during them.
+//! Compressing and storing need no image: folding goes on during them. A
+//! reload waits for the encode to end (the image would make it copy every
+//! namespace).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,23 +70,25 @@ impl Checkpoints {
             return;
         }
         let started = Instant::now();
-        let cp = self.exporter.checkpoint(&self.resume);
-        let image = cp.image;
-        let made = tokio::task::spawn_blocking(move || (image.snapshot(), image.encode())).await;
+        let (exporter, resume) = (self.exporter.clone(), self.resume.clone());
+        let made = tokio::task::spawn_blocking(move || exporter.encode_checkpoint(&resume)).await;
         self.inflight = Some(tokio::spawn(async move {
-            let (snapshot, result) = match made {
-                Ok((snapshot, bytes)) => (Some(snapshot), store.save(bytes).await),
+            let (snapshot, result, ingested) = match made {
+                Ok((snapshot, bytes, ingested)) => {
+                    (Some(snapshot), store.save(bytes).await, ingested)
+                }
                 Err(e) => (
                     None,
                     Err(SaveError::Failed(format!(
                         "checkpoint encoding failed: {e}"
                     ))),
+                    0,
                 ),
             };
             Stored {
                 result,
                 snapshot,
-                ingested: cp.ingested,
+                ingested,
                 started,
             }
         }));
