@@ -284,8 +284,8 @@ impl<'a> Event<'a> {
 
 /// The number in the seed's escaped object `"{\"value\":N}"`, read in
 /// place: what unescaping it and parsing the object (below) give, without
-/// the ~1,000 instructions they cost (`scripts/profile`). Anything else, a
-/// space included, goes the general way.
+/// what they cost (a large share of a seed event's decode: BENCHMARKS.md, "Per-event cost").
+/// Anything else, a space included, goes the general way.
 fn escaped_value_number(raw: &str) -> Option<&str> {
     let n = raw.strip_prefix(r#""{\"value\":"#)?.strip_suffix(r#"}""#)?;
     json_number(n.as_bytes()).then_some(n)
@@ -370,8 +370,7 @@ pub fn parse_rfc3339(s: &str) -> Option<f64> {
 
 /// The date, hour and minute of the last timestamp read, and their Unix
 /// seconds: the events of one batch mostly share them, and then only the
-/// seconds, fraction and offset are read (~150 instructions an event less,
-/// `scripts/profile`).
+/// seconds, fraction and offset are read (BENCHMARKS.md, "Per-event cost").
 #[derive(Debug, Default)]
 pub struct Minute {
     /// `YYYY-MM-DDTHH:MM`, as written.

@@ -90,8 +90,8 @@ fn build_table() -> [u8; TABLE_SIZE] {
 
 /// A name's first slot: its bytes eight at a time, multiplied, top byte.
 /// The table holds only the fixed seed names, so there is no flooding
-/// concern; byte-at-a-time FNV cost ~120 instructions of each event's ~4,300
-/// (`scripts/profile`), this ~25.
+/// concern; byte-at-a-time FNV cost several times more per event
+/// (`scripts/profile`; BENCHMARKS.md, "Per-event cost").
 fn home(name: &str) -> usize {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let b = name.as_bytes();

@@ -18,9 +18,9 @@ pub(super) struct Namespace {
 /// Namespaces by name, in arrival order.
 #[derive(Default)]
 pub(super) struct Namespaces {
-    /// foldhash, seeded at random per map, rather than SipHash: ~150 of the
-    /// ~250 instructions a lookup cost per event went to SipHash
-    /// (`scripts/profile`). Names come from events, so the seed matters: it
+    /// foldhash, seeded at random per map, rather than SipHash: most of a
+    /// lookup's cost per event went to SipHash (BENCHMARKS.md, "Per-event cost"). Names
+    /// come from events, so the seed matters: it
     /// keeps collisions from being computed offline; and the map holds at
     /// most `max_namespaces` entries.
     pub(super) index: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,

@@ -159,7 +159,7 @@ impl View<'_> {
 /// allocations of its own, and namespaces are visited by name, not by address.
 /// Reading the first word of each for the next `WARM_AHEAD` namespaces at
 /// once lets those loads overlap, where the copy itself issues them one after
-/// another (measured: about a fifth off the snapshot at 10,000 namespaces).
+/// another (BENCHMARKS.md gives what it took off the snapshot).
 const WARM_AHEAD: usize = 16;
 
 fn warm(ns: &Namespace) -> u64 {

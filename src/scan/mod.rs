@@ -543,7 +543,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// At `"`: the string up to its closing quote. Always in line: called
-    /// out of line it costs ~1,000 instructions per seed event more
+    /// out of line it costs a large share of a seed event's decode
     /// (`scripts/profile`), and the compiler's own choice flips with small
     /// changes elsewhere.
     #[inline(always)]

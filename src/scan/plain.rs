@@ -23,9 +23,9 @@ impl<'a> Run<'a> {
     pub fn text(&self) -> Result<&'a str, Utf8Error> {
         if self.ascii {
             // SAFETY: every byte is below 0x80 (`run` checked each one as it
-            // scanned), and ASCII is UTF-8. Measured: `from_utf8` on the five
-            // strings a seed event's fields are read from cost ~550
-            // instructions of ~6,800 per event (BENCHMARKS.md, "Per-event cost").
+            // scanned), and ASCII is UTF-8. `from_utf8` on the five strings a
+            // seed event's fields are read from was a measurable share of an
+            // event's cost (BENCHMARKS.md, "Per-event cost").
             #[allow(unsafe_code)]
             return Ok(unsafe { std::str::from_utf8_unchecked(self.bytes) });
         }
@@ -50,8 +50,9 @@ pub fn len(b: &[u8]) -> usize {
 }
 
 /// The run's length, and (if `HIGH` is asked for) whether a byte of it is
-/// 0x80 or above. Inlined into its two callers whatever the codegen
-/// units: left out of line, it cost the decoder ~110 instructions per event.
+/// 0x80 or above. Inlined into its two callers whatever the codegen units:
+/// left out of line by a split that unrelated changes moved, it cost the
+/// decoder measurably (BENCHMARKS.md, "The fold lock across checkpoints").
 #[inline]
 fn scan<const HIGH: bool>(b: &[u8]) -> (usize, bool) {
     let mut i = 0;
@@ -59,9 +60,8 @@ fn scan<const HIGH: bool>(b: &[u8]) -> (usize, bool) {
     #[cfg(target_arch = "x86_64")]
     while let Some(chunk) = b[i..].first_chunk::<16>() {
         // SAFETY: SSE2 is part of every x86_64 target's baseline, so the
-        // function's one target feature is always present. (Measured: 16
-        // bytes a step, against the 8-byte word loop alone, cut ~230
-        // instructions of ~7,900 per seed event; BENCHMARKS.md.)
+        // function's one target feature is always present. (16 bytes a
+        // step beat the 8-byte word loop alone: BENCHMARKS.md, "Per-event cost".)
         #[allow(unsafe_code)]
         let (special, top) = unsafe { sse2::classify(chunk) };
         if special != 0 {

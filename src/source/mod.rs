@@ -43,10 +43,10 @@ use state::{LoadError, OnInvalid, StateConfig, StateStore};
 const BATCH: usize = 512;
 
 /// Messages buffered per subscription before the client drops (and we count)
-/// them. 131072 seed-sized events are about 64 MiB, what nats-server itself
-/// buffers for a slow client by default (`max_pending`) before cutting it off;
-/// it absorbs a quarter-second burst at 500k events/s (BENCHMARKS.md). Memory
-/// is only used while a backlog exists.
+/// them: in seed-sized events, about what nats-server itself buffers for a
+/// slow client by default (`max_pending`) before cutting it off, and enough
+/// for a burst at the highest rates measured (BENCHMARKS.md). Memory is only
+/// used while a backlog exists.
 pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 131_072;
 
 #[derive(Debug, Clone, Default)]

@@ -1,16 +1,16 @@
 //! Reading a JetStream stream without acks: each replica's own ordered push
-//! consumer (flow-controlled: measured 1.5× the ordered pull consumer's rate,
-//! whose pulls are 500 messages at most), started right after the stream
-//! sequence its checkpoint holds.
+//! consumer (flow-controlled: faster than the ordered pull consumer, whose
+//! pulls are 500 messages at most; `BENCH_ONLY=readers`), started right
+//! after the stream sequence its checkpoint holds.
 //! The checkpoint is the position (as Flink's NATS connector and Feldera
 //! keep it): no ack per event, no redelivery, no `ack_wait`, and a restart
 //! resumes exactly where the stored fold ends.
 //!
 //! The ordered consumer is our own, on a plain subscription (`Reader`):
-//! async-nats 0.51's wraps every message in a JetStream context (two
-//! allocations and a dozen reference counts) and parses its reply subject
-//! with a `char` splitter, ~3,400 instructions a message of ~16,400 in all
-//! (`scripts/profile js`); here the reply subject is read once, by bytes.
+//! async-nats's wraps every message in a JetStream context (two allocations
+//! and a dozen reference counts) and parses its reply subject with a `char`
+//! splitter, a fifth of a message's cost (BENCHMARKS.md, "The JetStream read
+//! path"); here the reply subject is read once, by bytes.
 //!
 //! Needs a stream that keeps what it holds (`limits` retention). Messages the
 //! stream removed before this replica read them are counted
