@@ -119,22 +119,22 @@ pub(super) async fn run(
                     }
                     fold.err()
                 }
-                None => Some("its subscription ended"),
+                None => Some(Reopen::SubscriptionEnded),
             },
             _ = tick.tick() => {
                 checkpoints.tick().await;
                 None
             }
-            () = &mut silence => Some("no message or heartbeat for three heartbeat intervals"),
+            () = &mut silence => Some(Reopen::Silent),
             // After an outage the consumer may have gone with its server:
             // make it anew from the position rather than wait for two
             // missed heartbeats.
-            Ok(()) = connections.changed() => Some("reconnected"),
+            Ok(()) = connections.changed() => Some(Reopen::Reconnected),
         };
         if let Some(why) = reopen {
             tracing::info!(
                 from_sequence = at.last + 1,
-                why,
+                why = %why,
                 "making the ordered consumer anew"
             );
             match Reader::open(&client, &stream, &config, at.last, &mut shutdown).await {
@@ -238,6 +238,34 @@ fn consumer_config(client: &Client, filters: &[String], at: &mut Position) -> pu
     config
 }
 
+/// Why the ordered consumer is made anew from the position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reopen {
+    /// Its subscription ended (the client closed it).
+    SubscriptionEnded,
+    /// No message or heartbeat for three heartbeat intervals.
+    Silent,
+    /// The connection to NATS was made anew: the consumer may have gone
+    /// with its server.
+    Reconnected,
+    /// A gap in the consumer's sequence: the client dropped a message.
+    Gap,
+    /// A heartbeat names a message this reader has not received.
+    HeartbeatAhead,
+}
+
+impl std::fmt::Display for Reopen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reopen::SubscriptionEnded => "its subscription ended",
+            Reopen::Silent => "no message or heartbeat for three heartbeat intervals",
+            Reopen::Reconnected => "reconnected",
+            Reopen::Gap => "a gap in the consumer's sequence",
+            Reopen::HeartbeatAhead => "a heartbeat names a message not received",
+        })
+    }
+}
+
 /// The server's heartbeat to an idle or stalled consumer (one whose
 /// flow-control request the client dropped); three missed mean it is gone.
 const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -322,7 +350,7 @@ impl Reader {
         at: &mut Position,
         stream: &str,
         batch: Vec<Message>,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), Reopen> {
         let mut payloads = Vec::with_capacity(batch.len());
         let mut pending = None;
         let mut verdict = Ok(());
@@ -339,7 +367,7 @@ impl Reader {
                 continue;
             };
             if d.consumer_seq != self.delivered + 1 {
-                verdict = Err("a gap in the consumer's sequence");
+                verdict = Err(Reopen::Gap);
                 break;
             }
             self.delivered = d.consumer_seq;
@@ -367,7 +395,7 @@ impl Reader {
 
     /// A status message: an idle heartbeat (checked against what was
     /// received) or a flow-control request (answered after the batch).
-    fn status(&mut self, m: &Message, status: StatusCode) -> Result<(), &'static str> {
+    fn status(&mut self, m: &Message, status: StatusCode) -> Result<(), Reopen> {
         // Flow-control requests and idle heartbeats share status 100
         // (async-nats names it IDLE_HEARTBEAT); anything else is informative.
         if status != StatusCode::IDLE_HEARTBEAT {
@@ -386,7 +414,7 @@ impl Reader {
             self.flow_control.push(stalled.into());
         }
         match header("Nats-Last-Consumer").and_then(|s| s.parse::<u64>().ok()) {
-            Some(last) if last != self.delivered => Err("a heartbeat names a message not received"),
+            Some(last) if last != self.delivered => Err(Reopen::HeartbeatAhead),
             _ => Ok(()),
         }
     }
