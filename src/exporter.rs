@@ -49,9 +49,6 @@ pub struct Exporter {
     /// Whether it skips others' messages itself (not when the server sends
     /// it only its partition's subjects).
     skips: bool,
-    /// Counts connections to NATS, so a source can make its consumer anew
-    /// after a reconnect (rather than wait for missed heartbeats).
-    connections: tokio::sync::watch::Sender<u64>,
 }
 
 /// One checkpoint, taken under the fold lock in a moment: the state to
@@ -84,7 +81,6 @@ impl Exporter {
             encoding: Mutex::new(()),
             partition: Partition::default(),
             skips: false,
-            connections: tokio::sync::watch::Sender::new(0),
         }
         .with_partition(Partition::default(), false)
     }
@@ -105,16 +101,6 @@ impl Exporter {
 
     pub fn partition(&self) -> Partition {
         self.partition
-    }
-
-    /// A connection to NATS was made (the first, or after an outage).
-    pub fn connected(&self) {
-        self.connections.send_modify(|n| *n += 1);
-    }
-
-    /// Changes with every connection to NATS.
-    pub fn connections(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.connections.subscribe()
     }
 
     /// Serve only checkpointed state (see `published`): for a state store.

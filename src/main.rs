@@ -140,7 +140,7 @@ async fn simulate(args: SimulateArgs) -> Result<(), BoxError> {
         None,
         0,
     ));
-    let client = source::connect(&cfg, sink).await?;
+    let client = source::connect(&cfg, sink).await?.client;
     let profile = simulate::Profile {
         namespaces: args.namespaces,
         seed: args.seed,

@@ -29,6 +29,7 @@ use async_nats::{Client, ConnectOptions, Event};
 use futures_util::stream::Stream;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tokio::sync::watch;
 
 use crate::exporter::Exporter;
 use crate::fold::{CheckpointError, Resume};
@@ -155,8 +156,13 @@ impl std::fmt::Display for SourceError {
 impl std::error::Error for SourceError {}
 
 impl NatsConfig {
-    /// Client options; connection events are wired to the self-metrics.
-    async fn options(&self, exporter: Arc<Exporter>) -> Result<ConnectOptions, SourceError> {
+    /// Client options; connection events are wired to the self-metrics and
+    /// counted on `connections`.
+    async fn options(
+        &self,
+        exporter: Arc<Exporter>,
+        connections: Arc<watch::Sender<u64>>,
+    ) -> Result<ConnectOptions, SourceError> {
         let connected_before = Arc::new(AtomicBool::new(false));
         let mut o = ConnectOptions::new()
             .name("session-exporter")
@@ -166,7 +172,8 @@ impl NatsConfig {
             .event_callback(move |event| {
                 let exporter = exporter.clone();
                 let connected_before = connected_before.clone();
-                async move { on_event(&exporter, &connected_before, event) }
+                let connections = connections.clone();
+                async move { on_event(&exporter, &connections, &connected_before, event) }
             });
         if let (Some(u), Some(p)) = (&self.user, &self.password) {
             o = o.user_and_password(u.clone(), p.0.clone());
@@ -211,7 +218,12 @@ impl NatsConfig {
     }
 }
 
-fn on_event(exporter: &Exporter, connected_before: &AtomicBool, event: Event) {
+fn on_event(
+    exporter: &Exporter,
+    connections: &watch::Sender<u64>,
+    connected_before: &AtomicBool,
+    event: Event,
+) {
     let s = &exporter.stats;
     match event {
         Event::Connected => {
@@ -219,7 +231,7 @@ fn on_event(exporter: &Exporter, connected_before: &AtomicBool, event: Event) {
                 s.nats_reconnects.inc();
             }
             s.nats_connected.set(1);
-            exporter.connected();
+            connections.send_modify(|n| *n += 1);
             tracing::info!("connected to NATS");
         }
         Event::Disconnected => {
@@ -238,9 +250,17 @@ fn on_event(exporter: &Exporter, connected_before: &AtomicBool, event: Event) {
     }
 }
 
+/// A client, and the count of its connections to NATS: a reader makes its
+/// consumer anew after a reconnect rather than wait for missed heartbeats.
+pub struct Nats {
+    pub client: Client,
+    pub connections: watch::Receiver<u64>,
+}
+
 /// Connect; with NATS down this returns at once and keeps retrying in the background.
-pub async fn connect(cfg: &NatsConfig, exporter: Arc<Exporter>) -> Result<Client, SourceError> {
-    let options = cfg.options(exporter.clone()).await?;
+pub async fn connect(cfg: &NatsConfig, exporter: Arc<Exporter>) -> Result<Nats, SourceError> {
+    let (tx, connections) = watch::channel(0);
+    let options = cfg.options(exporter.clone(), Arc::new(tx)).await?;
     // A cluster is given as a comma-separated list.
     let servers: Vec<&str> = cfg
         .url
@@ -256,13 +276,16 @@ pub async fn connect(cfg: &NatsConfig, exporter: Arc<Exporter>) -> Result<Client
             reason: e.to_string(),
         })?;
     exporter.stats.watch_client(client.statistics());
-    Ok(client)
+    Ok(Nats {
+        client,
+        connections,
+    })
 }
 
 /// Restore the state (if any), consume until `shutdown`, then drain what was
 /// already delivered and store a last checkpoint.
 pub async fn run(
-    client: Client,
+    nats: Nats,
     cfg: &NatsConfig,
     exporter: Arc<Exporter>,
     shutdown: impl Future<Output = ()>,
@@ -272,7 +295,7 @@ pub async fn run(
         None => (None, Resume::default(), false),
         Some(state) => {
             let started = tokio::select! {
-                r = restore(&client, cfg, state, &exporter) => r?,
+                r = restore(&nats.client, cfg, state, &exporter) => r?,
                 _ = &mut shutdown => return Ok(()),
             };
             (
@@ -288,7 +311,8 @@ pub async fn run(
     };
     let has_store = store.is_some();
     let folding = Folding {
-        client,
+        client: nats.client,
+        connections: nats.connections,
         exporter: exporter.clone(),
         checkpoints: Checkpoints::new(exporter, store, resume),
         interval: cfg.state.as_ref().map(|s| s.interval),
@@ -396,6 +420,8 @@ fn unreadable_reason(e: &CheckpointError) -> String {
 /// What a reader folds with, whichever it is.
 struct Folding {
     client: Client,
+    /// Changes with every connection to NATS.
+    connections: watch::Receiver<u64>,
     exporter: Arc<Exporter>,
     checkpoints: Checkpoints,
     /// Between checkpoints (`None`: no state store).

@@ -50,6 +50,7 @@ pub(super) async fn run(
 ) -> Result<(), SourceError> {
     let Folding {
         client,
+        mut connections,
         exporter,
         mut checkpoints,
         interval,
@@ -85,7 +86,6 @@ pub(super) async fn run(
     else {
         return Ok(());
     };
-    let mut connections = exporter.connections();
     connections.mark_unchanged();
     exporter.stats.stream_position.set(at.last as i64);
     exporter.stats.subscriptions.set(1);
