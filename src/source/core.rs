@@ -6,9 +6,12 @@
 use std::future::Future;
 use std::time::Duration;
 
+use async_nats::{Client, Subscriber};
+use futures_util::stream::ReadyChunks;
 use futures_util::StreamExt;
 
 use super::{ticker, Folding, Merged, NatsConfig, SourceError, BATCH};
+use crate::exporter::Exporter;
 
 /// Subscribe, fold until `shutdown`, then drain and store a last checkpoint.
 pub(super) async fn run(
@@ -28,26 +31,7 @@ pub(super) async fn run(
     } else {
         &cfg.partition_subjects
     };
-    let mut subs = Vec::new();
-    for subject in subjects {
-        let sub = match &cfg.queue_group {
-            Some(q) => client.queue_subscribe(subject.clone(), q.clone()).await,
-            None => client.subscribe(subject.clone()).await,
-        }
-        .map_err(|e| subscribe_error(subject, e))?;
-        subs.push(sub);
-    }
-    // Without a queue group this replica sees every event already.
-    let mut broadcast = Vec::new();
-    if cfg.queue_group.is_some() {
-        for subject in &cfg.broadcast_subjects {
-            let sub = client
-                .subscribe(subject.clone())
-                .await
-                .map_err(|e| subscribe_error(subject, e))?;
-            broadcast.push(sub);
-        }
-    }
+    let (subs, broadcast) = subscribe(&client, cfg, subjects).await?;
     // Ready means the server has the subscriptions: what is published from
     // now on reaches them.
     if let Err(e) = client.flush().await {
@@ -89,7 +73,47 @@ pub(super) async fn run(
         }
     }
     exporter.set_subscribed(false);
-    // Drain: stop interest, then fold what the client already holds.
+    drain(&mut messages, &exporter).await;
+    exporter.stats.subscriptions.set(0);
+    let last = checkpoints.finish(Duration::from_secs(10)).await;
+    if let Err(e) = client.drain().await {
+        tracing::warn!(error = %e, "NATS drain failed");
+    }
+    last
+}
+
+/// The subscriptions to `subjects` (in the queue group, if any), and with a
+/// queue group those to the broadcast subjects, which every replica needs
+/// in full (without one this replica sees every event already).
+async fn subscribe(
+    client: &Client,
+    cfg: &NatsConfig,
+    subjects: &[String],
+) -> Result<(Vec<Subscriber>, Vec<Subscriber>), SourceError> {
+    let mut subs = Vec::new();
+    for subject in subjects {
+        let sub = match &cfg.queue_group {
+            Some(q) => client.queue_subscribe(subject.clone(), q.clone()).await,
+            None => client.subscribe(subject.clone()).await,
+        }
+        .map_err(|e| subscribe_error(subject, e))?;
+        subs.push(sub);
+    }
+    let mut broadcast = Vec::new();
+    if cfg.queue_group.is_some() {
+        for subject in &cfg.broadcast_subjects {
+            let sub = client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|e| subscribe_error(subject, e))?;
+            broadcast.push(sub);
+        }
+    }
+    Ok((subs, broadcast))
+}
+
+/// Stop interest, then fold what the client already holds (5 s at most).
+async fn drain(messages: &mut ReadyChunks<Merged<Subscriber>>, exporter: &Exporter) {
     for sub in messages.get_mut().streams_mut() {
         if let Err(e) = sub.drain().await {
             tracing::warn!(error = %e, "NATS drain failed");
@@ -106,12 +130,6 @@ pub(super) async fn run(
     {
         tracing::warn!("drain did not finish within 5s");
     }
-    exporter.stats.subscriptions.set(0);
-    let last = checkpoints.finish(Duration::from_secs(10)).await;
-    if let Err(e) = client.drain().await {
-        tracing::warn!(error = %e, "NATS drain failed");
-    }
-    last
 }
 
 fn subscribe_error(subject: &str, e: impl std::fmt::Display) -> SourceError {

@@ -147,15 +147,7 @@ pub(super) async fn run(
         }
     }
     exporter.set_subscribed(false);
-    // Fold what was already delivered: it is in the last checkpoint then.
-    while let Some(Some(batch)) = reader.messages.next().now_or_never() {
-        if reader
-            .fold(&exporter, &mut checkpoints, &mut at, &js_cfg.stream, batch)
-            .is_err()
-        {
-            break;
-        }
-    }
+    reader.drain(&exporter, &mut checkpoints, &mut at, &js_cfg.stream);
     reader.close(&stream);
     exporter.stats.subscriptions.set(0);
     checkpoints.finish(Duration::from_secs(10)).await
@@ -335,6 +327,21 @@ impl Reader {
 
     /// Stop reading; the server deletes the consumer (at the latest when
     /// it has had no interest for its inactive threshold).
+    /// Fold what was already delivered, so the last checkpoint holds it.
+    fn drain(
+        &mut self,
+        exporter: &Exporter,
+        checkpoints: &mut Checkpoints,
+        at: &mut Position,
+        stream: &str,
+    ) {
+        while let Some(Some(batch)) = self.messages.next().now_or_never() {
+            if self.fold(exporter, checkpoints, at, stream, batch).is_err() {
+                break;
+            }
+        }
+    }
+
     fn close(self, stream: &Stream) {
         drop(self.messages);
         let (stream, name) = (stream.clone(), self.name);
