@@ -56,32 +56,25 @@ pub(super) async fn run(
         interval,
         restored,
     } = folding;
-    let js = jetstream::new(client.clone());
     tokio::pin!(shutdown);
-    let what = format!("JetStream stream {} not available", js_cfg.stream);
-    let Some(mut stream) = retrying(&what, &mut shutdown, || js.get_stream(&js_cfg.stream)).await
+    let Some(Located {
+        stream,
+        filters,
+        config,
+        mut at,
+    }) = locate(
+        &client,
+        cfg,
+        js_cfg,
+        &exporter,
+        &mut checkpoints,
+        restored,
+        &mut shutdown,
+    )
+    .await?
     else {
         return Ok(());
     };
-    check_retention(&stream, js_cfg)?;
-    // A restored checkpoint without a position in this stream: the acking
-    // design's, or core NATS's.
-    if restored && checkpoints.resume.stream.is_empty() {
-        checkpoints.resume.stream_seq =
-            legacy_position(&client, &stream, js_cfg, &checkpoints).await?;
-    }
-    checkpoints.resume.stream = js_cfg.stream.clone();
-    let filters = if cfg.partition_subjects.is_empty() {
-        js_cfg.filter_subjects.clone()
-    } else {
-        cfg.partition_subjects.clone()
-    };
-    let mut at = Position {
-        last: checkpoints.resume.stream_seq,
-        gaps_are_losses: filters.is_empty(),
-    };
-    at.within(&mut stream, &exporter, &js_cfg.stream).await?;
-    let config = consumer_config(&client, &filters, &mut at);
     let Some(mut reader) = Reader::open(&client, &stream, &config, at.last, &mut shutdown).await
     else {
         return Ok(());
@@ -151,6 +144,60 @@ pub(super) async fn run(
     reader.close(&stream);
     exporter.stats.subscriptions.set(0);
     checkpoints.finish(Duration::from_secs(10)).await
+}
+
+/// The stream found and checked, and where to read it from with which
+/// consumer configuration.
+struct Located {
+    stream: Stream,
+    filters: Vec<String>,
+    config: push::Config,
+    at: Position,
+}
+
+/// Find the stream (retrying until it exists, `None` if `shutdown` comes
+/// first), check it can be read without acks, and set the position: the
+/// checkpoint's (a legacy one's taken from its durable consumer), within
+/// what the stream still holds.
+async fn locate(
+    client: &Client,
+    cfg: &NatsConfig,
+    js_cfg: &JetStreamConfig,
+    exporter: &Exporter,
+    checkpoints: &mut Checkpoints,
+    restored: bool,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Option<Located>, SourceError> {
+    let js = jetstream::new(client.clone());
+    let what = format!("JetStream stream {} not available", js_cfg.stream);
+    let Some(mut stream) = retrying(&what, shutdown, || js.get_stream(&js_cfg.stream)).await else {
+        return Ok(None);
+    };
+    check_retention(&stream, js_cfg)?;
+    // A restored checkpoint without a position in this stream: the acking
+    // design's, or core NATS's.
+    if restored && checkpoints.resume.stream.is_empty() {
+        checkpoints.resume.stream_seq =
+            legacy_position(client, &stream, js_cfg, checkpoints).await?;
+    }
+    checkpoints.resume.stream = js_cfg.stream.clone();
+    let filters = if cfg.partition_subjects.is_empty() {
+        js_cfg.filter_subjects.clone()
+    } else {
+        cfg.partition_subjects.clone()
+    };
+    let mut at = Position {
+        last: checkpoints.resume.stream_seq,
+        gaps_are_losses: filters.is_empty(),
+    };
+    at.within(&mut stream, exporter, &js_cfg.stream).await?;
+    let config = consumer_config(client, &filters, &mut at);
+    Ok(Some(Located {
+        stream,
+        filters,
+        config,
+        at,
+    }))
 }
 
 /// Reading without acks needs a stream that keeps what it holds.
