@@ -355,7 +355,7 @@ fn dashboards_draw_alert_levels_and_link_runbooks() {
     assert_eq!(
         traced,
         [
-            "DS acquisition wait distribution",
+            "DS acquisition wait distribution, slowest namespace",
             "Match duration p50 / p90"
         ]
     );
