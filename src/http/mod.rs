@@ -315,16 +315,7 @@ async fn handle(req: Request<Incoming>, site: Arc<Site>, conn: &Conn) -> Respons
                 );
                 return r;
             }
-            Verdict::Busy => {
-                let mut r = reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    TEXT,
-                    "Too many requests wait for a password check\n".into(),
-                );
-                r.headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-                return r;
-            }
+            Verdict::Busy => return busy("Too many requests wait for a password check\n"),
         }
     }
     conn.begin();
@@ -404,14 +395,7 @@ async fn scrape(req: &Request<Incoming>, site: &Arc<Site>) -> Response<Body> {
     let stats = &site.exporter.stats;
     let Some(_slot) = InFlight::enter(&site.scrapes, site.options.limits.max_requests) else {
         stats.scrape(Scrape::Rejected);
-        let mut r = reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            TEXT,
-            "Too many scrapes in flight (--web.max-requests)\n".into(),
-        );
-        r.headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
+        return busy("Too many scrapes in flight (--web.max-requests)\n");
     };
     let format = Format::negotiate(req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()));
     let page = site
@@ -541,6 +525,14 @@ fn accepts_gzip(req: &Request<Incoming>) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|e| e.split(';').next().is_some_and(|t| t.trim() == "gzip"))
+}
+
+/// 503 with `Retry-After: 1`: a bound was reached; the next try may pass.
+fn busy(why: &'static str) -> Response<Body> {
+    let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, why.into());
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
