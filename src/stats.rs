@@ -87,7 +87,7 @@ pub struct Stats {
 /// Why a request was refused before it was served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
-    /// 431: headers over hyper's buffer (~400 KiB) or over 100 of them.
+    /// 431: headers over hyper's buffer (64 KiB) or over 100 of them.
     HeadersTooLarge,
     /// 400: not HTTP/1.x hyper could parse.
     Malformed,

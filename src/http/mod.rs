@@ -196,6 +196,9 @@ where
         }
     });
     if let Err(e) = http1::Builder::new()
+        // A request's head past this is 431. hyper's default (64 KiB) let
+        // a head that arrived whole in one read through (seen once in CI).
+        .max_buf_size(MAX_HEAD)
         .serve_connection(TokioIo::new(stream), service)
         .await
     {
@@ -220,6 +223,9 @@ struct Sent {
 }
 
 const FRAME: usize = 64 * 1024;
+
+/// The largest request head read: scrapers send a few hundred bytes.
+const MAX_HEAD: usize = 64 * 1024;
 
 impl Sent {
     fn new(body: Body, conn: Arc<Conn>) -> Sent {
