@@ -196,7 +196,7 @@ where
         }
     });
     if let Err(e) = http1::Builder::new()
-        // A request's head past this is 431. hyper's default (64 KiB) let
+        // A request's head past this is 431. hyper's default (about 400 KiB) let
         // a head that arrived whole in one read through (seen once in CI).
         .max_buf_size(MAX_HEAD)
         .serve_connection(TokioIo::new(stream), service)
