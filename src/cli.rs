@@ -70,7 +70,8 @@ pub enum Command {
     /// --partition.count N and NATS's `{{partition(N, token)}}` place it.
     #[command(
         after_help = "Example:\n  session-exporter partition --partition.count 3 mygame othergame\n\n\
-        Prints one line per namespace: the namespace, a tab, its partition index."
+        Prints one line per namespace: the namespace, a tab, its partition index \
+        (with --partition.slots, its slot and the index of the replica that holds it)."
     )]
     Partition(PartitionArgs),
 }
@@ -80,6 +81,9 @@ pub struct PartitionArgs {
     /// How many partitions.
     #[arg(long = "partition.count", value_parser = clap::value_parser!(u32).range(1..))]
     pub count: u32,
+    /// The deployment's slots: also print each namespace's slot.
+    #[arg(long = "partition.slots", default_value_t = 0)]
+    pub slots: u32,
     /// Game namespaces.
     #[arg(required = true)]
     pub namespaces: Vec<String>,
@@ -400,6 +404,16 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub partition_filter_subjects: Vec<String>,
+    /// Slots of the namespaces, fixed for a deployment (elastic
+    /// partitions): replicas hold slots, each slot's state and position
+    /// stored apart, so --partition.count can change without a re-read. Pick
+    /// a multiple of every count you may run (e.g. 5040). 0: no slots.
+    #[arg(
+        long = "partition.slots",
+        env = "SESSION_EXPORTER_PARTITION_SLOTS",
+        default_value_t = 0
+    )]
+    pub partition_slots: u32,
 }
 
 #[derive(Args, Debug)]
@@ -581,6 +595,7 @@ impl RunArgs {
             state: self.state_config()?,
             partition: self.partition()?,
             partition_subjects: self.partition_subjects()?,
+            slots: self.slots()?,
             ..self.nats.config()?
         })
     }
@@ -621,6 +636,35 @@ impl RunArgs {
             );
         }
         Ok(Partition { count, index })
+    }
+
+    /// The deployment's slots, checked against the other flags.
+    fn slots(&self) -> Result<u32, String> {
+        let slots = self.partition_slots;
+        if slots == 0 {
+            return Ok(0);
+        }
+        if self.js_stream.is_none() || self.state_bucket.is_none() {
+            return Err(
+                "--partition.slots needs --nats.jetstream.stream and --state.bucket: a \
+                        slot moves with its state and its position in the stream"
+                    .into(),
+            );
+        }
+        if !self.partition_filter_subjects.is_empty() {
+            return Err(
+                "--partition.slots with --partition.filter-subject: a slot that moves \
+                        here is not in this replica's subjects; read the whole stream"
+                    .into(),
+            );
+        }
+        let count = self.partition_count.max(1);
+        if slots < count {
+            return Err(format!(
+                "--partition.slots {slots}: fewer slots than replicas (--partition.count {count})"
+            ));
+        }
+        Ok(slots)
     }
 
     fn partition_subjects(&self) -> Result<Vec<String>, String> {
@@ -722,6 +766,41 @@ mod tests {
             cfg.broadcast_subjects,
             ["mpv2SessionHistory.MetricTotalActiveSessionEvent"]
         );
+    }
+
+    #[test]
+    fn slot_flags_are_checked() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["session-exporter", "--partition.count", "3"];
+            all.extend_from_slice(&["--partition.index", "1"]);
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().run.nats_config()
+        };
+        let durable = ["--nats.jetstream.stream", "S", "--state.bucket", "B"];
+        let ok = parse(&[&durable[..], &["--partition.slots", "30"]].concat()).unwrap();
+        assert_eq!(ok.slots, 30);
+        assert_eq!(parse(&durable).unwrap().slots, 0);
+        for (args, says) in [
+            (vec!["--partition.slots", "30"], "--state.bucket"),
+            (vec!["--partition.slots", "2"], "fewer slots than replicas"),
+            (
+                vec![
+                    "--partition.slots",
+                    "30",
+                    "--partition.filter-subject",
+                    "s.{index}",
+                ],
+                "--partition.filter-subject",
+            ),
+        ] {
+            let with = if says == "--state.bucket" {
+                args
+            } else {
+                [&durable[..], &args].concat()
+            };
+            let err = parse(&with).unwrap_err();
+            assert!(err.contains(says), "{with:?}: {err}");
+        }
     }
 
     #[test]

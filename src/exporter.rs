@@ -3,14 +3,14 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::clock::unix_now;
 use crate::config::{Catalog, ConfigError};
 use crate::event::{decode_limited, Minute, Reason, TraceProblem};
 use crate::fold::{CheckpointError, Fold, Image, Outcome, Restored, Resume, Snapshot};
-use crate::partition::{Owner, Partition};
+use crate::partition::{Owner, Ownership, Partition};
 use crate::stats::Stats;
 
 /// The snapshot of the last stored checkpoint: none until the first.
@@ -44,8 +44,10 @@ pub struct Exporter {
     /// encoded), and by a reload to apply a mapping: reconfiguring shares
     /// nothing, so it would copy every namespace an image still holds.
     encoding: Mutex<()>,
-    /// The namespaces this replica folds; others' messages are skipped.
-    partition: Partition,
+    /// The namespaces this replica folds (its partition, or the slots it
+    /// holds); others' messages are skipped. Read once per batch, written
+    /// when a slot moves.
+    ownership: RwLock<Ownership>,
     /// Whether it skips others' messages itself (not when the server sends
     /// it only its partition's subjects).
     skips: bool,
@@ -57,6 +59,16 @@ pub struct Exporter {
 pub struct Checkpoint {
     pub image: Image,
     /// [`Exporter::ingested`] at the moment it was taken.
+    pub ingested: u64,
+}
+
+/// A checkpoint with slots, made whole.
+pub struct SlotCheckpoint {
+    pub snapshot: Snapshot,
+    /// This replica's own: the event counts and the de-duplication window.
+    pub record: Vec<u8>,
+    /// `(slot, position, checkpoint)` of each held slot.
+    pub slots: Vec<(u32, u64, Vec<u8>)>,
     pub ingested: u64,
 }
 
@@ -79,7 +91,7 @@ impl Exporter {
             published: None,
             longest_hold: AtomicU64::new(0),
             encoding: Mutex::new(()),
-            partition: Partition::default(),
+            ownership: RwLock::new(Ownership::default()),
             skips: false,
         }
         .with_partition(Partition::default(), false)
@@ -89,7 +101,7 @@ impl Exporter {
     /// when the server already sends only this partition's subjects
     /// (`by_server`), fold all it sends.
     pub fn with_partition(mut self, partition: Partition, by_server: bool) -> Exporter {
-        self.partition = partition;
+        self.ownership = RwLock::new(Ownership::by_hash(partition));
         self.skips = partition.is_split() && !by_server;
         self.stats.partition.reset();
         self.stats
@@ -99,8 +111,108 @@ impl Exporter {
         self
     }
 
+    /// Fold only the slots held (none until the source claims them), of
+    /// `slots` ([`crate::partition`]).
+    pub fn with_slots(mut self, partition: Partition, slots: u32) -> Exporter {
+        self = self.with_partition(partition, false);
+        self.ownership = RwLock::new(Ownership::by_slots(partition, slots));
+        self.skips = true;
+        let fold = self.fold.get_mut().unwrap_or_else(|e| e.into_inner());
+        *fold = Fold::new(fold.catalog().clone())
+            .with_dedup(fold.dedup_window())
+            .with_slot_events(slots);
+        self
+    }
+
     pub fn partition(&self) -> Partition {
-        self.partition
+        self.ownership().partition
+    }
+
+    /// What this replica folds, to read or (when a slot moves) change.
+    pub fn ownership(&self) -> std::sync::RwLockReadGuard<'_, Ownership> {
+        self.ownership.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ownership_mut(&self) -> std::sync::RwLockWriteGuard<'_, Ownership> {
+        self.ownership.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Take a slot that moved here: its namespaces (restored from its
+    /// checkpoint into `fold`, a fold of the current mapping) are folded
+    /// from stream sequence `floor` on.
+    pub fn adopt_slot(&self, slot: u32, fold: Fold, floor: u64) -> usize {
+        // The ownership before the fold, as `ingest_at` takes them.
+        let mut own = self.ownership_mut();
+        let mut held = self.lock();
+        let taken = held.adopt(fold, slot);
+        own.hold(slot, floor);
+        self.stats.namespaces.set(held.namespace_count() as i64);
+        self.stats.slots_held.set(own.held().len() as i64);
+        taken
+    }
+
+    /// Let slots go: their namespaces leave the fold at once, and nothing of
+    /// theirs is folded from now on. Whatever was published goes too (it
+    /// holds them): nothing is served until the next stored checkpoint.
+    pub fn drop_slots(&self, slots: &[u32]) {
+        let mut own = self.ownership_mut();
+        let mut fold = self.lock();
+        for &s in slots {
+            own.release(s);
+            fold.drop_slot(s);
+        }
+        self.stats.namespaces.set(fold.namespace_count() as i64);
+        self.stats.slots_held.set(own.held().len() as i64);
+        drop((own, fold));
+        self.unpublish();
+    }
+
+    /// A checkpoint written before slots, restored whole, taken apart:
+    /// `(slot, position, checkpoint)` of each of `slots` (those of its
+    /// partition), each at the checkpoint's `position`. The fold keeps
+    /// none of its namespaces: they come back as their slots are claimed.
+    pub fn into_slots(&self, slots: &[u32], resume: &Resume) -> Vec<(u32, u64, Vec<u8>)> {
+        let _encoding = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
+        let resume = Resume {
+            slots: self.ownership().slots,
+            ..resume.clone()
+        };
+        if let Some(&first) = slots.first() {
+            self.lock().attribute_events(first);
+        }
+        let resume = Resume {
+            held: slots.to_vec(),
+            ..resume
+        };
+        let (_, states) = self
+            .checkpoint(&resume)
+            .image
+            .encode_slots(slots, |_| resume.stream_seq);
+        let mut fold = self.lock();
+        slots.iter().for_each(|&s| fold.drop_slot(s));
+        fold.retain_namespaces(|_| false);
+        drop(fold);
+        states
+            .into_iter()
+            .map(|(s, bytes)| (s, resume.stream_seq, bytes))
+            .collect()
+    }
+
+    /// Serve no domain metrics until the next stored checkpoint.
+    pub fn unpublish(&self) {
+        if let Some(p) = &self.published {
+            *p.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    /// A fold of the current mapping, empty, to restore a slot's state into.
+    pub fn empty_fold(&self) -> Fold {
+        Fold::new(self.lock().catalog().clone())
+    }
+
+    /// The reader goes back to stream sequence `from`.
+    pub fn rewind(&self, from: u64) {
+        self.ownership_mut().rewind(from);
     }
 
     /// Serve only checkpointed state (see `published`): for a state store.
@@ -154,6 +266,35 @@ impl Exporter {
         (cp.image.snapshot(), cp.image.encode(), cp.ingested)
     }
 
+    /// [`Exporter::encode_checkpoint`] with slots: this replica's own
+    /// checkpoint (no namespaces), and each held slot's, with its position
+    /// (`resume.stream_seq` is the reader's).
+    pub fn encode_slot_checkpoint(&self, resume: &Resume) -> SlotCheckpoint {
+        let _encoding = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
+        let own = self.ownership().clone();
+        let resume = Resume {
+            slots: own.slots,
+            held: own.held(),
+            ..resume.clone()
+        };
+        let cp = self.checkpoint(&resume);
+        let snapshot = cp.image.snapshot();
+        let read = resume.stream_seq;
+        let (record, states) = cp
+            .image
+            .encode_slots(&resume.held, |s| own.position(s, read));
+        let slots = states
+            .into_iter()
+            .map(|(s, bytes)| (s, own.position(s, read), bytes))
+            .collect();
+        SlotCheckpoint {
+            snapshot,
+            record,
+            slots,
+            ingested: cp.ingested,
+        }
+    }
+
     /// A snapshot of the fold now, and [`Exporter::ingested`] at that moment.
     pub fn snapshot(&self) -> (Snapshot, u64) {
         let fold = self.lock();
@@ -182,7 +323,9 @@ impl Exporter {
         let mut fold = self.lock();
         let restored = fold.restore(bytes, now, unix_now())?;
         let held = restored.resume.partition;
-        let mismatch = if held != partition {
+        // With slots a replica's checkpoint names the slots it held; one of
+        // before slots is taken apart into slots by the source.
+        let mismatch = if held != partition && self.ownership().slots == 0 {
             Some(CheckpointError::Partition {
                 held,
                 this: partition,
@@ -258,6 +401,12 @@ impl Exporter {
     /// waits for at most one batch: 512 messages, well under a millisecond).
     /// Returns how many were folded (not rejected, not duplicates).
     pub fn ingest<'a>(&self, payloads: impl IntoIterator<Item = &'a [u8]>) -> usize {
+        self.ingest_at(payloads.into_iter().map(|p| (u64::MAX, p)))
+    }
+
+    /// [`Exporter::ingest`] of stream messages, each with its sequence: a
+    /// slot that moved here skips what its state already holds.
+    pub fn ingest_at<'a>(&self, messages: impl IntoIterator<Item = (u64, &'a [u8])>) -> usize {
         let wall = unix_now();
         let now = Instant::now();
         let max = self.max_message_bytes.load(Ordering::Relaxed);
@@ -265,10 +414,11 @@ impl Exporter {
         // Lag is observed locally and flushed once per batch: no atomics per event.
         let lag = self.stats.event_lag.local();
         let mut minute = Minute::default();
+        let ownership = self.ownership();
         let mut fold = self.lock();
-        for p in payloads {
+        for (seq, p) in messages {
             let decoded = if self.skips {
-                match self.partition.owner(p, max) {
+                match ownership.owner(p, max, seq) {
                     Owner::Mine(decoded) => decoded,
                     Owner::Skipped | Owner::Theirs => {
                         skipped += 1;
@@ -302,7 +452,7 @@ impl Exporter {
         self.ingested
             .fetch_add(received + skipped, Ordering::Relaxed);
         let dropped = fold.take_exemplars_dropped();
-        drop(fold);
+        drop((fold, ownership));
         lag.flush();
         for (p, n) in TraceProblem::ALL.iter().zip(dropped) {
             if n > 0 {

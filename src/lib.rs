@@ -46,6 +46,9 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let nats = args.nats_config()?;
     let mut exporter = Exporter::new(catalog, args.config_file.clone(), args.dedup_window())
         .with_partition(nats.partition, !nats.partition_subjects.is_empty());
+    if nats.slots > 0 {
+        exporter = exporter.with_slots(nats.partition, nats.slots);
+    }
     if nats.state.is_some() {
         exporter = exporter.serving_checkpoints();
     }

@@ -23,8 +23,18 @@ fn main() -> ExitCode {
         }) => rules(config_file.as_deref(), scrape_interval),
         Some(Command::Replay(args)) => replay(&args),
         Some(Command::Partition(args)) => {
+            use session_exporter::partition::{of, slot_of, slot_owner};
             for ns in &args.namespaces {
-                println!("{ns}\t{}", session_exporter::partition::of(ns, args.count));
+                match args.slots {
+                    0 => println!("{ns}\t{}", of(ns, args.count)),
+                    k => {
+                        let slot = slot_of(ns, k);
+                        println!(
+                            "{ns}\tslot {slot}\treplica {}",
+                            slot_owner(slot, args.count)
+                        );
+                    }
+                }
             }
             Ok(())
         }

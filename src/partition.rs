@@ -35,6 +35,148 @@ pub fn of(namespace: &str, count: u32) -> u32 {
     fnv1a32(namespace.as_bytes()) % count.max(1)
 }
 
+/// The slot a namespace belongs to, of `slots` (the same hash as [`of`]).
+pub fn slot_of(namespace: &str, slots: u32) -> u32 {
+    of(namespace, slots)
+}
+
+/// With slots, the replica that owns slot `slot` at `count` replicas, so that
+/// when `count` divides the slots a replica owns exactly the namespaces
+/// `hash mod count` gave it before slots: a deployment moves to slots
+/// without moving a namespace.
+pub fn slot_owner(slot: u32, count: u32) -> u32 {
+    slot % count.max(1)
+}
+
+/// What this replica folds: its partition, or with slots (`slots > 0`) the
+/// slots it holds now, each from the stream position after which its state
+/// ends (its floor): a slot that moved here from a replica further along
+/// skips what its state already holds.
+#[derive(Debug, Clone, Default)]
+pub struct Ownership {
+    pub partition: Partition,
+    /// Slots of the deployment; 0: none (namespaces by `hash mod count`).
+    pub slots: u32,
+    held: Vec<bool>,
+    floors: Vec<u64>,
+}
+
+impl Ownership {
+    /// Namespaces by `hash mod count`, as before slots.
+    pub fn by_hash(partition: Partition) -> Ownership {
+        Ownership {
+            partition,
+            ..Ownership::default()
+        }
+    }
+
+    /// Slots, none held yet.
+    pub fn by_slots(partition: Partition, slots: u32) -> Ownership {
+        Ownership {
+            partition,
+            slots,
+            held: vec![false; slots as usize],
+            floors: vec![0; slots as usize],
+        }
+    }
+
+    /// Whether another replica's messages reach this one, to be skipped.
+    pub fn is_split(&self) -> bool {
+        self.partition.is_split() || self.slots > 0
+    }
+
+    /// Hold `slot`, whose state ends at stream sequence `floor`.
+    pub fn hold(&mut self, slot: u32, floor: u64) {
+        self.held[slot as usize] = true;
+        self.floors[slot as usize] = floor;
+    }
+
+    pub fn release(&mut self, slot: u32) {
+        self.held[slot as usize] = false;
+    }
+
+    pub fn holds(&self, slot: u32) -> bool {
+        self.held.get(slot as usize).copied().unwrap_or(false)
+    }
+
+    /// The slots held, ascending.
+    pub fn held(&self) -> Vec<u32> {
+        (0..self.slots).filter(|&s| self.holds(s)).collect()
+    }
+
+    /// Where `slot`'s state ends: its floor, or `read` (the last sequence
+    /// the reader folded) once the reader is past it.
+    pub fn position(&self, slot: u32, read: u64) -> u64 {
+        self.floors[slot as usize].max(read)
+    }
+
+    /// The reader stands at `from` and may go back: every held slot keeps
+    /// its position as a floor, so nothing is folded twice.
+    pub fn rewind(&mut self, from: u64) {
+        for (f, _) in self.floors.iter_mut().zip(&self.held).filter(|(_, &h)| h) {
+            *f = (*f).max(from);
+        }
+    }
+
+    /// The lowest position among the held slots: where reading starts.
+    pub fn lowest(&self) -> Option<u64> {
+        let held = self.floors.iter().zip(&self.held).filter(|(_, &h)| h);
+        held.map(|(&f, _)| f).min()
+    }
+
+    fn owns(&self, namespace: &str, seq: u64) -> bool {
+        if self.slots == 0 {
+            return self.partition.owns(namespace);
+        }
+        self.owns_slot(slot_of(namespace, self.slots), seq)
+    }
+
+    fn owns_slot(&self, slot: u32, seq: u64) -> bool {
+        self.holds(slot) && seq > self.floors[slot as usize]
+    }
+
+    /// Whether a message no replica can name a namespace for is this one's:
+    /// partition 0's, or slot 0's holder.
+    fn owns_unnamed(&self, seq: u64) -> bool {
+        match self.slots {
+            0 => self.partition.index == 0,
+            _ => self.owns_slot(0, seq),
+        }
+    }
+
+    /// Who folds `raw`, stream sequence `seq` (`u64::MAX` off a stream).
+    /// Every replica decides the same way from the bytes alone: by the
+    /// first top-level `namespace` when it is a non-empty string (read
+    /// without scanning further, so other partitions' events cost only
+    /// their envelope up to it); else by the namespace the full decode
+    /// finds; a message too broken to name one (or too large) goes to
+    /// partition 0 (or slot 0), which counts its rejection.
+    pub fn owner<'a>(&self, raw: &'a [u8], max: usize, seq: u64) -> Owner<'a> {
+        let leading = (raw.len() <= max)
+            .then(|| scan::leading_namespace(raw).and_then(|s| s.text()))
+            .flatten()
+            .filter(|n| !n.is_empty());
+        if leading.as_ref().is_some_and(|ns| !self.owns(ns, seq)) {
+            return Owner::Skipped;
+        }
+        let decoded = decode_limited(raw, max);
+        let mine = match (&leading, &decoded) {
+            // Its leading namespace is ours, even if the rest is broken.
+            (Some(_), _) => true,
+            (None, Ok(ev)) => ev
+                .namespace
+                .as_deref()
+                .map_or(self.owns_unnamed(seq), |ns| self.owns(ns, seq)),
+            (None, Err(_)) => self.owns_unnamed(seq),
+        };
+        if mine {
+            Owner::Mine(decoded)
+        } else {
+            Owner::Theirs
+        }
+    }
+}
+
 /// Which replica owns a message, and what was decoded on the way.
 pub enum Owner<'a> {
     /// Another partition's namespace, seen before the rest of the message was read.
@@ -52,37 +194,6 @@ impl Partition {
 
     fn owns(&self, namespace: &str) -> bool {
         of(namespace, self.count) == self.index
-    }
-
-    /// Who folds `raw`. Every replica decides the same way from the bytes
-    /// alone: by the first top-level `namespace` when it is a non-empty
-    /// string (read without scanning further, so other partitions' events
-    /// cost only their envelope up to it); else by the namespace the full
-    /// decode finds; a message too broken to name one (or too large) goes
-    /// to partition 0, which counts its rejection.
-    pub fn owner<'a>(&self, raw: &'a [u8], max: usize) -> Owner<'a> {
-        let leading = (raw.len() <= max)
-            .then(|| scan::leading_namespace(raw).and_then(|s| s.text()))
-            .flatten()
-            .filter(|n| !n.is_empty());
-        if leading.as_ref().is_some_and(|ns| !self.owns(ns)) {
-            return Owner::Skipped;
-        }
-        let decoded = decode_limited(raw, max);
-        let mine = match (&leading, &decoded) {
-            // Its leading namespace is ours, even if the rest is broken.
-            (Some(_), _) => true,
-            (None, Ok(ev)) => ev
-                .namespace
-                .as_deref()
-                .map_or(self.index == 0, |ns| self.owns(ns)),
-            (None, Err(_)) => self.index == 0,
-        };
-        if mine {
-            Owner::Mine(decoded)
-        } else {
-            Owner::Theirs
-        }
     }
 }
 
@@ -117,11 +228,40 @@ mod tests {
     }
 
     fn owner_of(p: Partition, raw: &str) -> &'static str {
-        match p.owner(raw.as_bytes(), 65536) {
+        match Ownership::by_hash(p).owner(raw.as_bytes(), 65536, u64::MAX) {
             Owner::Skipped => "skipped",
             Owner::Mine(_) => "mine",
             Owner::Theirs => "theirs",
         }
+    }
+
+    /// With slots a multiple of the count, a replica holding the slots the
+    /// count gives it owns what `hash mod count` gave it; a slot's floor
+    /// skips what its state already holds.
+    #[test]
+    fn slots_own_what_partitions_owned() {
+        let names: Vec<String> = (0..300).map(|i| format!("game-{i}")).collect();
+        for count in [1, 2, 3, 5, 6] {
+            for index in 0..count {
+                let p = Partition { count, index };
+                let mut own = Ownership::by_slots(p, 30);
+                (0..30)
+                    .filter(|&s| slot_owner(s, count) == index)
+                    .for_each(|s| own.hold(s, 0));
+                for n in &names {
+                    assert_eq!(own.owns(n, 1), p.owns(n), "{n} {p:?}");
+                }
+            }
+        }
+        let mut own = Ownership::by_slots(Partition::default(), 30);
+        let slot = slot_of("game-1", 30);
+        own.hold(slot, 100);
+        assert!(!own.owns("game-1", 100) && own.owns("game-1", 101));
+        assert_eq!(own.lowest(), Some(100));
+        own.rewind(250);
+        assert_eq!((own.position(slot, 7), own.position(slot, 900)), (250, 900));
+        own.release(slot);
+        assert!(!own.owns("game-1", 1_000) && own.lowest().is_none());
     }
 
     #[test]

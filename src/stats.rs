@@ -53,6 +53,12 @@ pub struct Stats {
     pub partition_skipped: IntCounter,
     /// This replica's partition: `{count, index}`, always 1.
     pub partition: IntGaugeVec,
+    /// With slots: how many this replica holds, and how many moved.
+    pub slots_held: IntGauge,
+    slot_moves: IntCounterVec,
+    /// Stream messages read again because a slot that moved here stood
+    /// further back than the reader.
+    pub slot_reread: IntCounter,
     /// Stream messages this replica never read, by reason (`stream_truncated`).
     events_lost: IntCounterVec,
     /// The last stream sequence folded (ack-free JetStream reading).
@@ -111,6 +117,30 @@ impl Refused {
             Refused::Malformed => "malformed",
             Refused::Method => "method",
             Refused::Body => "body",
+        }
+    }
+}
+
+/// A slot moving to or from this replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotMove {
+    /// Taken: never stored before, released by its last owner, or this
+    /// replica's own from before a restart.
+    Claimed,
+    /// Let go on shutdown or because the count no longer gives it here.
+    Released,
+    /// Another replica wrote it: it took the slot.
+    Lost,
+}
+
+impl SlotMove {
+    const ALL: [SlotMove; 3] = [SlotMove::Claimed, SlotMove::Released, SlotMove::Lost];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            SlotMove::Claimed => "claimed",
+            SlotMove::Released => "released",
+            SlotMove::Lost => "lost",
         }
     }
 }
@@ -300,6 +330,15 @@ impl Stats {
             "reason",
         );
         events_lost.with_label_values(&[STREAM_TRUNCATED]);
+        let slot_moves = counter_vec(
+            &r,
+            "slot_moves_total",
+            "Slots that moved to or from this replica (with --partition.slots), by direction: claimed, released, lost (taken by another replica).",
+            "direction",
+        );
+        for m in SlotMove::ALL {
+            slot_moves.with_label_values(&[m.as_str()]);
+        }
         let partition = IntGaugeVec::new(
             Opts::new(
                 name("partition_info"),
@@ -384,6 +423,17 @@ impl Stats {
                 "Messages of namespaces another partition owns, skipped unfolded (outside messages_received_total).",
             ),
             partition,
+            slots_held: gauge(
+                &r,
+                "slots_held",
+                "Slots this replica holds (with --partition.slots): folds and serves their namespaces.",
+            ),
+            slot_moves,
+            slot_reread: counter(
+                &r,
+                "slot_reread_messages_total",
+                "Stream messages read again because a slot that moved here stood further back than the reader (what it already held was skipped).",
+            ),
             events_lost,
             stream_position: gauge(
                 &r,
@@ -451,6 +501,13 @@ impl Stats {
 
     pub fn http_auth(&self, verdict: crate::http::Verdict) {
         self.http_auth.with_label_values(&[verdict.as_str()]).inc();
+    }
+
+    /// `n` slots moved to or from this replica.
+    pub fn slot_moves(&self, m: SlotMove, n: usize) {
+        self.slot_moves
+            .with_label_values(&[m.as_str()])
+            .inc_by(n as u64);
     }
 
     pub fn restored(&self, r: Restore) {

@@ -18,6 +18,12 @@
 //! they can never disagree. A counter or histogram slot begins with its
 //! series' start ([`super::Start`]).
 //!
+//! Format 5 ends with the slots ([`crate::partition`]): how many the
+//! deployment has (0: none) and which the writer held. With slots, a
+//! replica's own checkpoint holds no namespaces; each slot's namespaces are
+//! a checkpoint of their own, with the slot's position (`source::slots`).
+//!
+//! Format 4 is format 5 without the slots.
 //! Format 3 is format 4 without the SLO table and counts (none restore).
 //! Format 2 is format 3 without the starts (they restore as unknown).
 //! Format 1 (the acking design) ends instead with the reply subjects of
@@ -39,7 +45,7 @@ use crate::partition::Partition;
 use crate::seed;
 
 const MAGIC: &[u8; 4] = b"SXST";
-pub const FORMAT: u64 = 4;
+pub const FORMAT: u64 = 5;
 
 /// What the source needs to carry on where the checkpoint left off.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -53,6 +59,10 @@ pub struct Resume {
     /// Format 1 only: reply subjects of messages the checkpoint holds that
     /// its writer may not have acknowledged.
     pub legacy_acks: Vec<String>,
+    /// Format 5: the deployment's slots (0: none, namespaces by partition).
+    pub slots: u32,
+    /// Format 5: the slots its writer held, ascending.
+    pub held: Vec<u32>,
 }
 
 /// What a restore found, for the log and the self-metrics.
@@ -115,6 +125,8 @@ pub struct Image {
     by_name: Vec<usize>,
     events: Vec<u64>,
     event_starts: Vec<super::Start>,
+    /// With slots, `events` of each held slot.
+    slot_events: Vec<(u32, Vec<u64>)>,
     /// The de-duplication key and ids, oldest first.
     dedup: (u64, Vec<u64>),
     /// The fold's time zero of window steps, and the moment of the image
@@ -136,6 +148,11 @@ impl Fold {
             by_name: self.namespaces.by_name.clone(),
             events: self.events.clone(),
             event_starts: self.event_starts.clone(),
+            slot_events: resume
+                .held
+                .iter()
+                .map(|&s| (s, self.slot_events(s)))
+                .collect(),
             dedup: match &self.dedup {
                 Some(d) => (d.key, d.order.iter().copied().collect()),
                 None => (0, Vec::new()),
@@ -171,13 +188,57 @@ impl Image {
     /// once written: the fold no longer copies it when it changes.
     pub fn encode(mut self) -> Vec<u8> {
         let namespaces = std::mem::take(&mut self.namespaces);
-        let (now, wall, resume) = (self.now, self.wall, &self.resume);
+        self.write(namespaces, &self.events, true, &self.resume)
+    }
+
+    /// With slots: this replica's own checkpoint (everything but the
+    /// namespaces), and one per slot in `held` with its namespaces and its
+    /// position (`position(slot)`).
+    pub fn encode_slots(
+        mut self,
+        held: &[u32],
+        position: impl Fn(u32) -> u64,
+    ) -> (Vec<u8>, Vec<(u32, Vec<u8>)>) {
+        let slots = self.resume.slots;
+        let mut by_slot: Vec<Vec<Arc<Namespace>>> = vec![Vec::new(); slots as usize];
+        for ns in std::mem::take(&mut self.namespaces) {
+            by_slot[crate::partition::slot_of(&ns.name, slots) as usize].push(ns);
+        }
+        // The event counts go with the slots.
+        let none = vec![0; self.events.len()];
+        let record = self.write(Vec::new(), &none, true, &self.resume);
+        let each = held
+            .iter()
+            .map(|&s| {
+                let resume = Resume {
+                    stream_seq: position(s),
+                    held: vec![s],
+                    ..self.resume.clone()
+                };
+                let namespaces = std::mem::take(&mut by_slot[s as usize]);
+                let events = self.slot_events.iter().find(|(x, _)| *x == s);
+                let events = events.map_or(&none, |(_, e)| e);
+                (s, self.write(namespaces, events, false, &resume))
+            })
+            .collect();
+        (record, each)
+    }
+
+    /// `namespaces`, the `events` counts and, with `dedup`, the
+    /// de-duplication window, with `resume`.
+    fn write(
+        &self,
+        namespaces: Vec<Arc<Namespace>>,
+        events: &[u64],
+        dedup: bool,
+        resume: &Resume,
+    ) -> Vec<u8> {
+        let now = self.now;
         let mut w = Writer(Vec::with_capacity(4096 + namespaces.len() * 1024));
         w.0.extend_from_slice(MAGIC);
         w.varint(FORMAT);
-        w.f64(wall);
-        let events: Vec<(usize, u64)> = self
-            .events
+        w.f64(self.wall);
+        let events: Vec<(usize, u64)> = events
             .iter()
             .copied()
             .enumerate()
@@ -219,6 +280,7 @@ impl Image {
             }
         }
         let (key, ids) = &self.dedup;
+        let ids = if dedup { ids.as_slice() } else { &[] };
         w.u64(*key);
         w.varint(ids.len() as u64);
         ids.iter().for_each(|&h| w.u64(h));
@@ -226,6 +288,9 @@ impl Image {
         w.varint(u64::from(resume.partition.index));
         w.str(&resume.stream);
         w.varint(resume.stream_seq);
+        w.varint(u64::from(resume.slots));
+        w.varint(resume.held.len() as u64);
+        resume.held.iter().for_each(|&s| w.varint(u64::from(s)));
         w.0
     }
 
@@ -297,6 +362,9 @@ impl Fold {
         self.namespaces = Default::default();
         self.events.iter_mut().for_each(|n| *n = 0);
         self.event_starts.iter_mut().for_each(|s| *s = None);
+        if let Some(b) = &mut self.by_slot {
+            b.counts.iter_mut().for_each(|c| *c = 0);
+        }
         if let Some(d) = &mut self.dedup {
             *d = Dedup::new(d.cap, d.key);
         }
@@ -464,6 +532,19 @@ impl Fold {
             };
             out.resume.stream = r.str()?.to_string();
             out.resume.stream_seq = r.varint()?;
+        }
+        if format >= 5 {
+            let slots = r.varint()?;
+            let held: Vec<u64> = (0..r.count(1)?)
+                .map(|_| r.varint())
+                .collect::<Result<_, _>>()?;
+            if slots > u64::from(u32::MAX) || held.iter().any(|&s| s >= slots) {
+                return Err(CheckpointError::Corrupt(format!(
+                    "slots {held:?} of {slots} are not slots"
+                )));
+            }
+            out.resume.slots = slots as u32;
+            out.resume.held = held.into_iter().map(|s| s as u32).collect();
         }
         if r.at != bytes.len() {
             return Err(CheckpointError::Corrupt(format!(
@@ -817,6 +898,7 @@ mod tests {
             stream: "SESSIONS".into(),
             stream_seq: 12345,
             legacy_acks: Vec::new(),
+            ..Resume::default()
         };
         let bytes = f.encode(now, 1.7e9, &resume);
         let mut g = empty();
@@ -877,6 +959,7 @@ mod tests {
             stream: "SESSIONS".into(),
             stream_seq: 4242,
             legacy_acks: Vec::new(),
+            ..Resume::default()
         };
         assert_eq!(restored.resume, want);
         let text = render(&mut g, now);
@@ -909,6 +992,7 @@ mod tests {
             stream: "SESSIONS".into(),
             stream_seq: 777,
             legacy_acks: Vec::new(),
+            ..Resume::default()
         };
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{FORMAT_3}: {e}"));
         let mut g = empty().with_clock(|| 1.9e9);
@@ -946,6 +1030,51 @@ mod tests {
             .iter()
             .find(|s| snap.namespaces.get(s.namespace) == "new");
         assert_eq!(new.unwrap().start, Some(1.9e9));
+    }
+
+    /// A checkpoint from before slots (the format-4 fixture) taken apart
+    /// into slots, each restored into a fold of its own and adopted, renders
+    /// as the whole did: every namespace went to its slot, with the
+    /// checkpoint's position, and the event counts went with slot 0.
+    #[test]
+    fn checkpoints_from_before_slots_split_into_slots() {
+        let path = format!(
+            "{}/tests/data/checkpoint-format-4.bin",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let now = Instant::now();
+        let mut whole = empty().with_slot_events(6);
+        let restored = whole.restore(&bytes, now, 1.7e9 + 60.0).unwrap();
+        let want = render(&mut whole, now);
+        whole.attribute_events(0);
+        let held: Vec<u32> = (0..6).collect();
+        let resume = Resume {
+            slots: 6,
+            held: held.clone(),
+            ..restored.resume
+        };
+        let (record, states) = whole
+            .image(now, 1.7e9 + 60.0, &resume)
+            .encode_slots(&held, |_| 4040);
+        let mut again = empty().with_slot_events(6);
+        let r = again.restore(&record, now, 1.7e9 + 60.0).unwrap();
+        assert_eq!((r.namespaces, r.resume.slots), (0, 6));
+        for (slot, state) in states {
+            let mut one = empty();
+            let r = one.restore(&state, now, 1.7e9 + 60.0).unwrap();
+            assert_eq!((r.resume.stream_seq, r.resume.held), (4040, vec![slot]));
+            let names = one.snapshot(now).namespaces;
+            for i in 0..names.len() {
+                assert_eq!(crate::partition::slot_of(names.get(i), 6), slot);
+            }
+            again.adopt(one, slot);
+        }
+        assert_eq!(render(&mut again, now), want);
+        // Letting a slot go takes its namespaces and its event counts.
+        again.drop_slot(0);
+        let text = render(&mut again, now);
+        assert!(!text.contains("session_events_total{"), "{text}");
     }
 
     /// A format-4 checkpoint as the first release with SLIs wrote it

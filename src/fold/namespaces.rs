@@ -56,6 +56,27 @@ impl Namespaces {
         Arc::make_mut(&mut self.list[i])
     }
 
+    /// Keep only the namespaces `keep` names; returns how many went.
+    pub(super) fn retain(&mut self, keep: impl Fn(&str) -> bool) -> usize {
+        let before = self.list.len();
+        let list = std::mem::take(&mut self.list);
+        *self = Namespaces::default();
+        for ns in list.into_iter().filter(|ns| keep(&ns.name)) {
+            self.push(ns);
+        }
+        before - self.list.len()
+    }
+
+    /// Add a namespace whole (one this fold does not hold yet).
+    pub(super) fn push(&mut self, ns: Arc<Namespace>) {
+        let at = self
+            .by_name
+            .partition_point(|&i| *self.list[i].name < *ns.name);
+        self.by_name.insert(at, self.list.len());
+        self.index.insert(ns.name.clone(), self.list.len());
+        self.list.push(ns);
+    }
+
     pub(super) fn insert(&mut self, name: &str, catalog: &Catalog) -> usize {
         if let Some(&i) = self.index.get(name) {
             return i;

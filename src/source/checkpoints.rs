@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
+use super::slots::Slots;
 use super::state::{SaveError, StateStore};
 use super::SourceError;
 use crate::exporter::Exporter;
@@ -32,6 +33,8 @@ pub struct Checkpoints {
     /// Where the fold stands; the source updates it after every batch.
     pub resume: Resume,
     inflight: Option<JoinHandle<Stored>>,
+    /// With slots: each held slot's state goes to its own key.
+    pub slots: Option<Arc<Slots>>,
 }
 
 impl Checkpoints {
@@ -41,6 +44,7 @@ impl Checkpoints {
             store,
             resume,
             inflight: None,
+            slots: None,
         }
     }
 
@@ -51,7 +55,7 @@ impl Checkpoints {
         }
         let stored = self.exporter.checkpointed();
         if self.exporter.ingested() != stored {
-            self.start().await;
+            self.start(false).await;
         } else {
             // Nothing new: serve a fresh snapshot of the same state, so gauges
             // still expire and windows still slide.
@@ -62,12 +66,17 @@ impl Checkpoints {
         }
     }
 
-    async fn start(&mut self) {
+    /// Take a checkpoint and store it in a task of its own; with slots,
+    /// `release` stores them released (the last one, on shutdown).
+    async fn start(&mut self, release: bool) {
         let Some(store) = self.store.clone() else {
             return;
         };
         if self.inflight.is_some() {
             return;
+        }
+        if let Some(slots) = self.slots.clone() {
+            return self.start_slots(store, slots, release).await;
         }
         let started = Instant::now();
         let (exporter, resume) = (self.exporter.clone(), self.resume.clone());
@@ -90,6 +99,44 @@ impl Checkpoints {
                 snapshot,
                 ingested,
                 started,
+                lost: Vec::new(),
+            }
+        }));
+    }
+
+    /// [`Checkpoints::start`] with slots: the held slots' keys first, then
+    /// this replica's own.
+    async fn start_slots(&mut self, store: Arc<StateStore>, slots: Arc<Slots>, release: bool) {
+        let started = Instant::now();
+        let (exporter, resume) = (self.exporter.clone(), self.resume.clone());
+        let made =
+            tokio::task::spawn_blocking(move || exporter.encode_slot_checkpoint(&resume)).await;
+        self.inflight = Some(tokio::spawn(async move {
+            let cp = match made {
+                Ok(cp) => cp,
+                Err(e) => {
+                    return Stored {
+                        result: Err(SaveError::Failed(format!(
+                            "checkpoint encoding failed: {e}"
+                        ))),
+                        snapshot: None,
+                        ingested: 0,
+                        started,
+                        lost: Vec::new(),
+                    }
+                }
+            };
+            let (lost, stored) = slots.store(cp.slots, release).await;
+            let result = match stored {
+                Ok(()) => store.save(cp.record).await,
+                Err(e) => Err(SaveError::Failed(e)),
+            };
+            Stored {
+                result,
+                snapshot: Some(cp.snapshot),
+                ingested: cp.ingested,
+                started,
+                lost,
             }
         }));
     }
@@ -107,6 +154,7 @@ impl Checkpoints {
             snapshot: None,
             ingested: 0,
             started: Instant::now(),
+            lost: Vec::new(),
         })
     }
 
@@ -117,6 +165,17 @@ impl Checkpoints {
         stats
             .checkpoint_duration
             .observe(stored.started.elapsed().as_secs_f64());
+        if !stored.lost.is_empty() {
+            // Taken by another replica: let them go, and serve nothing of
+            // this checkpoint (it holds them).
+            tracing::warn!(slots = ?stored.lost, "slots taken by another replica: no longer folded or served here");
+            self.exporter.drop_slots(&stored.lost);
+            stats.slot_moves(crate::stats::SlotMove::Lost, stored.lost.len());
+            return match stored.result {
+                Err(SaveError::Fenced(e)) => Err(SourceError::Fenced(e)),
+                _ => Ok(()),
+            };
+        }
         match stored.result {
             Ok(bytes) => {
                 stats.checkpoints.inc();
@@ -153,8 +212,20 @@ impl Checkpoints {
                 let s = self.stored().await;
                 self.settle(s)?;
             }
-            if self.exporter.ingested() != self.exporter.checkpointed() {
-                self.start().await;
+            if let Some(slots) = self.slots.clone() {
+                // Stop serving the slots before they are released: a new
+                // owner may serve them as soon as it claims them.
+                self.exporter.unpublish();
+                let held = self.exporter.ownership().held().len();
+                self.start(true).await;
+                let s = self.stored().await;
+                self.settle(s)?;
+                tracing::info!(slots = held, of = slots.count(), "slots released");
+                self.exporter
+                    .stats
+                    .slot_moves(crate::stats::SlotMove::Released, held);
+            } else if self.exporter.ingested() != self.exporter.checkpointed() {
+                self.start(false).await;
                 let s = self.stored().await;
                 self.settle(s)?;
             }
@@ -175,4 +246,6 @@ pub struct Stored {
     snapshot: Option<Snapshot>,
     ingested: u64,
     started: Instant,
+    /// Slots another replica took meanwhile.
+    lost: Vec<u32>,
 }

@@ -15,6 +15,7 @@
 mod checkpoints;
 mod core;
 mod jetstream;
+mod slots;
 pub mod state;
 mod stream;
 pub mod url;
@@ -33,9 +34,10 @@ use tokio::sync::watch;
 
 use crate::exporter::Exporter;
 use crate::fold::{CheckpointError, Resume};
-use crate::partition::Partition;
-use crate::stats::Restore;
+use crate::partition::{self, Partition};
+use crate::stats::{Restore, SlotMove};
 use checkpoints::Checkpoints;
+use slots::{Claim, Slots};
 use state::{LoadError, OnInvalid, StateConfig, StateStore};
 
 /// Messages folded under one lock at most. Large enough to amortise the lock
@@ -74,6 +76,8 @@ pub struct NatsConfig {
     /// Where the subjects carry the partition: this replica's own subjects,
     /// read instead of `subjects` (and without skipping anything).
     pub partition_subjects: Vec<String>,
+    /// The deployment's slots (`--partition.slots`); 0: none.
+    pub slots: u32,
 }
 
 /// A password or a token: printed as `Secret(..)`, never its value, so a
@@ -305,16 +309,28 @@ pub async fn run(
             )
         }
     };
-    let resume = Resume {
+    let mut resume = Resume {
         partition: cfg.partition,
         ..resume
     };
+    let slots = match (&store, &cfg.state) {
+        (Some(store), Some(state)) if cfg.slots > 0 => {
+            let taking = take_slots(store.clone(), cfg, state, &exporter, &mut resume, restored);
+            tokio::select! {
+                r = taking => Some(Arc::new(r?)),
+                _ = &mut shutdown => return Ok(()),
+            }
+        }
+        _ => None,
+    };
     let has_store = store.is_some();
+    let mut checkpoints = Checkpoints::new(exporter.clone(), store, resume);
+    checkpoints.slots = slots;
     let folding = Folding {
         client: nats.client,
         connections: nats.connections,
-        exporter: exporter.clone(),
-        checkpoints: Checkpoints::new(exporter, store, resume),
+        exporter,
+        checkpoints,
         interval: cfg.state.as_ref().map(|s| s.interval),
         restored,
     };
@@ -402,6 +418,118 @@ async fn restore(
             }
         }
     }
+}
+
+/// With slots: take a checkpoint written before slots apart into slot keys,
+/// release the slots an earlier process held that the count no longer gives
+/// this replica, and claim those it does (the ones another replica still
+/// holds are claimed later, as it releases them).
+async fn take_slots(
+    store: Arc<StateStore>,
+    cfg: &NatsConfig,
+    state: &StateConfig,
+    exporter: &Exporter,
+    resume: &mut Resume,
+    restored: bool,
+) -> Result<Slots, SourceError> {
+    let slots = Slots::new(store, state.key.clone(), cfg.partition, cfg.slots);
+    let refuse = |reason: String| SourceError::Unreadable {
+        bucket: state.bucket.clone(),
+        key: state.key.clone(),
+        reason,
+    };
+    // Nothing of what was restored is served until the slots are claimed.
+    exporter.unpublish();
+    let legacy = restored && resume.slots == 0;
+    if resume.slots != 0 && resume.slots != cfg.slots {
+        return Err(refuse(format!(
+            "it was written with --partition.slots {}, and this replica runs with {}: a \
+             deployment's slots never change",
+            resume.slots, cfg.slots
+        )));
+    }
+    if legacy {
+        let old = resume.partition;
+        if !cfg.slots.is_multiple_of(old.count) {
+            return Err(refuse(format!(
+                "it holds partition {} of {} from before slots; {} slots do not split into {} \
+                 partitions, so its namespaces cannot go to their slots: use a multiple of {}",
+                old.index, old.count, cfg.slots, old.count, old.count
+            )));
+        }
+        let mine: Vec<u32> = (0..cfg.slots)
+            .filter(|&s| partition::slot_owner(s, old.count) == old.index)
+            .collect();
+        let states = exporter.into_slots(&mine, resume);
+        let mut backoff = Backoff::new();
+        let stored = loop {
+            match slots.migrate(states.clone()).await {
+                Ok(n) => break n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "slots of a checkpoint from before slots not stored; retrying");
+                    backoff.wait().await;
+                }
+            }
+        };
+        tracing::info!(
+            partition = old.index,
+            partitions = old.count,
+            slots = stored,
+            stream_sequence = resume.stream_seq,
+            "a checkpoint from before slots was stored as slots, each at its position"
+        );
+    }
+    let mut backoff = Backoff::new();
+    let released = loop {
+        match slots.release_unwanted(&resume.held).await {
+            Ok(n) => break n,
+            Err(e) => {
+                tracing::warn!(error = %e, "slots this replica no longer holds not released; retrying");
+                backoff.wait().await;
+            }
+        }
+    };
+    exporter.stats.slot_moves(SlotMove::Released, released);
+    let (mut claimed, mut held_elsewhere) = (0, Vec::new());
+    for _ in 0..slots.wanted.len().div_ceil(CLAIMS_AT_ONCE) {
+        let (n, _, elsewhere) = claim(&slots, exporter).await;
+        claimed += n;
+        held_elsewhere.extend(elsewhere);
+    }
+    tracing::info!(
+        slots = cfg.slots,
+        wanted = slots.wanted.len(),
+        claimed,
+        released,
+        waiting = held_elsewhere.len(),
+        "slots taken"
+    );
+    resume.slots = cfg.slots;
+    Ok(slots)
+}
+
+/// Slots looked at per claim round (each a KV read): a replica waiting for
+/// many slots goes round them over several rounds.
+const CLAIMS_AT_ONCE: usize = 64;
+
+/// Claim the wanted slots not held yet (at most [`CLAIMS_AT_ONCE`]); returns how many were taken and
+/// the lowest position among them, and the owners of those another replica
+/// still holds.
+pub(super) async fn claim(slots: &Slots, exporter: &Exporter) -> (usize, Option<u64>, Vec<String>) {
+    let (mut claimed, mut lowest, mut elsewhere) = (0, None::<u64>, Vec::new());
+    for slot in slots.next_pending(CLAIMS_AT_ONCE) {
+        match slots.claim(slot, exporter).await {
+            Ok(Claim::Taken { floor, namespaces }) => {
+                tracing::debug!(slot, floor, namespaces, "slot claimed");
+                claimed += 1;
+                lowest = Some(lowest.map_or(floor, |l| l.min(floor)));
+            }
+            Ok(Claim::Held(owner)) => elsewhere.push(owner),
+            Err(e) => tracing::warn!(slot, error = %e, "slot not claimed; retrying"),
+        }
+    }
+    exporter.stats.slot_moves(SlotMove::Claimed, claimed);
+    (claimed, lowest, elsewhere)
 }
 
 /// Why a checkpoint cannot be restored, with what to do when it is the

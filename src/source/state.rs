@@ -187,6 +187,16 @@ impl StateStore {
         })
     }
 
+    pub(super) fn kv(&self) -> &kv::Store {
+        &self.kv
+    }
+
+    /// The largest value one key takes (what the server accepts in one
+    /// message, less room for headers and the subject).
+    pub(super) fn max_value(&self) -> usize {
+        self.chunk
+    }
+
     fn current(&self) -> std::sync::MutexGuard<'_, Current> {
         self.current.lock().unwrap_or_else(|e| e.into_inner())
     }

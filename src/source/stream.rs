@@ -35,6 +35,8 @@ use crate::exporter::Exporter;
 /// Where the reader stands: the last stream sequence folded.
 struct Position {
     last: u64,
+    /// Read again up to here: a slot that moved here stood further back.
+    reread_until: u64,
     /// Whether every stream sequence reaches this consumer (no filter), so a
     /// jump in sequence is a message that was removed before it was read.
     gaps_are_losses: bool,
@@ -93,6 +95,8 @@ pub(super) async fn run(
         "reading JetStream without acks"
     );
     let mut tick = ticker(interval);
+    let mut claims = tokio::time::interval(CLAIM_EVERY);
+    let slots = checkpoints.slots.clone();
     let silence = tokio::time::sleep(MISSED_HEARTBEATS);
     tokio::pin!(silence);
     loop {
@@ -117,6 +121,25 @@ pub(super) async fn run(
             _ = tick.tick() => {
                 checkpoints.tick().await;
                 None
+            }
+            _ = claims.tick(), if slots.is_some() => {
+                let slots = slots.as_deref().expect("checked above");
+                // The slots held keep the reader's position as their floor,
+                // in case a slot claimed makes it go back.
+                exporter.rewind(at.last);
+                let (claimed, lowest, _) = super::claim(slots, &exporter).await;
+                if claimed > 0 {
+                    // Serve them at once: what they hold is stored.
+                    checkpoints.tick().await;
+                }
+                match lowest {
+                    Some(floor) if floor < at.last => {
+                        at.reread_until = at.reread_until.max(at.last);
+                        at.last = floor;
+                        Some(Reopen::Claimed)
+                    }
+                    _ => None,
+                }
             }
             () = &mut silence => Some(Reopen::Silent),
             // After an outage the consumer may have gone with its server:
@@ -188,8 +211,15 @@ async fn locate(
     };
     let mut at = Position {
         last: checkpoints.resume.stream_seq,
+        reread_until: 0,
         gaps_are_losses: filters.is_empty(),
     };
+    if checkpoints.slots.is_some() {
+        // From the lowest position of the slots held; holding none yet,
+        // from the end (a slot claimed later brings its own position).
+        let end = stream.cached_info().state.last_sequence;
+        at.last = exporter.ownership().lowest().unwrap_or(end);
+    }
     at.within(&mut stream, exporter, &js_cfg.stream).await?;
     let config = consumer_config(client, &filters, &mut at);
     Ok(Some(Located {
@@ -291,6 +321,8 @@ enum Reopen {
     Gap,
     /// A heartbeat names a message this reader has not received.
     HeartbeatAhead,
+    /// A slot claimed stands further back than the reader.
+    Claimed,
 }
 
 impl std::fmt::Display for Reopen {
@@ -301,6 +333,7 @@ impl std::fmt::Display for Reopen {
             Reopen::Reconnected => "reconnected",
             Reopen::Gap => "a gap in the consumer's sequence",
             Reopen::HeartbeatAhead => "a heartbeat names a message not received",
+            Reopen::Claimed => "a slot claimed stands further back",
         })
     }
 }
@@ -309,6 +342,11 @@ impl std::fmt::Display for Reopen {
 /// flow-control request the client dropped); three missed mean it is gone.
 const HEARTBEAT: Duration = Duration::from_secs(2);
 const MISSED_HEARTBEATS: Duration = Duration::from_secs(6);
+
+/// How often a replica with slots to take looks whether they were
+/// released: what the stream takes in meanwhile is read again when the slot
+/// comes (`session_exporter_slot_reread_messages_total`).
+const CLAIM_EVERY: Duration = Duration::from_millis(100);
 
 /// An ordered consumer: an ephemeral push consumer without acks, read in
 /// order of its consumer sequence; a gap (a message the client dropped, or a
@@ -433,11 +471,14 @@ impl Reader {
             if at.gaps_are_losses && d.stream_seq > at.last + 1 {
                 lost(exporter, stream, at.last + 1, d.stream_seq - 1);
             }
+            if d.stream_seq <= at.reread_until {
+                exporter.stats.slot_reread.inc();
+            }
             at.last = d.stream_seq;
             pending = Some(d.pending);
-            payloads.push(m.payload.as_ref());
+            payloads.push((d.stream_seq, m.payload.as_ref()));
         }
-        exporter.ingest(payloads);
+        exporter.ingest_at(payloads);
         checkpoints.resume.stream_seq = at.last;
         exporter.stats.stream_position.set(at.last as i64);
         if let Some(p) = pending {

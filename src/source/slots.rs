@@ -1,0 +1,379 @@
+//! Slots in the state store: each slot's namespaces and stream position under
+//! a key of its own, `slots.<slot>`, so that a slot moves between replicas
+//! with its exact state when the replica count changes.
+//!
+//! A slot key holds one line of JSON (the owner, a `--state.key`; the
+//! generation, one more at each change of owner; the stream position its
+//! state ends at) and then the state, a gzip-compressed checkpoint of the
+//! slot's namespaces. Every write is a compare-and-set on the revision this
+//! replica last read or wrote: a write refused means another replica took
+//! the slot, and this one lets it go at once (the Kafka member-epoch
+//! pattern). An owner that stops (SIGTERM, or a new count that no longer
+//! gives it the slot) writes it *released* (no owner) after its last
+//! checkpoint and after it stopped serving it; only then can the replica the
+//! count gives it to claim it. Two replicas never fold or serve a slot at
+//! once; between the release and the claim nobody serves it.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::state::StateStore;
+use crate::exporter::Exporter;
+use crate::partition::{slot_owner, Partition};
+
+/// The JSON line at the start of a slot key.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    /// The `--state.key` of the replica that holds it; empty: released.
+    owner: String,
+    generation: u64,
+    /// The last stream sequence its state holds.
+    position: u64,
+}
+
+/// A slot as stored.
+struct Entry {
+    header: Header,
+    /// The compressed state, as stored.
+    state: Bytes,
+    revision: u64,
+}
+
+/// What became of a claim.
+pub enum Claim {
+    /// Held now, its state folded from `floor` on.
+    Taken { floor: u64, namespaces: usize },
+    /// Another replica holds it.
+    Held(String),
+}
+
+/// Why a write of a slot failed.
+pub enum Refused {
+    /// Another replica wrote it since: the slot is theirs.
+    Lost,
+    Failed(String),
+}
+
+/// This replica's slots: those the count gives it, and what it knows of the
+/// ones it holds.
+pub struct Slots {
+    store: Arc<StateStore>,
+    /// This replica's `--state.key`: the owner name in the slot keys.
+    me: String,
+    count: u32,
+    /// The slots `partition` gives this replica.
+    pub wanted: Vec<u32>,
+    /// Held slots: the generation and revision last read or written.
+    held: Mutex<HashMap<u32, (u64, u64)>>,
+    /// Where [`Slots::next_pending`] goes on from.
+    cursor: AtomicU32,
+}
+
+fn key(slot: u32) -> String {
+    format!("slots.{slot}")
+}
+
+impl Slots {
+    pub fn new(store: Arc<StateStore>, me: String, partition: Partition, count: u32) -> Slots {
+        let wanted = (0..count)
+            .filter(|&s| slot_owner(s, partition.count) == partition.index)
+            .collect();
+        Slots {
+            store,
+            me,
+            count,
+            wanted,
+            held: Mutex::new(HashMap::new()),
+            cursor: AtomicU32::new(0),
+        }
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    fn held_map(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (u64, u64)>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Up to `n` of the wanted slots not held yet, going round them from
+    /// where the last call stopped.
+    pub fn next_pending(&self, n: usize) -> Vec<u32> {
+        let held = self.held_map();
+        let from = self.cursor.load(Ordering::Relaxed);
+        let pending: Vec<u32> = self
+            .wanted
+            .iter()
+            .copied()
+            .filter(|s| !held.contains_key(s))
+            .collect();
+        let start = pending.partition_point(|&s| s < from);
+        let next: Vec<u32> = pending[start..]
+            .iter()
+            .chain(&pending[..start])
+            .take(n)
+            .copied()
+            .collect();
+        let after = next.last().map_or(0, |&s| s + 1);
+        self.cursor.store(after, Ordering::Relaxed);
+        next
+    }
+
+    async fn read(&self, slot: u32) -> Result<Option<Entry>, String> {
+        let entry = self
+            .store
+            .kv()
+            .entry(key(slot))
+            .await
+            .map_err(|e| format!("slot {slot}: {e}"))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(None);
+        };
+        let line = entry.value.iter().position(|&b| b == b'\n');
+        let header = line
+            .and_then(|n| serde_json::from_slice::<Header>(&entry.value[..n]).ok())
+            .ok_or_else(|| format!("slot {slot}: key {} is not a slot", key(slot)))?;
+        let state = entry.value.slice(line.map_or(0, |n| n + 1)..);
+        Ok(Some(Entry {
+            header,
+            state,
+            revision: entry.revision,
+        }))
+    }
+
+    /// Write `slot` over `revision` (`None`: it must not exist yet).
+    async fn write(
+        &self,
+        slot: u32,
+        header: &Header,
+        state: &[u8],
+        revision: Option<u64>,
+    ) -> Result<u64, Refused> {
+        let mut value = serde_json::to_vec(header).expect("a header serializes");
+        value.push(b'\n');
+        value.extend_from_slice(state);
+        if value.len() > self.store.max_value() {
+            return Err(Refused::Failed(format!(
+                "slot {slot}'s state is {} bytes compressed, more than the server takes in one \
+                 message ({}): the deployment needs more slots, or a larger max_payload",
+                value.len(),
+                self.store.max_value()
+            )));
+        }
+        let kv = self.store.kv();
+        let written = match revision {
+            Some(r) => kv.update(key(slot), value.into(), r).await.map_err(|e| {
+                match e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                    true => Refused::Lost,
+                    false => Refused::Failed(format!("slot {slot}: {e}")),
+                }
+            }),
+            None => kv.create(key(slot), value.into()).await.map_err(|e| {
+                match e.kind() == kv::CreateErrorKind::AlreadyExists {
+                    true => Refused::Lost,
+                    false => Refused::Failed(format!("slot {slot}: {e}")),
+                }
+            }),
+        }?;
+        self.held_map().insert(slot, (header.generation, written));
+        Ok(written)
+    }
+
+    /// Take `slot` if it is free (never stored, released, or already this
+    /// replica's), and fold its state from its position on.
+    pub async fn claim(&self, slot: u32, exporter: &Exporter) -> Result<Claim, String> {
+        let failed = |e: Refused| match e {
+            Refused::Lost => format!("slot {slot} was written meanwhile"),
+            Refused::Failed(e) => e,
+        };
+        let Some(entry) = self.read(slot).await? else {
+            let header = Header {
+                owner: self.me.clone(),
+                generation: 1,
+                position: 0,
+            };
+            // No state yet: nothing stored after the header.
+            self.write(slot, &header, &[], None).await.map_err(failed)?;
+            exporter.adopt_slot(slot, exporter.empty_fold(), 0);
+            return Ok(Claim::Taken {
+                floor: 0,
+                namespaces: 0,
+            });
+        };
+        let h = &entry.header;
+        if !h.owner.is_empty() && h.owner != self.me {
+            return Ok(Claim::Held(h.owner.clone()));
+        }
+        let mut fold = exporter.empty_fold();
+        if !entry.state.is_empty() {
+            let raw = decompress(&entry.state).map_err(|e| format!("slot {slot}: {e}"))?;
+            fold.restore(&raw, std::time::Instant::now(), crate::clock::unix_now())
+                .map_err(|e| format!("slot {slot}: {e}"))?;
+        }
+        let header = Header {
+            owner: self.me.clone(),
+            generation: h.generation + u64::from(h.owner.is_empty()),
+            position: h.position,
+        };
+        if header != *h {
+            self.write(slot, &header, &entry.state, Some(entry.revision))
+                .await
+                .map_err(failed)?;
+        } else {
+            self.held_map().insert(slot, (h.generation, entry.revision));
+        }
+        let namespaces = exporter.adopt_slot(slot, fold, h.position);
+        Ok(Claim::Taken {
+            floor: h.position,
+            namespaces,
+        })
+    }
+
+    /// Store the held slots' states (`(slot, checkpoint)`, each at
+    /// `position(slot)` as encoded), owned still or `released`. Returns the
+    /// slots another replica took meanwhile.
+    pub async fn store(
+        &self,
+        states: Vec<(u32, u64, Vec<u8>)>,
+        released: bool,
+    ) -> (Vec<u32>, Result<(), String>) {
+        let (mut lost, mut result) = (Vec::new(), Ok(()));
+        for (slot, position, raw) in states {
+            let Some((generation, revision)) = self.held_map().get(&slot).copied() else {
+                continue;
+            };
+            let header = Header {
+                owner: if released {
+                    String::new()
+                } else {
+                    self.me.clone()
+                },
+                generation,
+                position,
+            };
+            let state = match compress(raw) {
+                Ok(s) => s,
+                Err(e) => {
+                    result = Err(e);
+                    continue;
+                }
+            };
+            match self.write(slot, &header, &state, Some(revision)).await {
+                Ok(_) => {}
+                Err(Refused::Lost) => lost.push(slot),
+                Err(Refused::Failed(e)) => result = Err(e),
+            }
+        }
+        if released {
+            self.held_map().clear();
+        }
+        self.forget(&lost);
+        (lost, result)
+    }
+
+    /// Slots no longer held.
+    pub fn forget(&self, slots: &[u32]) {
+        let mut held = self.held_map();
+        slots.iter().for_each(|s| {
+            held.remove(s);
+        });
+    }
+
+    /// Release the slots an earlier process of this replica held that the
+    /// count no longer gives it (it never folded them), so that their new
+    /// replica can claim them.
+    pub async fn release_unwanted(&self, held_before: &[u32]) -> Result<usize, String> {
+        let mut released = 0;
+        for &slot in held_before.iter().filter(|s| !self.wanted.contains(s)) {
+            let Some(entry) = self.read(slot).await? else {
+                continue;
+            };
+            if entry.header.owner != self.me {
+                continue;
+            }
+            let header = Header {
+                owner: String::new(),
+                ..entry.header
+            };
+            match self
+                .write(slot, &header, &entry.state, Some(entry.revision))
+                .await
+            {
+                Ok(_) | Err(Refused::Lost) => {}
+                Err(Refused::Failed(e)) => return Err(e),
+            }
+            self.forget(&[slot]);
+            released += 1;
+        }
+        Ok(released)
+    }
+
+    /// Store slots of a checkpoint written before slots (`states`, as
+    /// [`crate::fold::Image::encode_slots`] made them) where no slot key is
+    /// yet: this replica's if the count gives it the slot, else released.
+    pub async fn migrate(&self, states: Vec<(u32, u64, Vec<u8>)>) -> Result<usize, String> {
+        let mut stored = 0;
+        for (slot, position, raw) in states {
+            if self.read(slot).await?.is_some() {
+                continue;
+            }
+            let owner = match self.wanted.contains(&slot) {
+                true => self.me.clone(),
+                false => String::new(),
+            };
+            let header = Header {
+                owner,
+                generation: 1,
+                position,
+            };
+            match self.write(slot, &header, &compress(raw)?, None).await {
+                Ok(_) | Err(Refused::Lost) => stored += 1,
+                Err(Refused::Failed(e)) => return Err(e),
+            }
+        }
+        // Claimed again (and restored) with the others.
+        self.held_map().clear();
+        Ok(stored)
+    }
+}
+
+fn compress(raw: Vec<u8>) -> Result<Vec<u8>, String> {
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(raw.len() / 4),
+        flate2::Compression::fast(),
+    );
+    gz.write_all(&raw)
+        .and_then(|_| gz.finish())
+        .map_err(|e| format!("slot compression: {e}"))
+}
+
+fn decompress(compressed: &[u8]) -> Result<Vec<u8>, String> {
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(compressed)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("slot state does not decompress: {e}"))?;
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_strict() {
+        let ok: Header =
+            serde_json::from_str(r#"{"owner":"e-0","generation":2,"position":9}"#).unwrap();
+        assert_eq!(ok.position, 9);
+        assert!(serde_json::from_str::<Header>(
+            r#"{"owner":"e-0","generation":2,"position":9,"x":1}"#
+        )
+        .is_err());
+    }
+}

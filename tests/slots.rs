@@ -1,0 +1,292 @@
+//! Elastic partitions: with `--partition.slots`, replicas hold slots whose
+//! state and position are stored apart, so the replica count changes under
+//! load (3 → 5 → 2, one replica at a time as a StatefulSet rolls, a SIGKILL
+//! in the middle) and the replicas still end equal to a reference that
+//! never moved, no namespace served twice, no counter lower than before, no
+//! re-read of the stream from its start. Checkpoints from before slots move
+//! into slots where they stand. A replica whose slot was taken lets it go.
+//! Against Debian's nats-server 2.9 and the pinned current release.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use common::*;
+use session_exporter::simulate::{unix_ms, Generator, Profile};
+
+type Events = Vec<(String, Vec<u8>)>;
+
+/// A multiple of every count the tests run (2, 3, 5).
+const SLOTS: &str = "30";
+
+/// 40 namespaces, every kind of event, 1% malformed, publisher retries.
+fn corpus(n: u64, seed: u64) -> Events {
+    let mut g = Generator::new(Profile {
+        namespaces: 40,
+        seed,
+        invalid_ratio: 0.01,
+        ..Profile::default()
+    });
+    let base = unix_ms() - 600_000;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let e = g.next_event(base + (i * 104_729) % 300_000);
+        if i % 50 == 0 {
+            out.push(e.clone());
+        }
+        out.push(e);
+    }
+    out
+}
+
+/// Replica `i` of `count`, with slots or without.
+fn replica(url: &str, i: usize, count: usize, slots: bool) -> Exporter {
+    let (i, count, key) = (i.to_string(), count.to_string(), format!("replica-{i}"));
+    let mut args = vec![
+        "--partition.count",
+        &count,
+        "--partition.index",
+        &i,
+        "--nats.broadcast-subject",
+        "",
+        "--nats.jetstream.stream",
+        "SESSIONS",
+        "--state.bucket",
+        "STATE",
+        "--state.key",
+        &key,
+        "--state.interval",
+        "50ms",
+    ];
+    if slots {
+        args.extend(["--partition.slots", SLOTS]);
+    }
+    Exporter::start(url, &args)
+}
+
+/// What the replicas serve together: each namespaced series from the one
+/// replica serving it, and the namespaces more than one serves.
+fn combined(replicas: &[&Exporter]) -> (BTreeMap<String, f64>, Vec<String>) {
+    let (mut all, mut twice) = (BTreeMap::new(), Vec::new());
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    for (i, r) in replicas.iter().enumerate() {
+        let Ok((200, body)) = std::panic::catch_unwind(|| r.get("/metrics")) else {
+            continue;
+        };
+        for (k, v) in series(&domain(&body)) {
+            if let Some(ns) = namespace_of(&k) {
+                if *owner.entry(ns.to_string()).or_insert(i) != i {
+                    twice.push(ns.to_string());
+                }
+            }
+            all.insert(k, v);
+        }
+    }
+    (all, twice)
+}
+
+/// Counters (and histogram buckets, sums, counts) served before are not
+/// lower now, where served now.
+fn assert_not_lower(before: &BTreeMap<String, f64>, now: &BTreeMap<String, f64>, when: &str) {
+    for (k, v) in before {
+        let counter =
+            ["_total", "_count", "_sum"].iter().any(|s| k.contains(s)) || k.contains("_bucket{");
+        if !counter || k.contains("_window_") || namespace_of(k).is_none() {
+            continue;
+        }
+        if let Some(n) = now.get(k) {
+            assert!(n >= v, "{when}: {k} went from {v} to {n}");
+        }
+    }
+}
+
+/// The replicas running, by index; a step of a rescale changes them.
+struct Fleet {
+    url: String,
+    replicas: BTreeMap<usize, Exporter>,
+    served: BTreeMap<String, f64>,
+    twice: usize,
+    checks: usize,
+}
+
+impl Fleet {
+    fn check(&mut self, when: &str) {
+        let running: Vec<&Exporter> = self.replicas.values().collect();
+        let (now, twice) = combined(&running);
+        assert_not_lower(&self.served, &now, when);
+        self.twice += twice.len();
+        self.checks += 1;
+        self.served.extend(now);
+    }
+
+    /// SIGTERM replica `i` and wait for it to exit (it releases its slots).
+    fn stop(&mut self, i: usize) {
+        let mut r = self.replicas.remove(&i).unwrap();
+        r.signal("TERM");
+        assert_eq!(r.wait_exit(), Some(0), "replica {i}:\n{}", r.log());
+    }
+
+    fn start(&mut self, i: usize, count: usize) {
+        let r = replica(&self.url, i, count, true);
+        self.replicas.insert(i, r);
+    }
+}
+
+/// 3 → 5 → 2 replicas while events arrive, as a StatefulSet rolls: new
+/// replicas first, then the others restarted one at a time from the
+/// highest, one of them SIGKILLed instead.
+fn rescale(bin: &Path) {
+    let version = nats_version(bin);
+    let nats = Nats::start_jetstream_on(bin);
+    let url = nats.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let js = rt.block_on(channels_stream(&url, "SESSIONS"));
+    let events = corpus(8000, 11);
+    let reference = Exporter::start(&url, &["--nats.jetstream.stream", "SESSIONS"]);
+    let mut fleet = Fleet {
+        url: url.clone(),
+        replicas: BTreeMap::new(),
+        served: BTreeMap::new(),
+        twice: 0,
+        checks: 0,
+    };
+    (0..3).for_each(|i| fleet.start(i, 3));
+    type Step = Box<dyn Fn(&mut Fleet)>;
+    let steps: Vec<Step> = vec![
+        Box::new(|f| (3..5).for_each(|i| f.start(i, 5))),
+        Box::new(|f| {
+            f.stop(2);
+            f.start(2, 5);
+        }),
+        Box::new(|f| {
+            // A crash in the middle of the handover.
+            f.replicas.get_mut(&1).unwrap().kill();
+            f.start(1, 5);
+        }),
+        Box::new(|f| {
+            f.stop(0);
+            f.start(0, 5);
+        }),
+        Box::new(|f| (2..5).rev().for_each(|i| f.stop(i))),
+        Box::new(|f| {
+            f.stop(1);
+            f.start(1, 2);
+        }),
+        Box::new(|f| {
+            f.stop(0);
+            f.start(0, 2);
+        }),
+    ];
+    let chunks: Vec<&[(String, Vec<u8>)]> = events.chunks(events.len() / 16 + 1).collect();
+    for (n, chunk) in chunks.iter().enumerate() {
+        rt.block_on(js_publish(&js, chunk));
+        fleet.check(&format!("{version}: after chunk {n}"));
+        if let Some(step) = steps.get(n) {
+            step(&mut fleet);
+            fleet.check(&format!("{version}: after step {n}"));
+        }
+    }
+    let last: Vec<Exporter> = std::mem::take(&mut fleet.replicas).into_values().collect();
+    assert_eq!(last.len(), 2);
+    assert_partitions_equal(&version, &reference, &last, events.len(), true);
+    assert_eq!(
+        fleet.twice, 0,
+        "{version}: a namespace served by two replicas"
+    );
+    let metrics: Vec<String> = last.iter().map(Exporter::metrics).collect();
+    let reread: f64 = metrics
+        .iter()
+        .map(|m| sum(m, "session_exporter_slot_reread_messages_total"))
+        .sum();
+    let held: f64 = metrics
+        .iter()
+        .map(|m| sum(m, "session_exporter_slots_held"))
+        .sum();
+    assert_eq!(held, 30.0, "{version}");
+    // Each reader starts where its slots stand, never at the stream's start
+    // (what it reads again is what arrived between a release and a claim).
+    for r in &last {
+        let log = r.log();
+        for line in log
+            .lines()
+            .filter(|l| l.contains("without acks") || l.contains("anew"))
+        {
+            assert!(!line.contains("from_sequence=1 "), "{version}: {line}");
+        }
+    }
+    eprintln!(
+        "{version}: {} events, {} checks, reread {reread}",
+        events.len(),
+        fleet.checks
+    );
+}
+
+#[test]
+fn rescaling_3_to_5_to_2_under_load_equals_one_exporter() {
+    for bin in nats_servers() {
+        rescale(&bin);
+    }
+}
+
+/// Replicas of before slots, stopped, come back with slots at the same
+/// count: their checkpoints are taken apart into slots, each at its
+/// position, and nothing is read again.
+fn migrate(bin: &Path) {
+    let version = nats_version(bin);
+    let nats = Nats::start_jetstream_on(bin);
+    let url = nats.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let js = rt.block_on(channels_stream(&url, "SESSIONS"));
+    let events = corpus(4000, 13);
+    let (first, second) = events.split_at(2500);
+    let reference = Exporter::start(&url, &["--nats.jetstream.stream", "SESSIONS"]);
+    let mut before: Vec<Exporter> = (0..3).map(|i| replica(&url, i, 3, false)).collect();
+    rt.block_on(js_publish(&js, first));
+    let want = first.len() as f64;
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "the first half read",
+        || {
+            let read: f64 = before
+                .iter()
+                .map(|r| {
+                    let m = r.metrics();
+                    sum(&m, "session_exporter_messages_received_total")
+                        + sum(&m, "session_exporter_partition_skipped_messages_total")
+                })
+                .sum();
+            (read == 3.0 * want).then_some(())
+        },
+    );
+    for r in &mut before {
+        r.signal("TERM");
+        assert_eq!(r.wait_exit(), Some(0), "{}", r.log());
+    }
+    let after: Vec<Exporter> = (0..3).map(|i| replica(&url, i, 3, true)).collect();
+    rt.block_on(js_publish(&js, second));
+    assert_partitions_equal(&version, &reference, &after, events.len(), true);
+    for (i, r) in after.iter().enumerate() {
+        let m = r.metrics();
+        let read = sum(&m, "session_exporter_messages_received_total")
+            + sum(&m, "session_exporter_partition_skipped_messages_total");
+        assert_eq!(
+            read,
+            second.len() as f64,
+            "{version}: replica {i} read again"
+        );
+        assert_eq!(sum(&m, "session_exporter_slots_held"), 10.0, "{version}");
+        assert!(
+            r.log().contains("stored as slots"),
+            "{version}: {}",
+            r.log()
+        );
+    }
+}
+
+#[test]
+fn checkpoints_from_before_slots_move_into_slots_without_a_reread() {
+    for bin in nats_servers() {
+        migrate(&bin);
+    }
+}
