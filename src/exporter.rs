@@ -320,12 +320,17 @@ impl Exporter {
         stream: Option<&str>,
     ) -> Result<Restored, CheckpointError> {
         let now = Instant::now();
+        let slots = self.ownership().slots;
         let mut fold = self.lock();
         let restored = fold.restore(bytes, now, unix_now())?;
         let held = restored.resume.partition;
         // With slots a replica's checkpoint names the slots it held; one of
         // before slots is taken apart into slots by the source.
-        let mismatch = if held != partition && self.ownership().slots == 0 {
+        let mismatch = if restored.resume.slots > 0 && slots == 0 {
+            Some(CheckpointError::Slots {
+                held: restored.resume.slots,
+            })
+        } else if held != partition && slots == 0 {
             Some(CheckpointError::Partition {
                 held,
                 this: partition,

@@ -290,3 +290,79 @@ fn checkpoints_from_before_slots_move_into_slots_without_a_reread() {
         migrate(&bin);
     }
 }
+
+/// A slot written by another replica is lost at once: the replica stops
+/// folding and serving its namespaces and counts it. A replica's key
+/// written with slots is refused without them.
+#[test]
+fn a_slot_taken_by_another_replica_is_let_go() {
+    let nats = Nats::start_jetstream();
+    let url = nats.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let js = rt.block_on(channels_stream(&url, "SESSIONS"));
+    let events = corpus(2000, 17);
+    let mut one = replica(&url, 0, 1, true);
+    rt.block_on(js_publish(&js, &events));
+    let page = |r: &Exporter| {
+        let (status, body) = r.get("/metrics");
+        assert_eq!(status, 200);
+        body
+    };
+    let namespaces = |body: &str| {
+        let mut all: Vec<String> = series(&domain(body))
+            .iter()
+            .filter_map(|(k, _)| namespace_of(k).map(str::to_string))
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    };
+    let before = wait_for(
+        std::time::Duration::from_secs(30),
+        "all events served",
+        || {
+            let body = page(&one);
+            (sum(&body, "session_exporter_messages_received_total") == events.len() as f64)
+                .then(|| namespaces(&body))
+                .filter(|n| !n.is_empty())
+        },
+    );
+    let victim = before[0].clone();
+    let slot = session_exporter::partition::slot_of(&victim, 30);
+    rt.block_on(async {
+        let kv = js.get_key_value("STATE").await.unwrap();
+        let taken = r#"{"owner":"thief","generation":99,"position":0}"#.to_string() + "\n";
+        kv.put(format!("slots.{slot}"), taken.into()).await.unwrap();
+    });
+    // One more event makes a checkpoint, whose write of the slot is refused.
+    rt.block_on(js_publish(&js, &events[..1]));
+    let after = wait_for(
+        std::time::Duration::from_secs(30),
+        "the slot let go",
+        || {
+            let body = page(&one);
+            (sum(
+                &body,
+                "session_exporter_slot_moves_total{direction=\"lost\"}",
+            ) == 1.0)
+                .then(|| namespaces(&body))
+                .filter(|n| !n.is_empty())
+        },
+    );
+    assert!(!after.contains(&victim), "{victim} still served");
+    let moved: Vec<&String> = before.iter().filter(|n| !after.contains(n)).collect();
+    assert!(moved
+        .iter()
+        .all(|n| session_exporter::partition::slot_of(n, 30) == slot));
+    assert_eq!(sum(&page(&one), "session_exporter_slots_held"), 29.0);
+    one.signal("TERM");
+    assert_eq!(one.wait_exit(), Some(0), "{}", one.log());
+    // Without slots, its key is refused, naming the flag.
+    let mut without = replica(&url, 0, 1, false);
+    assert_eq!(without.wait_exit(), Some(1));
+    assert!(
+        without.log().contains("--partition.slots 30"),
+        "{}",
+        without.log()
+    );
+}

@@ -1,11 +1,12 @@
 //! The envelope scanner accepts exactly what serde_json accepts, and reads
 //! the same fields (a differential target). And partition ownership, which
 //! reads the envelope's leading namespace before the full decode: every
-//! message has exactly one owner among the partitions, for any count.
+//! message has exactly one owner among the partitions, for any count, with
+//! slots or without.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use session_exporter::partition::{Owner, Partition};
+use session_exporter::partition::{slot_owner, Owner, Ownership, Partition};
 use session_exporter::scan::parity::agree;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,9 +14,18 @@ fuzz_target!(|data: &[u8]| {
         panic!("{e}");
     }
     for count in 1..=4 {
-        let owners = (0..count)
-            .filter(|&index| matches!(Partition { count, index }.owner(data, 65536), Owner::Mine(_)))
-            .count();
-        assert_eq!(owners, 1, "{count} partitions: {owners} owners");
+        let by_slots = |p: Partition| {
+            let mut own = Ownership::by_slots(p, 12);
+            (0..12).filter(|&s| slot_owner(s, count) == p.index).for_each(|s| own.hold(s, 0));
+            own
+        };
+        for slots in [false, true] {
+            let owners = (0..count)
+                .map(|index| Partition { count, index })
+                .map(|p| if slots { by_slots(p) } else { Ownership::by_hash(p) })
+                .filter(|own| matches!(own.owner(data, 65536, 1), Owner::Mine(_)))
+                .count();
+            assert_eq!(owners, 1, "{count} partitions (slots {slots}): {owners} owners");
+        }
     }
 });

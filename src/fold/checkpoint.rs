@@ -94,6 +94,9 @@ pub enum CheckpointError {
     Partition { held: Partition, this: Partition },
     /// It holds a position in another stream than the one read.
     Stream { held: String, reading: String },
+    /// It was written with slots (its namespaces are in the slot keys),
+    /// and this replica runs without.
+    Slots { held: u32 },
 }
 
 impl std::fmt::Display for CheckpointError {
@@ -104,6 +107,11 @@ impl std::fmt::Display for CheckpointError {
                 f,
                 "it holds partition {} of {}, and this replica is partition {} of {}",
                 held.index, held.count, this.index, this.count
+            ),
+            CheckpointError::Slots { held } => write!(
+                f,
+                "it was written with --partition.slots {held}, its namespaces stored in the slot \
+                 keys, and this replica runs without slots: run it with --partition.slots {held}"
             ),
             CheckpointError::Stream { held, reading } => write!(
                 f,

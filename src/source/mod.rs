@@ -505,6 +505,10 @@ async fn take_slots(
         "slots taken"
     );
     resume.slots = cfg.slots;
+    // Where reading starts: a slot is stored at its floor or here, the higher.
+    if let Some(lowest) = exporter.ownership().lowest() {
+        resume.stream_seq = lowest;
+    }
     Ok(slots)
 }
 

@@ -127,6 +127,12 @@ impl Slots {
     }
 
     async fn read(&self, slot: u32) -> Result<Option<Entry>, String> {
+        self.read_checked(slot).await?
+    }
+
+    /// The slot as stored; `Err` when NATS did not answer, `Ok(Err)` when
+    /// what is stored there is not a slot (trying again cannot help).
+    async fn read_checked(&self, slot: u32) -> Result<Result<Option<Entry>, String>, String> {
         let entry = self
             .store
             .kv()
@@ -134,18 +140,20 @@ impl Slots {
             .await
             .map_err(|e| format!("slot {slot}: {e}"))?;
         let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-            return Ok(None);
+            return Ok(Ok(None));
         };
         let line = entry.value.iter().position(|&b| b == b'\n');
-        let header = line
-            .and_then(|n| serde_json::from_slice::<Header>(&entry.value[..n]).ok())
-            .ok_or_else(|| format!("slot {slot}: key {} is not a slot", key(slot)))?;
+        let Some(header) =
+            line.and_then(|n| serde_json::from_slice::<Header>(&entry.value[..n]).ok())
+        else {
+            return Ok(Err(format!("slot {slot}: key {} is not a slot", key(slot))));
+        };
         let state = entry.value.slice(line.map_or(0, |n| n + 1)..);
-        Ok(Some(Entry {
+        Ok(Ok(Some(Entry {
             header,
             state,
             revision: entry.revision,
-        }))
+        })))
     }
 
     /// Write `slot` over `revision` (`None`: it must not exist yet).
@@ -217,18 +225,16 @@ impl Slots {
             fold.restore(&raw, std::time::Instant::now(), crate::clock::unix_now())
                 .map_err(|e| format!("slot {slot}: {e}"))?;
         }
+        // Written even when it was this replica's already: an earlier
+        // process under the same key, still alive, then loses it.
         let header = Header {
             owner: self.me.clone(),
-            generation: h.generation + u64::from(h.owner.is_empty()),
+            generation: h.generation + 1,
             position: h.position,
         };
-        if header != *h {
-            self.write(slot, &header, &entry.state, Some(entry.revision))
-                .await
-                .map_err(failed)?;
-        } else {
-            self.held_map().insert(slot, (h.generation, entry.revision));
-        }
+        self.write(slot, &header, &entry.state, Some(entry.revision))
+            .await
+            .map_err(failed)?;
         let namespaces = exporter.adopt_slot(slot, fold, h.position);
         Ok(Claim::Taken {
             floor: h.position,
@@ -292,8 +298,13 @@ impl Slots {
     pub async fn release_unwanted(&self, held_before: &[u32]) -> Result<usize, String> {
         let mut released = 0;
         for &slot in held_before.iter().filter(|s| !self.wanted.contains(s)) {
-            let Some(entry) = self.read(slot).await? else {
-                continue;
+            let entry = match self.read_checked(slot).await? {
+                Ok(Some(entry)) => entry,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "slot not released: what is stored there is not a slot");
+                    continue;
+                }
             };
             if entry.header.owner != self.me {
                 continue;
@@ -321,7 +332,8 @@ impl Slots {
     pub async fn migrate(&self, states: Vec<(u32, u64, Vec<u8>)>) -> Result<usize, String> {
         let mut stored = 0;
         for (slot, position, raw) in states {
-            if self.read(slot).await?.is_some() {
+            // Stored already (or something else is there): left as it is.
+            if !matches!(self.read_checked(slot).await?, Ok(None)) {
                 continue;
             }
             let owner = match self.wanted.contains(&slot) {

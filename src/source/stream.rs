@@ -75,11 +75,12 @@ pub(super) async fn run(
     )
     .await?
     else {
-        return Ok(());
+        // With slots, those claimed are released.
+        return checkpoints.finish(Duration::from_secs(10)).await;
     };
     let Some(mut reader) = Reader::open(&client, &stream, &config, at.last, &mut shutdown).await
     else {
-        return Ok(());
+        return checkpoints.finish(Duration::from_secs(10)).await;
     };
     connections.mark_unchanged();
     exporter.stats.stream_position.set(at.last as i64);
@@ -95,6 +96,7 @@ pub(super) async fn run(
         "reading JetStream without acks"
     );
     let mut tick = ticker(interval);
+    let mut drain = true;
     let mut claims = tokio::time::interval(CLAIM_EVERY);
     let slots = checkpoints.slots.clone();
     let silence = tokio::time::sleep(MISSED_HEARTBEATS);
@@ -128,18 +130,22 @@ pub(super) async fn run(
                 // in case a slot claimed makes it go back.
                 exporter.rewind(at.last);
                 let (claimed, lowest, _) = super::claim(slots, &exporter).await;
+                let reopen = match lowest {
+                    Some(floor) if floor < at.last => {
+                        at.reread_until = at.reread_until.max(at.last);
+                        // Before any checkpoint: a slot is stored at the
+                        // reader's position or its floor, the higher.
+                        at.last = floor;
+                        checkpoints.resume.stream_seq = floor;
+                        Some(Reopen::Claimed)
+                    }
+                    _ => None,
+                };
                 if claimed > 0 {
                     // Serve them at once: what they hold is stored.
                     checkpoints.tick().await;
                 }
-                match lowest {
-                    Some(floor) if floor < at.last => {
-                        at.reread_until = at.reread_until.max(at.last);
-                        at.last = floor;
-                        Some(Reopen::Claimed)
-                    }
-                    _ => None,
-                }
+                reopen
             }
             () = &mut silence => Some(Reopen::Silent),
             // After an outage the consumer may have gone with its server:
@@ -155,7 +161,11 @@ pub(super) async fn run(
             );
             match Reader::open(&client, &stream, &config, at.last, &mut shutdown).await {
                 Some(r) => std::mem::replace(&mut reader, r).close(&stream),
-                None => break,
+                None => {
+                    // What the old consumer holds is not after the position.
+                    drain = false;
+                    break;
+                }
             }
             silence
                 .as_mut()
@@ -163,7 +173,9 @@ pub(super) async fn run(
         }
     }
     exporter.set_subscribed(false);
-    reader.drain(&exporter, &mut checkpoints, &mut at, &js_cfg.stream);
+    if drain {
+        reader.drain(&exporter, &mut checkpoints, &mut at, &js_cfg.stream);
+    }
     reader.close(&stream);
     exporter.stats.subscriptions.set(0);
     checkpoints.finish(Duration::from_secs(10)).await
@@ -221,6 +233,7 @@ async fn locate(
         at.last = exporter.ownership().lowest().unwrap_or(end);
     }
     at.within(&mut stream, exporter, &js_cfg.stream).await?;
+    checkpoints.resume.stream_seq = at.last;
     let config = consumer_config(client, &filters, &mut at);
     Ok(Some(Located {
         stream,
