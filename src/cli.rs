@@ -414,6 +414,11 @@ pub struct RunArgs {
         default_value_t = 0
     )]
     pub partition_slots: u32,
+    /// With slots: how long a replica's heartbeat may stand still before
+    /// the others take its slots from their last checkpoint (a replica that
+    /// cannot write its own for half of it stops serving).
+    #[arg(long = "partition.dead-after", env = "SESSION_EXPORTER_PARTITION_DEAD_AFTER", default_value = "15s", value_parser = parse_duration)]
+    pub partition_dead_after: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -596,6 +601,9 @@ impl RunArgs {
             partition: self.partition()?,
             partition_subjects: self.partition_subjects()?,
             slots: self.slots()?,
+            slot_dead_after: self
+                .partition_dead_after
+                .max(std::time::Duration::from_secs(2)),
             ..self.nats.config()?
         })
     }

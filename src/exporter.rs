@@ -38,6 +38,9 @@ pub struct Exporter {
     /// last stored checkpoint, so that no value it serves can be lost by a
     /// crash: a restart never shows a counter lower than before.
     published: Option<Published>,
+    /// With slots, set while this replica cannot write its heartbeat:
+    /// nothing is published (another replica may take its slots).
+    paused: AtomicBool,
     /// The longest hold of `fold` since it was last taken, in nanoseconds.
     longest_hold: AtomicU64,
     /// Held while a checkpoint's image is alive (taken, snapshotted,
@@ -89,6 +92,7 @@ impl Exporter {
             ingested: AtomicU64::new(0),
             checkpointed: AtomicU64::new(0),
             published: None,
+            paused: AtomicBool::new(false),
             longest_hold: AtomicU64::new(0),
             encoding: Mutex::new(()),
             ownership: RwLock::new(Ownership::default()),
@@ -198,6 +202,16 @@ impl Exporter {
             .collect()
     }
 
+    /// Stop serving (`true`: unpublished, and nothing published until
+    /// resumed) or resume. Returns whether it was not paused before.
+    pub fn pause_serving(&self, pause: bool) -> bool {
+        let was = self.paused.swap(pause, Ordering::Relaxed);
+        if pause {
+            self.unpublish();
+        }
+        !was
+    }
+
     /// Serve no domain metrics until the next stored checkpoint.
     pub fn unpublish(&self) {
         if let Some(p) = &self.published {
@@ -304,6 +318,9 @@ impl Exporter {
     /// From now on serve `snapshot`, of a stored checkpoint that holds the
     /// first `ingested` messages.
     pub fn publish(&self, snapshot: Snapshot, ingested: u64) {
+        if self.paused.load(Ordering::Relaxed) {
+            return;
+        }
         if let Some(p) = &self.published {
             *p.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(snapshot));
             self.checkpointed.store(ingested, Ordering::Relaxed);

@@ -4,7 +4,9 @@
 //! in the middle) and the replicas still end equal to a reference that
 //! never moved, no namespace served twice, no counter lower than before, no
 //! re-read of the stream from its start. Checkpoints from before slots move
-//! into slots where they stand. A replica whose slot was taken lets it go.
+//! into slots where they stand. A replica whose slot was taken lets it go;
+//! the slots of one that never comes back are taken once its heartbeat
+//! stops.
 //! Against Debian's nats-server 2.9 and the pinned current release.
 
 mod common;
@@ -60,7 +62,8 @@ fn replica(url: &str, i: usize, count: usize, slots: bool) -> Exporter {
         "50ms",
     ];
     if slots {
-        args.extend(["--partition.slots", SLOTS]);
+        // Short, for the test of an owner that never comes back.
+        args.extend(["--partition.slots", SLOTS, "--partition.dead-after", "2s"]);
     }
     Exporter::start(url, &args)
 }
@@ -365,4 +368,73 @@ fn a_slot_taken_by_another_replica_is_let_go() {
         "{}",
         without.log()
     );
+}
+
+/// Scaling 3 → 2 where replica 2 is SIGKILLed and never started again: once
+/// its heartbeat has stood still for --partition.dead-after, the others take
+/// its slots from their last checkpoint and read on from their positions.
+fn dead_owner(bin: &Path) {
+    let version = nats_version(bin);
+    let nats = Nats::start_jetstream_on(bin);
+    let url = nats.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let js = rt.block_on(channels_stream(&url, "SESSIONS"));
+    let events = corpus(3000, 19);
+    let (first, second) = events.split_at(1500);
+    let reference = Exporter::start(&url, &["--nats.jetstream.stream", "SESSIONS"]);
+    let mut fleet: Vec<Exporter> = (0..3).map(|i| replica(&url, i, 3, true)).collect();
+    rt.block_on(js_publish(&js, first));
+    // Killed once it has stored what it read.
+    let mut gone = fleet.pop().unwrap();
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "replica 2 stored",
+        || {
+            let m = gone.metrics();
+            let read = sum(&m, "session_exporter_messages_received_total")
+                + sum(&m, "session_exporter_partition_skipped_messages_total");
+            (read == first.len() as f64
+                && sum(&m, "session_exporter_state_pending_messages") == 0.0)
+                .then_some(())
+        },
+    );
+    gone.kill();
+    for (i, r) in fleet.iter_mut().enumerate().rev() {
+        r.signal("TERM");
+        assert_eq!(r.wait_exit(), Some(0), "{version}: {}", r.log());
+        *r = replica(&url, i, 2, true);
+    }
+    rt.block_on(js_publish(&js, second));
+    let dump = |fleet: &[Exporter]| {
+        for r in fleet {
+            for l in r
+                .log()
+                .lines()
+                .filter(|l| l.contains("slot") || l.contains("WARN") || l.contains("anew"))
+            {
+                eprintln!("DBG {l}");
+            }
+            eprintln!("DBG ----");
+        }
+    };
+    // The replicas' slot lines, shown only if the test fails.
+    let equal = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_partitions_equal(&version, &reference, &fleet, events.len(), true)
+    }));
+    if let Err(e) = equal {
+        dump(&fleet);
+        std::panic::resume_unwind(e);
+    }
+    let taken = fleet
+        .iter()
+        .map(|r| r.log().matches("heartbeat stopped").count())
+        .sum::<usize>();
+    assert_eq!(taken, 10, "{version}: slots taken from the dead replica");
+}
+
+#[test]
+fn the_slots_of_a_replica_that_never_comes_back_are_taken() {
+    for bin in nats_servers() {
+        dead_owner(&bin);
+    }
 }

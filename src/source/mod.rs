@@ -78,6 +78,9 @@ pub struct NatsConfig {
     pub partition_subjects: Vec<String>,
     /// The deployment's slots (`--partition.slots`); 0: none.
     pub slots: u32,
+    /// How long a slot owner's heartbeat may stand still before its slots
+    /// are taken (`--partition.dead-after`).
+    pub slot_dead_after: Duration,
 }
 
 /// A password or a token: printed as `Secret(..)`, never its value, so a
@@ -324,6 +327,9 @@ pub async fn run(
         _ => None,
     };
     let has_store = store.is_some();
+    let beating = slots
+        .as_ref()
+        .map(|s| (s.clone(), s.clone().heartbeat(exporter.clone())));
     let mut checkpoints = Checkpoints::new(exporter.clone(), store, resume);
     checkpoints.slots = slots;
     let folding = Folding {
@@ -334,11 +340,16 @@ pub async fn run(
         interval: cfg.state.as_ref().map(|s| s.interval),
         restored,
     };
-    match &cfg.jetstream {
+    let result = match &cfg.jetstream {
         None => core::run(folding, cfg, shutdown).await,
         Some(js) if has_store => stream::run(folding, cfg, js, shutdown).await,
         Some(js) => jetstream::run(folding.client, cfg, js, folding.exporter, shutdown).await,
+    };
+    if let Some((slots, beating)) = beating {
+        beating.abort();
+        slots.leave().await;
     }
+    result
 }
 
 /// Open the store and load its checkpoint into the exporter, retrying while
@@ -432,7 +443,18 @@ async fn take_slots(
     resume: &mut Resume,
     restored: bool,
 ) -> Result<Slots, SourceError> {
-    let slots = Slots::new(store, state.key.clone(), cfg.partition, cfg.slots);
+    let slots = Slots::new(
+        store,
+        state.key.clone(),
+        cfg.partition,
+        cfg.slots,
+        cfg.slot_dead_after,
+    );
+    let mut backoff = Backoff::new();
+    while let Err(e) = slots.beat().await {
+        tracing::warn!(error = %e, "heartbeat not written; retrying");
+        backoff.wait().await;
+    }
     let refuse = |reason: String| SourceError::Unreadable {
         bucket: state.bucket.clone(),
         key: state.key.clone(),

@@ -13,11 +13,19 @@
 //! checkpoint and after it stopped serving it; only then can the replica the
 //! count gives it to claim it. Two replicas never fold or serve a slot at
 //! once; between the release and the claim nobody serves it.
+//!
+//! An owner that dies without releasing (SIGKILL, a lost node) is found by
+//! its heartbeat: every replica with slots writes `members.<state.key>`
+//! every second. Once an owner's key has not changed for `dead_after` as a
+//! claimer sees it, its slots are taken from their last checkpoint. A
+//! replica that cannot write its own heartbeat for half that time stops
+//! serving (its slots may be taken), until it can again.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -74,14 +82,28 @@ pub struct Slots {
     held: Mutex<HashMap<u32, (u64, u64)>>,
     /// Where [`Slots::next_pending`] goes on from.
     cursor: AtomicU32,
+    /// How long an owner's heartbeat may stand still before its slots are
+    /// taken.
+    dead_after: Duration,
+    /// Each other owner's heartbeat revision as last read, and since when.
+    seen: Mutex<HashMap<String, (Option<u64>, Instant)>>,
 }
+
+/// How often a replica with slots writes its heartbeat.
+pub const BEAT: Duration = Duration::from_secs(1);
 
 fn key(slot: u32) -> String {
     format!("slots.{slot}")
 }
 
 impl Slots {
-    pub fn new(store: Arc<StateStore>, me: String, partition: Partition, count: u32) -> Slots {
+    pub fn new(
+        store: Arc<StateStore>,
+        me: String,
+        partition: Partition,
+        count: u32,
+        dead_after: Duration,
+    ) -> Slots {
         let wanted = (0..count)
             .filter(|&s| slot_owner(s, partition.count) == partition.index)
             .collect();
@@ -92,11 +114,79 @@ impl Slots {
             wanted,
             held: Mutex::new(HashMap::new()),
             cursor: AtomicU32::new(0),
+            dead_after,
+            seen: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn count(&self) -> u32 {
         self.count
+    }
+
+    /// Write this replica's heartbeat.
+    pub async fn beat(&self) -> Result<(), String> {
+        let at = crate::clock::unix_now();
+        let value = format!("{{\"at\":{at:.3}}}");
+        self.store
+            .kv()
+            .put(format!("members.{}", self.me), value.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("heartbeat: {e}"))
+    }
+
+    /// Beat every [`BEAT`] until aborted; past half of `dead_after` without
+    /// a beat written, serve nothing (another replica may take the slots).
+    pub fn heartbeat(self: Arc<Self>, exporter: Arc<Exporter>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut last = Instant::now();
+            let mut tick = tokio::time::interval(BEAT);
+            loop {
+                tick.tick().await;
+                match self.beat().await {
+                    Ok(()) => {
+                        last = Instant::now();
+                        exporter.pause_serving(false);
+                    }
+                    Err(e) if last.elapsed() > self.dead_after / 2 => {
+                        if exporter.pause_serving(true) {
+                            tracing::error!(error = %e, "no heartbeat written for half of --partition.dead-after: serving nothing, another replica may take the slots");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "heartbeat not written"),
+                }
+            }
+        })
+    }
+
+    /// Leave: the heartbeat goes, so nobody waits for it.
+    pub async fn leave(&self) {
+        let _ = self.store.kv().delete(format!("members.{}", self.me)).await;
+    }
+
+    /// Whether `owner` stopped: its heartbeat deleted, or standing still
+    /// (or never written) for `dead_after` as this replica saw it.
+    async fn is_gone(&self, owner: &str) -> Result<bool, String> {
+        let entry = self
+            .store
+            .kv()
+            .entry(format!("members.{owner}"))
+            .await
+            .map_err(|e| format!("heartbeat of {owner}: {e}"))?;
+        if entry
+            .as_ref()
+            .is_some_and(|e| e.operation != kv::Operation::Put)
+        {
+            return Ok(true);
+        }
+        let revision = entry.map(|e| e.revision);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let (last, since) = seen.entry(owner.to_string()).or_insert((revision, now));
+        if *last != revision {
+            (*last, *since) = (revision, now);
+        }
+        Ok(now.duration_since(*since) > self.dead_after)
     }
 
     fn held_map(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (u64, u64)>> {
@@ -217,7 +307,10 @@ impl Slots {
         };
         let h = &entry.header;
         if !h.owner.is_empty() && h.owner != self.me {
-            return Ok(Claim::Held(h.owner.clone()));
+            if !self.is_gone(&h.owner).await? {
+                return Ok(Claim::Held(h.owner.clone()));
+            }
+            tracing::warn!(slot, owner = %h.owner, position = h.position, "taking a slot from a replica whose heartbeat stopped, from its last checkpoint");
         }
         let mut fold = exporter.empty_fold();
         if !entry.state.is_empty() {
