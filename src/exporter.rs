@@ -212,6 +212,32 @@ impl Exporter {
         !was
     }
 
+    /// Let slots go at once, with their state as of now: `(slot, position,
+    /// checkpoint)` of each, to store released (`read`: the reader's last
+    /// sequence). Nothing is served until the next stored checkpoint.
+    pub fn release_slots(&self, slots: &[u32], resume: &Resume) -> Vec<(u32, u64, Vec<u8>)> {
+        let states = {
+            let _encoding = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
+            let own = self.ownership().clone();
+            let resume = Resume {
+                slots: own.slots,
+                held: slots.to_vec(),
+                ..resume.clone()
+            };
+            let read = resume.stream_seq;
+            let (_, states) = self
+                .checkpoint(&resume)
+                .image
+                .encode_slots(slots, |s| own.position(s, read));
+            states
+                .into_iter()
+                .map(|(s, bytes)| (s, own.position(s, read), bytes))
+                .collect()
+        };
+        self.drop_slots(slots);
+        states
+    }
+
     /// Serve no domain metrics until the next stored checkpoint.
     pub fn unpublish(&self) {
         if let Some(p) = &self.published {

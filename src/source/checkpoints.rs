@@ -158,6 +158,15 @@ impl Checkpoints {
         })
     }
 
+    /// Wait for the checkpoint in flight, if any, and settle it.
+    pub async fn settle_inflight(&mut self) -> Result<(), SourceError> {
+        if self.inflight.is_some() {
+            let s = self.stored().await;
+            self.settle(s)?;
+        }
+        Ok(())
+    }
+
     /// Serve what a stored checkpoint holds. An error only when another
     /// process writes this key: then the source must stop.
     pub fn settle(&mut self, stored: Stored) -> Result<(), SourceError> {

@@ -320,7 +320,7 @@ pub async fn run(
         (Some(store), Some(state)) if cfg.slots > 0 => {
             let taking = take_slots(store.clone(), cfg, state, &exporter, &mut resume, restored);
             tokio::select! {
-                r = taking => Some(Arc::new(r?)),
+                r = taking => Some(r?),
                 _ = &mut shutdown => return Ok(()),
             }
         }
@@ -442,7 +442,7 @@ async fn take_slots(
     exporter: &Exporter,
     resume: &mut Resume,
     restored: bool,
-) -> Result<Slots, SourceError> {
+) -> Result<Arc<Slots>, SourceError> {
     let slots = Slots::new(
         store,
         state.key.clone(),
@@ -450,6 +450,8 @@ async fn take_slots(
         cfg.slots,
         cfg.slot_dead_after,
     );
+    let slots = Arc::new(slots);
+    Slots::watch_members(&slots);
     let mut backoff = Backoff::new();
     while let Err(e) = slots.beat().await {
         tracing::warn!(error = %e, "heartbeat not written; retrying");
@@ -543,8 +545,14 @@ const CLAIMS_AT_ONCE: usize = 64;
 /// still holds.
 pub(super) async fn claim(slots: &Slots, exporter: &Exporter) -> (usize, Option<u64>, Vec<String>) {
     let (mut claimed, mut lowest, mut elsewhere) = (0, None::<u64>, Vec::new());
-    for slot in slots.next_pending(CLAIMS_AT_ONCE) {
-        match slots.claim(slot, exporter).await {
+    let pending = slots.next_pending(CLAIMS_AT_ONCE).into_iter();
+    let orphans = slots.next_orphans(CLAIMS_AT_ONCE).into_iter();
+    // Only a replica the count gives a slot makes it anew.
+    let all = pending
+        .map(|s| (s, true))
+        .chain(orphans.map(|s| (s, false)));
+    for (slot, create) in all {
+        match slots.claim(slot, exporter, create).await {
             Ok(Claim::Taken { floor, namespaces }) => {
                 tracing::debug!(slot, floor, namespaces, "slot claimed");
                 claimed += 1;
@@ -556,6 +564,35 @@ pub(super) async fn claim(slots: &Slots, exporter: &Exporter) -> (usize, Option<
     }
     exporter.stats.slot_moves(SlotMove::Claimed, claimed);
     (claimed, lowest, elsewhere)
+}
+
+/// Let go at once the slots held here that the count no longer gives this
+/// replica and a live replica wants, so it can claim them (after the
+/// checkpoint in flight, which may be storing them); and try again releases
+/// that failed.
+pub(super) async fn release_wanted(
+    slots: &Slots,
+    exporter: &Exporter,
+    checkpoints: &mut Checkpoints,
+) -> Result<(), SourceError> {
+    slots.release_again().await;
+    let wanted = slots.to_release();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    checkpoints.settle_inflight().await?;
+    let states = exporter.release_slots(&wanted, &checkpoints.resume);
+    let (lost, result) = slots.store(states, true).await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "slots let go not released yet; trying again");
+    }
+    tracing::info!(slots = ?wanted, lost = lost.len(), "slots released to the replica that wants them");
+    exporter
+        .stats
+        .slot_moves(SlotMove::Released, wanted.len() - lost.len());
+    // Serve again, without them.
+    checkpoints.tick().await;
+    Ok(())
 }
 
 /// Why a checkpoint cannot be restored, with what to do when it is the

@@ -85,8 +85,38 @@ pub struct Slots {
     /// How long an owner's heartbeat may stand still before its slots are
     /// taken.
     dead_after: Duration,
-    /// Each other owner's heartbeat revision as last read, and since when.
-    seen: Mutex<HashMap<String, (Option<u64>, Instant)>>,
+    /// The replicas' heartbeats, as this replica watches them.
+    members: Mutex<HashMap<String, Member>>,
+    /// An owner not among `members`: since when this replica looked.
+    unseen: Mutex<HashMap<String, Instant>>,
+    /// Slots found held by another replica, and by whom.
+    held_by: Mutex<HashMap<u32, String>>,
+    partition: Partition,
+    /// Where [`Slots::next_orphans`] goes on from.
+    orphan_cursor: AtomicU32,
+    /// Slots let go whose release was not written yet: `(slot, position,
+    /// checkpoint)`.
+    unreleased: Mutex<Vec<(u32, u64, Vec<u8>)>>,
+    /// The task watching the heartbeats.
+    watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A replica's heartbeat: the partition it runs with, and when it last
+/// changed as this replica saw it.
+#[derive(Debug, Clone)]
+struct Member {
+    partition: Partition,
+    changed: Instant,
+    /// Deleted: it stopped cleanly.
+    left: bool,
+}
+
+/// The heartbeat's value.
+#[derive(Serialize, Deserialize)]
+struct Beat {
+    at: f64,
+    count: u32,
+    index: u32,
 }
 
 /// How often a replica with slots writes its heartbeat.
@@ -115,7 +145,13 @@ impl Slots {
             held: Mutex::new(HashMap::new()),
             cursor: AtomicU32::new(0),
             dead_after,
-            seen: Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
+            unseen: Mutex::new(HashMap::new()),
+            held_by: Mutex::new(HashMap::new()),
+            partition,
+            orphan_cursor: AtomicU32::new(0),
+            unreleased: Mutex::new(Vec::new()),
+            watcher: Mutex::new(None),
         }
     }
 
@@ -125,14 +161,119 @@ impl Slots {
 
     /// Write this replica's heartbeat.
     pub async fn beat(&self) -> Result<(), String> {
-        let at = crate::clock::unix_now();
-        let value = format!("{{\"at\":{at:.3}}}");
+        let beat = Beat {
+            at: crate::clock::unix_now(),
+            count: self.partition.count,
+            index: self.partition.index,
+        };
+        let value = serde_json::to_vec(&beat).expect("a beat serializes");
         self.store
             .kv()
             .put(format!("members.{}", self.me), value.into())
             .await
             .map(|_| ())
             .map_err(|e| format!("heartbeat: {e}"))
+    }
+
+    /// Watch the replicas' heartbeats until [`Slots::leave`] (made anew if
+    /// the watch ends or fails).
+    pub fn watch_members(slots: &Arc<Slots>) {
+        use futures_util::StreamExt;
+        let this = slots.clone();
+        let task = tokio::spawn(async move {
+            let slots = this;
+            loop {
+                match slots.store.kv().watch_with_history("members.>").await {
+                    Ok(mut watch) => {
+                        while let Some(Ok(entry)) = watch.next().await {
+                            slots.saw(&entry);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "heartbeats not watched; retrying"),
+                }
+                tokio::time::sleep(BEAT).await;
+            }
+        });
+        *slots.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+    }
+
+    fn members(&self) -> std::sync::MutexGuard<'_, HashMap<String, Member>> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn saw(&self, entry: &kv::Entry) {
+        let Some(name) = entry.key.strip_prefix("members.") else {
+            return;
+        };
+        let beat = serde_json::from_slice::<Beat>(&entry.value).ok();
+        let left = entry.operation != kv::Operation::Put;
+        let partition = beat.map_or(Partition::default(), |b| Partition {
+            count: b.count.max(1),
+            index: b.index,
+        });
+        let member = Member {
+            partition,
+            changed: Instant::now(),
+            left,
+        };
+        self.members().insert(name.to_string(), member);
+    }
+
+    /// The replicas alive now, with the partition each runs with.
+    fn live(&self) -> Vec<(String, Partition)> {
+        let members = self.members();
+        members
+            .iter()
+            .filter(|(_, m)| !m.left && m.changed.elapsed() <= self.dead_after)
+            .map(|(n, m)| (n.clone(), m.partition))
+            .collect()
+    }
+
+    /// Slots held here that the count no longer gives this replica and a
+    /// live replica wants now: to release, so it can claim them.
+    pub fn to_release(&self) -> Vec<u32> {
+        let live = self.live();
+        let held: Vec<u32> = self.held_map().keys().copied().collect();
+        held.into_iter()
+            .filter(|s| !self.wanted.contains(s))
+            .filter(|&s| {
+                live.iter()
+                    .any(|(n, p)| *n != self.me && slot_owner(s, p.count) == p.index)
+            })
+            .collect()
+    }
+
+    /// Up to `n` slots no live replica wants (while replicas of two counts
+    /// run side by side), when this replica is the one to take care of them
+    /// (the live one with the lowest name), skipping those known held by a
+    /// live replica: it holds and serves them until one wants them.
+    pub fn next_orphans(&self, n: usize) -> Vec<u32> {
+        let live = self.live();
+        if live.iter().map(|(n, _)| n).min() != Some(&self.me) {
+            return Vec::new();
+        }
+        let held = self.held_map();
+        let held_by = self.held_by.lock().unwrap_or_else(|e| e.into_inner());
+        let orphans: Vec<u32> = (0..self.count)
+            .filter(|s| !held.contains_key(s))
+            .filter(|&s| !live.iter().any(|(_, p)| slot_owner(s, p.count) == p.index))
+            .filter(|s| {
+                !held_by
+                    .get(s)
+                    .is_some_and(|o| live.iter().any(|(n, _)| n == o))
+            })
+            .collect();
+        let from = self.orphan_cursor.load(Ordering::Relaxed);
+        let start = orphans.partition_point(|&s| s < from);
+        let next: Vec<u32> = orphans[start..]
+            .iter()
+            .chain(&orphans[..start])
+            .take(n)
+            .copied()
+            .collect();
+        let after = next.last().map_or(0, |&s| s + 1);
+        self.orphan_cursor.store(after, Ordering::Relaxed);
+        next
     }
 
     /// Beat every [`BEAT`] until aborted; past half of `dead_after` without
@@ -161,32 +302,26 @@ impl Slots {
 
     /// Leave: the heartbeat goes, so nobody waits for it.
     pub async fn leave(&self) {
+        if let Some(w) = self
+            .watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            w.abort();
+        }
         let _ = self.store.kv().delete(format!("members.{}", self.me)).await;
     }
 
     /// Whether `owner` stopped: its heartbeat deleted, or standing still
-    /// (or never written) for `dead_after` as this replica saw it.
-    async fn is_gone(&self, owner: &str) -> Result<bool, String> {
-        let entry = self
-            .store
-            .kv()
-            .entry(format!("members.{owner}"))
-            .await
-            .map_err(|e| format!("heartbeat of {owner}: {e}"))?;
-        if entry
-            .as_ref()
-            .is_some_and(|e| e.operation != kv::Operation::Put)
-        {
-            return Ok(true);
+    /// (or never seen) for `dead_after` as this replica saw it.
+    fn is_gone(&self, owner: &str) -> bool {
+        if let Some(m) = self.members().get(owner) {
+            return m.left || m.changed.elapsed() > self.dead_after;
         }
-        let revision = entry.map(|e| e.revision);
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let (last, since) = seen.entry(owner.to_string()).or_insert((revision, now));
-        if *last != revision {
-            (*last, *since) = (revision, now);
-        }
-        Ok(now.duration_since(*since) > self.dead_after)
+        let mut unseen = self.unseen.lock().unwrap_or_else(|e| e.into_inner());
+        let since = unseen.entry(owner.to_string()).or_insert_with(Instant::now);
+        since.elapsed() > self.dead_after
     }
 
     fn held_map(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (u64, u64)>> {
@@ -284,14 +419,25 @@ impl Slots {
         Ok(written)
     }
 
-    /// Take `slot` if it is free (never stored, released, or already this
-    /// replica's), and fold its state from its position on.
-    pub async fn claim(&self, slot: u32, exporter: &Exporter) -> Result<Claim, String> {
+    /// Take `slot` if it is free (released, its owner gone, already this
+    /// replica's, or with `create` never stored), and fold its state from
+    /// its position on.
+    pub async fn claim(
+        &self,
+        slot: u32,
+        exporter: &Exporter,
+        create: bool,
+    ) -> Result<Claim, String> {
         let failed = |e: Refused| match e {
             Refused::Lost => format!("slot {slot} was written meanwhile"),
             Refused::Failed(e) => e,
         };
         let Some(entry) = self.read(slot).await? else {
+            if !create {
+                // Not stored yet: its replica (or a checkpoint from before
+                // slots) is about to store it.
+                return Ok(Claim::Held(String::new()));
+            }
             let header = Header {
                 owner: self.me.clone(),
                 generation: 1,
@@ -307,7 +453,9 @@ impl Slots {
         };
         let h = &entry.header;
         if !h.owner.is_empty() && h.owner != self.me {
-            if !self.is_gone(&h.owner).await? {
+            if !self.is_gone(&h.owner) {
+                let mut held_by = self.held_by.lock().unwrap_or_else(|e| e.into_inner());
+                held_by.insert(slot, h.owner.clone());
                 return Ok(Claim::Held(h.owner.clone()));
             }
             tracing::warn!(slot, owner = %h.owner, position = h.position, "taking a slot from a replica whose heartbeat stopped, from its last checkpoint");
@@ -343,11 +491,13 @@ impl Slots {
         states: Vec<(u32, u64, Vec<u8>)>,
         released: bool,
     ) -> (Vec<u32>, Result<(), String>) {
-        let (mut lost, mut result) = (Vec::new(), Ok(()));
+        let (mut lost, mut done, mut result) = (Vec::new(), Vec::new(), Ok(()));
         for (slot, position, raw) in states {
             let Some((generation, revision)) = self.held_map().get(&slot).copied() else {
                 continue;
             };
+            // Kept to try again: the fold no longer holds a slot let go.
+            let again = released.then(|| (slot, position, raw.clone()));
             let header = Header {
                 owner: if released {
                     String::new()
@@ -365,16 +515,36 @@ impl Slots {
                 }
             };
             match self.write(slot, &header, &state, Some(revision)).await {
-                Ok(_) => {}
+                Ok(_) => done.push(slot),
                 Err(Refused::Lost) => lost.push(slot),
-                Err(Refused::Failed(e)) => result = Err(e),
+                Err(Refused::Failed(e)) => {
+                    result = Err(e);
+                    if let Some(a) = again {
+                        self.unreleased().push(a);
+                    }
+                }
             }
         }
         if released {
-            self.held_map().clear();
+            self.forget(&done);
         }
         self.forget(&lost);
         (lost, result)
+    }
+
+    fn unreleased(&self) -> std::sync::MutexGuard<'_, Vec<(u32, u64, Vec<u8>)>> {
+        self.unreleased.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Try again the releases whose write failed.
+    pub async fn release_again(&self) {
+        let again = std::mem::take(&mut *self.unreleased());
+        if !again.is_empty() {
+            let (_, result) = self.store(again, true).await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "slots not released; trying again");
+            }
+        }
     }
 
     /// Slots no longer held.
