@@ -119,6 +119,10 @@ struct Beat {
     index: u32,
 }
 
+/// Slot keys written at once: the server answers each; a few in flight
+/// hide the round trips.
+const WRITES_AT_ONCE: usize = 32;
+
 /// How often a replica with slots writes its heartbeat.
 pub const BEAT: Duration = Duration::from_secs(1);
 
@@ -491,33 +495,52 @@ impl Slots {
         states: Vec<(u32, u64, Vec<u8>)>,
         released: bool,
     ) -> (Vec<u32>, Result<(), String>) {
+        use futures_util::StreamExt;
         let (mut lost, mut done, mut result) = (Vec::new(), Vec::new(), Ok(()));
-        for (slot, position, raw) in states {
-            let Some((generation, revision)) = self.held_map().get(&slot).copied() else {
-                continue;
-            };
-            // Kept to try again: the fold no longer holds a slot let go.
-            let again = released.then(|| (slot, position, raw.clone()));
-            let header = Header {
-                owner: if released {
-                    String::new()
-                } else {
-                    self.me.clone()
-                },
-                generation,
-                position,
-            };
-            let state = match compress(raw) {
-                Ok(s) => s,
-                Err(e) => {
-                    result = Err(e);
-                    continue;
+        // Compressed on a blocking thread, then written a few at a time.
+        let keep = released;
+        let compressed = tokio::task::spawn_blocking(move || {
+            states
+                .into_iter()
+                .map(|(slot, position, raw)| {
+                    let again = keep.then(|| (slot, position, raw.clone()));
+                    (slot, position, compress(raw), again)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let writes = compressed
+            .into_iter()
+            .map(|(slot, position, state, again)| {
+                let known = self.held_map().get(&slot).copied();
+                async move {
+                    let Some((generation, revision)) = known else {
+                        return (slot, None, again);
+                    };
+                    let header = Header {
+                        owner: if released {
+                            String::new()
+                        } else {
+                            self.me.clone()
+                        },
+                        generation,
+                        position,
+                    };
+                    let written = match state {
+                        Ok(state) => self.write(slot, &header, &state, Some(revision)).await,
+                        Err(e) => Err(Refused::Failed(e)),
+                    };
+                    (slot, Some(written), again)
                 }
-            };
-            match self.write(slot, &header, &state, Some(revision)).await {
-                Ok(_) => done.push(slot),
-                Err(Refused::Lost) => lost.push(slot),
-                Err(Refused::Failed(e)) => {
+            });
+        let mut results = futures_util::stream::iter(writes).buffer_unordered(WRITES_AT_ONCE);
+        while let Some((slot, written, again)) = results.next().await {
+            match written {
+                None => {}
+                Some(Ok(_)) => done.push(slot),
+                Some(Err(Refused::Lost)) => lost.push(slot),
+                Some(Err(Refused::Failed(e))) => {
                     result = Err(e);
                     if let Some(a) = again {
                         self.unreleased().push(a);
