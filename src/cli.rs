@@ -419,6 +419,15 @@ pub struct RunArgs {
     /// cannot write its own for half of it stops serving).
     #[arg(long = "partition.dead-after", env = "SESSION_EXPORTER_PARTITION_DEAD_AFTER", default_value = "15s", value_parser = parse_duration)]
     pub partition_dead_after: std::time::Duration,
+    /// With slots: take the count and this replica's index from the
+    /// replicas present (their heartbeats in the state bucket; the index is
+    /// the rank of --state.key), so scaling the StatefulSet is all a rescale
+    /// needs. --partition.count and --partition.index are then ignored.
+    #[arg(
+        long = "partition.discover",
+        env = "SESSION_EXPORTER_PARTITION_DISCOVER"
+    )]
+    pub partition_discover: bool,
 }
 
 #[derive(Args, Debug)]
@@ -601,6 +610,7 @@ impl RunArgs {
             partition: self.partition()?,
             partition_subjects: self.partition_subjects()?,
             slots: self.slots()?,
+            slot_discover: self.partition_discover && self.partition_slots > 0,
             slot_dead_after: self
                 .partition_dead_after
                 .max(std::time::Duration::from_secs(2)),
@@ -649,6 +659,13 @@ impl RunArgs {
     /// The deployment's slots, checked against the other flags.
     fn slots(&self) -> Result<u32, String> {
         let slots = self.partition_slots;
+        if slots == 0 && self.partition_discover {
+            return Err(
+                "--partition.discover needs --partition.slots: the replicas present \
+                        share the slots among them"
+                    .into(),
+            );
+        }
         if slots == 0 {
             return Ok(0);
         }

@@ -132,6 +132,16 @@ impl Exporter {
         self.ownership().partition
     }
 
+    /// The count and index this replica runs with changed (discovered).
+    pub fn set_partition_info(&self, partition: Partition) {
+        self.ownership_mut().partition = partition;
+        self.stats.partition.reset();
+        self.stats
+            .partition
+            .with_label_values(&[&partition.count.to_string(), &partition.index.to_string()])
+            .set(1);
+    }
+
     /// What this replica folds, to read or (when a slot moves) change.
     pub fn ownership(&self) -> std::sync::RwLockReadGuard<'_, Ownership> {
         self.ownership.read().unwrap_or_else(|e| e.into_inner())

@@ -438,3 +438,79 @@ fn the_slots_of_a_replica_that_never_comes_back_are_taken() {
         dead_owner(&bin);
     }
 }
+
+/// With --partition.discover, scaling is starting and stopping replicas and
+/// nothing else: 3 → 5 → 2 while events arrive, each replica taking the
+/// count and its index from the heartbeats of those present, ends equal to
+/// the reference, no namespace ever served twice.
+fn discovered(bin: &Path) {
+    let version = nats_version(bin);
+    let nats = Nats::start_jetstream_on(bin);
+    let url = nats.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let js = rt.block_on(channels_stream(&url, "SESSIONS"));
+    let events = corpus(6000, 23);
+    let reference = Exporter::start(&url, &["--nats.jetstream.stream", "SESSIONS"]);
+    let start = |i: usize| {
+        let key = format!("pod-{i}");
+        let args = [
+            "--partition.discover",
+            "--partition.slots",
+            SLOTS,
+            "--partition.dead-after",
+            "2s",
+            "--nats.broadcast-subject",
+            "",
+            "--nats.jetstream.stream",
+            "SESSIONS",
+            "--state.bucket",
+            "STATE",
+            "--state.key",
+            &key,
+            "--state.interval",
+            "50ms",
+        ];
+        Exporter::start(&url, &args)
+    };
+    let mut fleet = Fleet {
+        url: url.clone(),
+        replicas: (0..3).map(|i| (i, start(i))).collect(),
+        served: BTreeMap::new(),
+        twice: 0,
+        checks: 0,
+    };
+    let chunks: Vec<&[(String, Vec<u8>)]> = events.chunks(events.len() / 6 + 1).collect();
+    for (n, chunk) in chunks.iter().enumerate() {
+        rt.block_on(js_publish(&js, chunk));
+        fleet.check(&format!("{version}: after chunk {n}"));
+        match n {
+            1 => (3..5).for_each(|i| {
+                fleet.replicas.insert(i, start(i));
+            }),
+            3 => (2..5).rev().for_each(|i| fleet.stop(i)),
+            _ => {}
+        }
+        fleet.check(&format!("{version}: after step {n}"));
+    }
+    let last: Vec<Exporter> = std::mem::take(&mut fleet.replicas).into_values().collect();
+    assert_partitions_equal(&version, &reference, &last, events.len(), true);
+    assert_eq!(
+        fleet.twice, 0,
+        "{version}: a namespace served by two replicas"
+    );
+    for r in &last {
+        let m = r.metrics();
+        assert!(
+            m.contains("session_exporter_partition_info{count=\"2\""),
+            "{version}"
+        );
+        assert_eq!(sum(&m, "session_exporter_slots_held"), 15.0, "{version}");
+    }
+}
+
+#[test]
+fn with_discovery_scaling_is_starting_and_stopping_replicas() {
+    for bin in nats_servers() {
+        discovered(&bin);
+    }
+}

@@ -81,6 +81,8 @@ pub struct NatsConfig {
     /// How long a slot owner's heartbeat may stand still before its slots
     /// are taken (`--partition.dead-after`).
     pub slot_dead_after: Duration,
+    /// The count and index from the replicas present (`--partition.discover`).
+    pub slot_discover: bool,
 }
 
 /// A password or a token: printed as `Secret(..)`, never its value, so a
@@ -449,6 +451,7 @@ async fn take_slots(
         cfg.partition,
         cfg.slots,
         cfg.slot_dead_after,
+        cfg.slot_discover,
     );
     let slots = Arc::new(slots);
     Slots::watch_members(&slots);
@@ -515,14 +518,22 @@ async fn take_slots(
     };
     exporter.stats.slot_moves(SlotMove::Released, released);
     let (mut claimed, mut held_elsewhere) = (0, Vec::new());
-    for _ in 0..slots.wanted.len().div_ceil(CLAIMS_AT_ONCE) {
+    if cfg.slot_discover {
+        // The count and index come from the replicas present, this one
+        // among them.
+        while !slots.sees_itself() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        discovered(&slots, exporter);
+    }
+    for _ in 0..slots.wanted().len().div_ceil(CLAIMS_AT_ONCE) {
         let (n, _, elsewhere) = claim(&slots, exporter).await;
         claimed += n;
         held_elsewhere.extend(elsewhere);
     }
     tracing::info!(
         slots = cfg.slots,
-        wanted = slots.wanted.len(),
+        wanted = slots.wanted().len(),
         claimed,
         released,
         waiting = held_elsewhere.len(),
@@ -564,6 +575,19 @@ pub(super) async fn claim(slots: &Slots, exporter: &Exporter) -> (usize, Option<
     }
     exporter.stats.slot_moves(SlotMove::Claimed, claimed);
     (claimed, lowest, elsewhere)
+}
+
+/// With `--partition.discover`: take the count and index from the live
+/// replicas when they changed.
+pub(super) fn discovered(slots: &Slots, exporter: &Exporter) {
+    if let Some(p) = slots.discover() {
+        tracing::info!(
+            partition = p.index,
+            partitions = p.count,
+            "replicas came or went: count and index taken from those present"
+        );
+        exporter.set_partition_info(p);
+    }
 }
 
 /// Let go at once the slots held here that the count no longer gives this

@@ -76,8 +76,9 @@ pub struct Slots {
     /// This replica's `--state.key`: the owner name in the slot keys.
     me: String,
     count: u32,
-    /// The slots `partition` gives this replica.
-    pub wanted: Vec<u32>,
+    /// With `--partition.discover`: the count and index come from the live
+    /// replicas' heartbeats, and change as they come and go.
+    discover: bool,
     /// Held slots: the generation and revision last read or written.
     held: Mutex<HashMap<u32, (u64, u64)>>,
     /// Where [`Slots::next_pending`] goes on from.
@@ -91,7 +92,8 @@ pub struct Slots {
     unseen: Mutex<HashMap<String, Instant>>,
     /// Slots found held by another replica, and by whom.
     held_by: Mutex<HashMap<u32, String>>,
-    partition: Partition,
+    /// The count and index this replica runs with now.
+    partition: Mutex<Partition>,
     /// Where [`Slots::next_orphans`] goes on from.
     orphan_cursor: AtomicU32,
     /// Slots let go whose release was not written yet: `(slot, position,
@@ -137,22 +139,20 @@ impl Slots {
         partition: Partition,
         count: u32,
         dead_after: Duration,
+        discover: bool,
     ) -> Slots {
-        let wanted = (0..count)
-            .filter(|&s| slot_owner(s, partition.count) == partition.index)
-            .collect();
         Slots {
             store,
             me,
             count,
-            wanted,
+            discover,
             held: Mutex::new(HashMap::new()),
             cursor: AtomicU32::new(0),
             dead_after,
             members: Mutex::new(HashMap::new()),
             unseen: Mutex::new(HashMap::new()),
             held_by: Mutex::new(HashMap::new()),
-            partition,
+            partition: Mutex::new(partition),
             orphan_cursor: AtomicU32::new(0),
             unreleased: Mutex::new(Vec::new()),
             watcher: Mutex::new(None),
@@ -165,10 +165,11 @@ impl Slots {
 
     /// Write this replica's heartbeat.
     pub async fn beat(&self) -> Result<(), String> {
+        let p = self.partition();
         let beat = Beat {
             at: crate::clock::unix_now(),
-            count: self.partition.count,
-            index: self.partition.index,
+            count: p.count,
+            index: p.index,
         };
         let value = serde_json::to_vec(&beat).expect("a beat serializes");
         self.store
@@ -239,7 +240,7 @@ impl Slots {
         let live = self.live();
         let held: Vec<u32> = self.held_map().keys().copied().collect();
         held.into_iter()
-            .filter(|s| !self.wanted.contains(s))
+            .filter(|&s| !self.wants(s))
             .filter(|&s| {
                 live.iter()
                     .any(|(n, p)| *n != self.me && slot_owner(s, p.count) == p.index)
@@ -259,7 +260,7 @@ impl Slots {
         let held = self.held_map();
         let held_by = self.held_by.lock().unwrap_or_else(|e| e.into_inner());
         let orphans: Vec<u32> = (0..self.count)
-            .filter(|s| !held.contains_key(s))
+            .filter(|&s| !held.contains_key(&s) && !self.wants(s))
             .filter(|&s| !live.iter().any(|(_, p)| slot_owner(s, p.count) == p.index))
             .filter(|s| {
                 !held_by
@@ -328,6 +329,52 @@ impl Slots {
         since.elapsed() > self.dead_after
     }
 
+    /// Whether this replica sees its own heartbeat among the live ones.
+    pub fn sees_itself(&self) -> bool {
+        self.live().iter().any(|(n, _)| *n == self.me)
+    }
+
+    /// The count and index this replica runs with now.
+    pub fn partition(&self) -> Partition {
+        *self.partition.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the count gives this replica `slot`.
+    pub fn wants(&self, slot: u32) -> bool {
+        let p = self.partition();
+        slot_owner(slot, p.count) == p.index
+    }
+
+    /// The slots the count gives this replica.
+    pub fn wanted(&self) -> Vec<u32> {
+        let p = self.partition();
+        (0..self.count)
+            .filter(|&s| slot_owner(s, p.count) == p.index)
+            .collect()
+    }
+
+    /// With `--partition.discover`: the count and index from the live
+    /// replicas (this one's index is its rank among their `--state.key`s);
+    /// `Some` when they changed. `None` too while this replica does not
+    /// see its own heartbeat yet.
+    pub fn discover(&self) -> Option<Partition> {
+        if !self.discover {
+            return None;
+        }
+        let mut names: Vec<String> = self.live().into_iter().map(|(n, _)| n).collect();
+        names.sort();
+        let index = names.iter().position(|n| *n == self.me)? as u32;
+        let now = Partition {
+            count: names.len() as u32,
+            index,
+        };
+        let mut p = self.partition.lock().unwrap_or_else(|e| e.into_inner());
+        (*p != now).then(|| {
+            *p = now;
+            now
+        })
+    }
+
     fn held_map(&self) -> std::sync::MutexGuard<'_, HashMap<u32, (u64, u64)>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -338,9 +385,8 @@ impl Slots {
         let held = self.held_map();
         let from = self.cursor.load(Ordering::Relaxed);
         let pending: Vec<u32> = self
-            .wanted
-            .iter()
-            .copied()
+            .wanted()
+            .into_iter()
             .filter(|s| !held.contains_key(s))
             .collect();
         let start = pending.partition_point(|&s| s < from);
@@ -432,6 +478,10 @@ impl Slots {
         exporter: &Exporter,
         create: bool,
     ) -> Result<Claim, String> {
+        if self.held_map().contains_key(&slot) {
+            // Claimed already (as wanted and as an orphan in one round).
+            return Ok(Claim::Held(self.me.clone()));
+        }
         let failed = |e: Refused| match e {
             Refused::Lost => format!("slot {slot} was written meanwhile"),
             Refused::Failed(e) => e,
@@ -583,7 +633,7 @@ impl Slots {
     /// replica can claim them.
     pub async fn release_unwanted(&self, held_before: &[u32]) -> Result<usize, String> {
         let mut released = 0;
-        for &slot in held_before.iter().filter(|s| !self.wanted.contains(s)) {
+        for &slot in held_before.iter().filter(|&&s| !self.wants(s)) {
             let entry = match self.read_checked(slot).await? {
                 Ok(Some(entry)) => entry,
                 Ok(None) => continue,
@@ -622,7 +672,7 @@ impl Slots {
             if !matches!(self.read_checked(slot).await?, Ok(None)) {
                 continue;
             }
-            let owner = match self.wanted.contains(&slot) {
+            let owner = match self.wants(slot) {
                 true => self.me.clone(),
                 false => String::new(),
             };

@@ -126,6 +126,7 @@ pub(super) async fn run(
             }
             _ = claims.tick(), if slots.is_some() => {
                 let slots = slots.as_deref().expect("checked above");
+                super::discovered(slots, &exporter);
                 super::release_wanted(slots, &exporter, &mut checkpoints).await?;
                 // The slots held keep the reader's position as their floor,
                 // in case a slot claimed makes it go back.
