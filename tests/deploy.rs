@@ -12,6 +12,7 @@ use serde_json::Value;
 
 const BASE: &str = "deploy/kubernetes/base";
 const STATEFULSET: &str = "deploy/kubernetes/statefulset";
+const ELASTIC: &str = "deploy/kubernetes/elastic";
 
 fn yaml(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -148,7 +149,7 @@ fn configmaps_hold_the_dashboards_and_the_mapping_exactly() {
 fn built(tag: &str) -> Vec<PathBuf> {
     let dir = temp_dir(tag);
     let mut out = Vec::new();
-    for k in [BASE, STATEFULSET] {
+    for k in [BASE, STATEFULSET, ELASTIC] {
         let file = dir.join(format!("{}.yaml", k.replace('/', "-")));
         match Command::new("kubectl")
             .arg("kustomize")
@@ -231,6 +232,10 @@ fn manifests_validate_offline_against_kubernetes_and_operator_schemas() {
         said.contains("AlertmanagerConfig/session-exporter valid"),
         "{said}"
     );
+    assert!(
+        said.contains("ScaledObject/session-exporter valid"),
+        "{said}"
+    );
 
     // The validators do reject: a misspelt pod field, a malformed interval.
     let dir = temp_dir("invalid");
@@ -258,6 +263,40 @@ fn manifests_validate_offline_against_kubernetes_and_operator_schemas() {
     .unwrap();
     let (ok, said) = operator_validate(&[bad]);
     assert!(!ok, "a bad child route passed:\n{said}");
+    let bad = dir.join("bad-scaledobject.yaml");
+    let text = std::fs::read_to_string(repo_path(&format!("{ELASTIC}/scaledobject.yaml"))).unwrap();
+    std::fs::write(
+        &bad,
+        text.replace("minReplicaCount: 2", "minReplicaCount: two"),
+    )
+    .unwrap();
+    let (ok, said) = operator_validate(&[bad]);
+    assert!(!ok, "a bad replica count passed:\n{said}");
+}
+
+/// The elastic overlay sets flags the exporter has, and KEDA scales on a
+/// self-metric it serves.
+#[test]
+fn elastic_overlay_names_real_flags_and_metrics() {
+    let kust =
+        std::fs::read_to_string(repo_path(&format!("{ELASTIC}/kustomization.yaml"))).unwrap();
+    let help = run_ok(EXPORTER, &["--help"]);
+    for var in [
+        "SESSION_EXPORTER_PARTITION_SLOTS",
+        "SESSION_EXPORTER_PARTITION_DISCOVER",
+    ] {
+        assert!(kust.contains(var) && help.contains(var), "{var}");
+    }
+    let scaled = yaml(&repo_path(&format!("{ELASTIC}/scaledobject.yaml")));
+    let query = scaled["spec"]["triggers"][0]["metadata"]["query"]
+        .as_str()
+        .unwrap();
+    let metric = "session_exporter_jetstream_pending_messages";
+    assert!(query.contains(metric), "{query}");
+    let nats = Nats::start();
+    let e = Exporter::start(&nats.url(), &[]);
+    assert!(e.metrics().contains(&format!("# TYPE {metric} gauge")));
+    assert_eq!(scaled["spec"]["scaleTargetRef"]["kind"], "StatefulSet");
 }
 
 /// The pod template of a workload manifest.

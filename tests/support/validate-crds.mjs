@@ -1,7 +1,8 @@
 // Validate Prometheus Operator resources (ServiceMonitor, PrometheusRule,
-// AlertmanagerConfig) against the operator's schemas, offline: the npm package
-// @kubernetes-models/prometheus-operator carries them, generated from the
-// operator's Go types (scripts/setup installs it under .tools/node).
+// AlertmanagerConfig) and KEDA's ScaledObject against their schemas, offline:
+// the npm packages @kubernetes-models/prometheus-operator and
+// @kubernetes-models/keda carry them, generated from the projects' CRDs
+// (scripts/setup installs them under .tools/node).
 // Usage: node validate-crds.mjs FILE... (multi-document YAML; other kinds are
 // skipped). Prints one line per resource; exits 1 on the first invalid one.
 import { readFileSync } from "node:fs";
@@ -14,9 +15,13 @@ const { ServiceMonitor, PrometheusRule } = await import(
 );
 const v1alpha1 = process.env.NODE_TOOLS + "/node_modules/@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1alpha1/index.js";
 const { AlertmanagerConfig, Route } = await import(v1alpha1);
+const { ScaledObject } = await import(
+  process.env.NODE_TOOLS + "/node_modules/@kubernetes-models/keda/keda.sh/v1alpha1/index.js"
+);
 const models = {
   "monitoring.coreos.com/v1": { ServiceMonitor, PrometheusRule },
   "monitoring.coreos.com/v1alpha1": { AlertmanagerConfig },
+  "keda.sh/v1alpha1": { ScaledObject },
 };
 
 // The schema leaves an AlertmanagerConfig's child routes free-form JSON; the
