@@ -44,6 +44,10 @@ fn corpus(n: u64, seed: u64) -> Events {
 
 /// Replica `i` of `count`, with slots or without.
 fn replica(url: &str, i: usize, count: usize, slots: bool) -> Exporter {
+    replica_with(url, i, count, slots, &[])
+}
+
+fn replica_with(url: &str, i: usize, count: usize, slots: bool, extra: &[&str]) -> Exporter {
     let (i, count, key) = (i.to_string(), count.to_string(), format!("replica-{i}"));
     let mut args = vec![
         "--partition.count",
@@ -62,9 +66,9 @@ fn replica(url: &str, i: usize, count: usize, slots: bool) -> Exporter {
         "50ms",
     ];
     if slots {
-        // Short, for the test of an owner that never comes back.
-        args.extend(["--partition.slots", SLOTS, "--partition.dead-after", "2s"]);
+        args.extend(["--partition.slots", SLOTS]);
     }
+    args.extend(extra);
     Exporter::start(url, &args)
 }
 
@@ -382,7 +386,11 @@ fn dead_owner(bin: &Path) {
     let events = corpus(3000, 19);
     let (first, second) = events.split_at(1500);
     let reference = Exporter::start(&url, &["--nats.jetstream.stream", "SESSIONS"]);
-    let mut fleet: Vec<Exporter> = (0..3).map(|i| replica(&url, i, 3, true)).collect();
+    // Short, as the replica never comes back.
+    let short = ["--partition.dead-after", "2s"];
+    let mut fleet: Vec<Exporter> = (0..3)
+        .map(|i| replica_with(&url, i, 3, true, &short))
+        .collect();
     rt.block_on(js_publish(&js, first));
     // Killed once it has stored what it read.
     let mut gone = fleet.pop().unwrap();
@@ -402,7 +410,7 @@ fn dead_owner(bin: &Path) {
     for (i, r) in fleet.iter_mut().enumerate().rev() {
         r.signal("TERM");
         assert_eq!(r.wait_exit(), Some(0), "{version}: {}", r.log());
-        *r = replica(&url, i, 2, true);
+        *r = replica_with(&url, i, 2, true, &short);
     }
     rt.block_on(js_publish(&js, second));
     let dump = |fleet: &[Exporter]| {
@@ -457,8 +465,6 @@ fn discovered(bin: &Path) {
             "--partition.discover",
             "--partition.slots",
             SLOTS,
-            "--partition.dead-after",
-            "2s",
             "--nats.broadcast-subject",
             "",
             "--nats.jetstream.stream",
@@ -493,6 +499,25 @@ fn discovered(bin: &Path) {
         fleet.check(&format!("{version}: after step {n}"));
     }
     let last: Vec<Exporter> = std::mem::take(&mut fleet.replicas).into_values().collect();
+    // Settled: each holds what the count of two gives it, and only that.
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "two replicas, 15 slots each",
+        || {
+            last.iter()
+                .enumerate()
+                .all(|(i, r)| {
+                    let m = r.metrics();
+                    let home = series(&domain(&m)).iter().all(|(k, _)| {
+                        namespace_of(k)
+                            .is_none_or(|ns| session_exporter::partition::of(ns, 2) == i as u32)
+                    });
+                    home && m.contains("session_exporter_partition_info{count=\"2\"")
+                        && sum(&m, "session_exporter_slots_held") == 15.0
+                })
+                .then_some(())
+        },
+    );
     assert_partitions_equal(&version, &reference, &last, events.len(), true);
     assert_eq!(
         fleet.twice, 0,

@@ -179,6 +179,9 @@ impl Checkpoints {
             // this checkpoint (it holds them).
             tracing::warn!(slots = ?stored.lost, "slots taken by another replica: no longer folded or served here");
             self.exporter.drop_slots(&stored.lost);
+            if let Some(slots) = &self.slots {
+                slots.forget(&stored.lost);
+            }
             stats.slot_moves(crate::stats::SlotMove::Lost, stored.lost.len());
             return match stored.result {
                 Err(SaveError::Fenced(e)) => Err(SourceError::Fenced(e)),
@@ -222,6 +225,8 @@ impl Checkpoints {
                 self.settle(s)?;
             }
             if let Some(slots) = self.slots.clone() {
+                // Releases not written yet first (the fold let them go).
+                slots.release_again().await;
                 // Stop serving the slots before they are released: a new
                 // owner may serve them as soon as it claims them.
                 self.exporter.unpublish();

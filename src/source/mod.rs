@@ -525,6 +525,9 @@ async fn take_slots(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         discovered(&slots, exporter);
+        slots.set_ready();
+        // Say the count at once, so the others let its slots go.
+        let _ = slots.beat().await;
     }
     for _ in 0..slots.wanted().len().div_ceil(CLAIMS_AT_ONCE) {
         let (n, _, elsewhere) = claim(&slots, exporter).await;
@@ -600,13 +603,14 @@ pub(super) async fn release_wanted(
     checkpoints: &mut Checkpoints,
 ) -> Result<(), SourceError> {
     slots.release_again().await;
-    let wanted = slots.to_release();
+    let wanted = slots.to_release(exporter);
     if wanted.is_empty() {
         return Ok(());
     }
     checkpoints.settle_inflight().await?;
     let states = exporter.release_slots(&wanted, &checkpoints.resume);
     let (lost, result) = slots.store(states, true).await;
+    slots.forget(&lost);
     if let Err(e) = result {
         tracing::warn!(error = %e, "slots let go not released yet; trying again");
     }

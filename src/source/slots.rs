@@ -91,7 +91,7 @@ pub struct Slots {
     /// An owner not among `members`: since when this replica looked.
     unseen: Mutex<HashMap<String, Instant>>,
     /// Slots found held by another replica, and by whom.
-    held_by: Mutex<HashMap<u32, String>>,
+    held_by: Mutex<HashMap<u32, (String, Instant)>>,
     /// The count and index this replica runs with now.
     partition: Mutex<Partition>,
     /// Where [`Slots::next_orphans`] goes on from.
@@ -101,6 +101,8 @@ pub struct Slots {
     unreleased: Mutex<Vec<(u32, u64, Vec<u8>)>>,
     /// The task watching the heartbeats.
     watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Whether it claims yet (with discovery: once it knows its count).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 /// A replica's heartbeat: the partition it runs with, and when it last
@@ -119,6 +121,11 @@ struct Beat {
     at: f64,
     count: u32,
     index: u32,
+}
+
+/// Whether a replica running with `p` wants `slot` (count 0: none).
+fn gives(p: Partition, slot: u32) -> bool {
+    p.count > 0 && slot_owner(slot, p.count) == p.index
 }
 
 /// Slot keys written at once: the server answers each; a few in flight
@@ -156,6 +163,7 @@ impl Slots {
             orphan_cursor: AtomicU32::new(0),
             unreleased: Mutex::new(Vec::new()),
             watcher: Mutex::new(None),
+            ready: std::sync::atomic::AtomicBool::new(!discover),
         }
     }
 
@@ -165,7 +173,11 @@ impl Slots {
 
     /// Write this replica's heartbeat.
     pub async fn beat(&self) -> Result<(), String> {
-        let p = self.partition();
+        let p = match self.ready.load(Ordering::Relaxed) {
+            true => self.partition(),
+            // Not claiming yet: wanting nothing.
+            false => Partition { count: 0, index: 0 },
+        };
         let beat = Beat {
             at: crate::clock::unix_now(),
             count: p.count,
@@ -212,8 +224,10 @@ impl Slots {
         };
         let beat = serde_json::from_slice::<Beat>(&entry.value).ok();
         let left = entry.operation != kv::Operation::Put;
-        let partition = beat.map_or(Partition::default(), |b| Partition {
-            count: b.count.max(1),
+        // Unreadable (an older release's), or not claiming yet: count 0,
+        // wanting nothing.
+        let partition = beat.map_or(Partition { count: 0, index: 0 }, |b| Partition {
+            count: b.count,
             index: b.index,
         });
         let member = Member {
@@ -234,17 +248,16 @@ impl Slots {
             .collect()
     }
 
-    /// Slots held here that the count no longer gives this replica and a
+    /// Slots folded here that the count no longer gives this replica and a
     /// live replica wants now: to release, so it can claim them.
-    pub fn to_release(&self) -> Vec<u32> {
+    pub fn to_release(&self, exporter: &Exporter) -> Vec<u32> {
         let live = self.live();
         let held: Vec<u32> = self.held_map().keys().copied().collect();
+        let own = exporter.ownership();
         held.into_iter()
-            .filter(|&s| !self.wants(s))
-            .filter(|&s| {
-                live.iter()
-                    .any(|(n, p)| *n != self.me && slot_owner(s, p.count) == p.index)
-            })
+            // One let go already, its release not written yet, is not again.
+            .filter(|&s| own.holds(s) && !self.wants(s))
+            .filter(|&s| live.iter().any(|(n, p)| *n != self.me && gives(*p, s)))
             .collect()
     }
 
@@ -261,11 +274,12 @@ impl Slots {
         let held_by = self.held_by.lock().unwrap_or_else(|e| e.into_inner());
         let orphans: Vec<u32> = (0..self.count)
             .filter(|&s| !held.contains_key(&s) && !self.wants(s))
-            .filter(|&s| !live.iter().any(|(_, p)| slot_owner(s, p.count) == p.index))
+            .filter(|&s| !live.iter().any(|(_, p)| gives(*p, s)))
             .filter(|s| {
-                !held_by
-                    .get(s)
-                    .is_some_and(|o| live.iter().any(|(n, _)| n == o))
+                // Known held by a live replica, lately (it may let it go).
+                !held_by.get(s).is_some_and(|(o, at)| {
+                    at.elapsed() < Duration::from_secs(1) && live.iter().any(|(n, _)| n == o)
+                })
             })
             .collect();
         let from = self.orphan_cursor.load(Ordering::Relaxed);
@@ -282,24 +296,26 @@ impl Slots {
     }
 
     /// Beat every [`BEAT`] until aborted; past half of `dead_after` without
-    /// a beat written, serve nothing (another replica may take the slots).
+    /// its own beat seen, serve nothing (another replica may take the slots).
     pub fn heartbeat(self: Arc<Self>, exporter: Arc<Exporter>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut last = Instant::now();
+            let started = Instant::now();
             let mut tick = tokio::time::interval(BEAT);
             loop {
                 tick.tick().await;
-                match self.beat().await {
-                    Ok(()) => {
-                        last = Instant::now();
-                        exporter.pause_serving(false);
-                    }
-                    Err(e) if last.elapsed() > self.dead_after / 2 => {
-                        if exporter.pause_serving(true) {
-                            tracing::error!(error = %e, "no heartbeat written for half of --partition.dead-after: serving nothing, another replica may take the slots");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "heartbeat not written"),
+                let written = self.beat().await;
+                // As the others see it: its own heartbeat changing in the
+                // watch, not only written.
+                let seen = self.members().get(&self.me).map(|m| m.changed);
+                let limit = self.dead_after / 2;
+                let fresh = seen.map_or(started.elapsed(), |t| t.elapsed()) <= limit;
+                if fresh {
+                    exporter.pause_serving(false);
+                } else if exporter.pause_serving(true) {
+                    tracing::error!("own heartbeat not seen for half of --partition.dead-after: serving nothing, another replica may take the slots");
+                }
+                if let Err(e) = written {
+                    tracing::warn!(error = %e, "heartbeat not written");
                 }
             }
         })
@@ -321,12 +337,26 @@ impl Slots {
     /// Whether `owner` stopped: its heartbeat deleted, or standing still
     /// (or never seen) for `dead_after` as this replica saw it.
     fn is_gone(&self, owner: &str) -> bool {
+        // Only while this replica's watch is current: its own heartbeat
+        // seen lately (else every other one would look still).
+        let current = self
+            .members()
+            .get(&self.me)
+            .is_some_and(|m| m.changed.elapsed() < 3 * BEAT);
+        if !current {
+            return false;
+        }
         if let Some(m) = self.members().get(owner) {
             return m.left || m.changed.elapsed() > self.dead_after;
         }
         let mut unseen = self.unseen.lock().unwrap_or_else(|e| e.into_inner());
         let since = unseen.entry(owner.to_string()).or_insert_with(Instant::now);
         since.elapsed() > self.dead_after
+    }
+
+    /// It claims from now on: its heartbeat says its count.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
     }
 
     /// Whether this replica sees its own heartbeat among the live ones.
@@ -509,7 +539,7 @@ impl Slots {
         if !h.owner.is_empty() && h.owner != self.me {
             if !self.is_gone(&h.owner) {
                 let mut held_by = self.held_by.lock().unwrap_or_else(|e| e.into_inner());
-                held_by.insert(slot, h.owner.clone());
+                held_by.insert(slot, (h.owner.clone(), Instant::now()));
                 return Ok(Claim::Held(h.owner.clone()));
             }
             tracing::warn!(slot, owner = %h.owner, position = h.position, "taking a slot from a replica whose heartbeat stopped, from its last checkpoint");
@@ -601,7 +631,7 @@ impl Slots {
         if released {
             self.forget(&done);
         }
-        self.forget(&lost);
+        // Lost slots are forgotten by the caller, as the fold lets them go.
         (lost, result)
     }
 
