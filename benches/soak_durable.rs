@@ -1,7 +1,9 @@
 //! `scripts/soak durable`: the production shape under chaos. A 3-node
-//! nats-server cluster with an R3 stream and an R3 state bucket; three
-//! partition replicas and one reference exporter (no partitions, never
-//! disturbed) reading the stream without acks; a publisher with namespace
+//! nats-server cluster with an R3 stream and an R3 state bucket; partition
+//! replicas with slots that discover their count (three at first, then
+//! between two and five as random rescales start and stop them) and one
+//! reference exporter (no partitions, never disturbed) reading the stream
+//! without acks; a publisher with namespace
 //! churn and 1% malformed events; a scrape a second of each exporter, in turn
 //! text, OpenMetrics and protobuf (what Prometheus negotiates); and at random
 //! intervals a SIGKILL of a random replica (restarted after a random delay), a
@@ -12,7 +14,9 @@
 //! ends, once everything is read and checkpointed, with `soak <key> <value>`
 //! lines: `mismatched_series` (the replicas together against the reference),
 //! `counter_decreases` (any served counter, bucket, sum or count lower than
-//! the same replica served before), `kills`, `terms`, `term_overruns`,
+//! the same replica, or the replicas together, served before),
+//! `served_twice` (a namespace on two replicas at one round), `rescales`,
+//! `kills`, `terms`, `term_overruns`,
 //! `node_restarts`, `reloads`, `lost`, `crashes`, `rss_growth_pct_*`,
 //! `scrape_p99_ms_*` per format.
 
@@ -209,9 +213,18 @@ fn main() {
             "--shutdown.timeout".into(),
             "10s".into(),
         ];
-        if let Some(i) = partition {
-            args.extend(["--partition.count", "3", "--partition.index"].map(String::from));
-            args.push(i.to_string());
+        if partition.is_some() {
+            // Elastic: the count is the replicas present.
+            args.extend(
+                [
+                    "--partition.slots",
+                    "720",
+                    "--partition.discover",
+                    "--partition.dead-after",
+                    "10s",
+                ]
+                .map(String::from),
+            );
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Exporter::start(&urls, &args)
@@ -241,6 +254,7 @@ fn main() {
     let mut scrape_ms: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let (mut kills, mut terms, mut term_overruns, mut node_restarts, mut reloads) = (0, 0, 0, 0, 0);
     let (mut decreases, mut crashes, mut reload_failures) = (0u64, 0u64, 0u64);
+    let (mut rescales, mut twice, mut together) = (0u64, 0u64, HashMap::<String, f64>::new());
     let mut next_chaos = started + Duration::from_secs(10 + rng.below(30));
     let mut node_down: Option<(usize, Instant)> = None;
     let mut ref_rss: (Option<f64>, f64) = (None, 0.0);
@@ -248,6 +262,9 @@ fn main() {
     while started.elapsed() < Duration::from_secs(seconds) {
         tick += 1;
         let (format, accept) = FORMATS[(tick % 3) as usize];
+        // This round's pages, together: each namespaced series from one replica.
+        let mut round: HashMap<String, f64> = HashMap::new();
+        let mut holder: HashMap<String, usize> = HashMap::new();
         for r in replicas.iter_mut() {
             if r.restart_at.is_some_and(|t| Instant::now() >= t) {
                 r.exporter = Some(start_exporter(&format!("part-{}", r.index), Some(r.index)));
@@ -275,9 +292,25 @@ fn main() {
                 continue;
             }
             let now = page(&body);
+            for k in now.keys() {
+                if let Some(ns) = common::namespace_of(k) {
+                    if *holder.entry(ns.to_string()).or_insert(r.index) != r.index {
+                        twice += 1;
+                        eprintln!(
+                            "soak: {ns} served by replicas {} and {}",
+                            holder[ns], r.index
+                        );
+                    }
+                }
+            }
+            let namespaced = now
+                .iter()
+                .filter(|(k, _)| common::namespace_of(k).is_some());
+            round.extend(namespaced.map(|(k, v)| (k.clone(), *v)));
             if !now.is_empty() {
+                // Slots move: a series gone from a replica went with its slot.
                 for (k, v) in &r.served {
-                    if counter_like(k) && now.get(k).copied().unwrap_or(0.0) < *v {
+                    if counter_like(k) && now.get(k).is_some_and(|n| n < v) {
                         decreases += 1;
                         eprintln!(
                             "soak: replica {}: {k} went from {v} to {:?}",
@@ -298,6 +331,13 @@ fn main() {
                 }
             }
         }
+        for (k, v) in &round {
+            if counter_like(k) && together.get(k).is_some_and(|was| v < was) {
+                decreases += 1;
+                eprintln!("soak: together: {k} went from {:?} to {v}", together.get(k));
+            }
+        }
+        together.extend(round);
         if let Some((200, body, ms)) = get(&reference.addr, accept) {
             scrape_ms.entry(format).or_default().push(ms);
             if let Some(rss) = value(&body, "process_resident_memory_bytes") {
@@ -317,9 +357,10 @@ fn main() {
             && started.elapsed() + Duration::from_secs(30) < Duration::from_secs(seconds)
         {
             next_chaos = Instant::now() + Duration::from_secs(20 + rng.below(40));
-            match rng.below(4) {
+            match rng.below(5) {
                 0 => {
-                    let r = &mut replicas[rng.below(REPLICAS as u64) as usize];
+                    let n = replicas.len() as u64;
+                    let r = &mut replicas[rng.below(n) as usize];
                     if let Some(mut e) = r.exporter.take() {
                         grow(r);
                         e.kill();
@@ -330,7 +371,8 @@ fn main() {
                     }
                 }
                 1 => {
-                    let r = &mut replicas[rng.below(REPLICAS as u64) as usize];
+                    let n = replicas.len() as u64;
+                    let r = &mut replicas[rng.below(n) as usize];
                     if let Some(mut e) = r.exporter.take() {
                         grow(r);
                         e.signal("TERM");
@@ -357,6 +399,38 @@ fn main() {
                             t.elapsed()
                         );
                     }
+                }
+                // A rescale: a replica more, or one fewer (SIGTERM, gone).
+                3 => {
+                    let up = match replicas.len() {
+                        ..=2 => true,
+                        5.. => false,
+                        _ => rng.below(2) == 0,
+                    };
+                    if up {
+                        let index = replicas.iter().map(|r| r.index + 1).max().unwrap_or(0);
+                        replicas.push(Replica {
+                            index,
+                            exporter: Some(start_exporter(&format!("part-{index}"), Some(index))),
+                            restart_at: None,
+                            started: Instant::now(),
+                            served: HashMap::new(),
+                            rss_warm: None,
+                            rss_last: 0.0,
+                            rss_growth: Vec::new(),
+                        });
+                    } else if let Some(mut r) = replicas.pop() {
+                        if let Some(e) = r.exporter.as_mut() {
+                            e.signal("TERM");
+                            common::wait_for(Duration::from_secs(30), "exit", || e.exited());
+                        }
+                    }
+                    rescales += 1;
+                    eprintln!(
+                        "soak: {:?} rescaled to {} replicas",
+                        started.elapsed(),
+                        replicas.len()
+                    );
                 }
                 2 if node_down.is_none() => {
                     let i = rng.below(3) as usize;
@@ -385,7 +459,7 @@ fn main() {
         }
         if tick.is_multiple_of(60) {
             eprintln!(
-                "soak: {:?} published {} kills {kills} terms {terms} node restarts {node_restarts} decreases {decreases}",
+                "soak: {:?} published {} kills {kills} terms {terms} node restarts {node_restarts} rescales {rescales} decreases {decreases}",
                 started.elapsed(),
                 published.load(Ordering::Relaxed)
             );
@@ -417,6 +491,8 @@ fn main() {
         ("published".into(), published.load(Ordering::Relaxed) as f64),
         ("mismatched_series".into(), mismatched as f64),
         ("counter_decreases".into(), decreases as f64),
+        ("served_twice".into(), twice as f64),
+        ("rescales".into(), rescales as f64),
         ("kills".into(), kills as f64),
         ("terms".into(), terms as f64),
         ("term_overruns".into(), term_overruns as f64),
