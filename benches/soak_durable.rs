@@ -230,18 +230,17 @@ fn main() {
         Exporter::start(&urls, &args)
     };
     let reference = start_exporter("reference", None);
-    let mut replicas: Vec<Replica> = (0..REPLICAS)
-        .map(|i| Replica {
-            index: i,
-            exporter: Some(start_exporter(&format!("part-{i}"), Some(i))),
-            restart_at: None,
-            started: Instant::now(),
-            served: HashMap::new(),
-            rss_warm: None,
-            rss_last: 0.0,
-            rss_growth: Vec::new(),
-        })
-        .collect();
+    let replica = |index: usize| Replica {
+        index,
+        exporter: Some(start_exporter(&format!("part-{index}"), Some(index))),
+        restart_at: None,
+        started: Instant::now(),
+        served: HashMap::new(),
+        rss_warm: None,
+        rss_last: 0.0,
+        rss_growth: Vec::new(),
+    };
+    let mut replicas: Vec<Replica> = (0..REPLICAS).map(replica).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let published = Arc::new(AtomicU64::new(0));
     let publisher = {
@@ -409,16 +408,7 @@ fn main() {
                     };
                     if up {
                         let index = replicas.iter().map(|r| r.index + 1).max().unwrap_or(0);
-                        replicas.push(Replica {
-                            index,
-                            exporter: Some(start_exporter(&format!("part-{index}"), Some(index))),
-                            restart_at: None,
-                            started: Instant::now(),
-                            served: HashMap::new(),
-                            rss_warm: None,
-                            rss_last: 0.0,
-                            rss_growth: Vec::new(),
-                        });
+                        replicas.push(replica(index));
                     } else if let Some(mut r) = replicas.pop() {
                         if let Some(e) = r.exporter.as_mut() {
                             e.signal("TERM");

@@ -16,7 +16,7 @@ use async_nats::jetstream;
 use common::*;
 use futures_util::StreamExt;
 use session_exporter::partition;
-use session_exporter::simulate::{unix_ms, Generator, Profile};
+use session_exporter::simulate::unix_ms;
 
 type Events = Vec<(String, Vec<u8>)>;
 
@@ -24,22 +24,7 @@ type Events = Vec<(String, Vec<u8>)>;
 /// order (so the latest gauge value is not the last published), publisher
 /// retries (same id).
 fn corpus(n: u64, seed: u64) -> Events {
-    let mut g = Generator::new(Profile {
-        namespaces: 30,
-        seed,
-        invalid_ratio: 0.01,
-        ..Profile::default()
-    });
-    let base = unix_ms() - 600_000;
-    let mut out = Vec::new();
-    for i in 0..n {
-        let e = g.next_event(base + (i * 104_729) % 300_000);
-        if i % 50 == 0 {
-            out.push(e.clone());
-        }
-        out.push(e);
-    }
-    out
+    churned_corpus(n, 30, seed)
 }
 
 fn partition_args(i: usize, extra: &[&'static str]) -> Vec<String> {

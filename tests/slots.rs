@@ -15,7 +15,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use common::*;
-use session_exporter::simulate::{unix_ms, Generator, Profile};
 
 type Events = Vec<(String, Vec<u8>)>;
 
@@ -24,22 +23,7 @@ const SLOTS: &str = "30";
 
 /// 40 namespaces, every kind of event, 1% malformed, publisher retries.
 fn corpus(n: u64, seed: u64) -> Events {
-    let mut g = Generator::new(Profile {
-        namespaces: 40,
-        seed,
-        invalid_ratio: 0.01,
-        ..Profile::default()
-    });
-    let base = unix_ms() - 600_000;
-    let mut out = Vec::new();
-    for i in 0..n {
-        let e = g.next_event(base + (i * 104_729) % 300_000);
-        if i % 50 == 0 {
-            out.push(e.clone());
-        }
-        out.push(e);
-    }
-    out
+    churned_corpus(n, 40, seed)
 }
 
 /// Replica `i` of `count`, with slots or without.

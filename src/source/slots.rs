@@ -123,6 +123,20 @@ struct Beat {
     index: u32,
 }
 
+/// Up to `n` of `slots` (ascending), going round them from `cursor`, which
+/// moves past the last one taken.
+fn round_robin(slots: &[u32], cursor: &AtomicU32, n: usize) -> Vec<u32> {
+    let start = slots.partition_point(|&s| s < cursor.load(Ordering::Relaxed));
+    let next: Vec<u32> = slots[start..]
+        .iter()
+        .chain(&slots[..start])
+        .take(n)
+        .copied()
+        .collect();
+    cursor.store(next.last().map_or(0, |&s| s + 1), Ordering::Relaxed);
+    next
+}
+
 /// Whether a replica running with `p` wants `slot` (count 0: none).
 fn gives(p: Partition, slot: u32) -> bool {
     p.count > 0 && slot_owner(slot, p.count) == p.index
@@ -282,17 +296,7 @@ impl Slots {
                 })
             })
             .collect();
-        let from = self.orphan_cursor.load(Ordering::Relaxed);
-        let start = orphans.partition_point(|&s| s < from);
-        let next: Vec<u32> = orphans[start..]
-            .iter()
-            .chain(&orphans[..start])
-            .take(n)
-            .copied()
-            .collect();
-        let after = next.last().map_or(0, |&s| s + 1);
-        self.orphan_cursor.store(after, Ordering::Relaxed);
-        next
+        round_robin(&orphans, &self.orphan_cursor, n)
     }
 
     /// Beat every [`BEAT`] until aborted; past half of `dead_after` without
@@ -413,22 +417,12 @@ impl Slots {
     /// where the last call stopped.
     pub fn next_pending(&self, n: usize) -> Vec<u32> {
         let held = self.held_map();
-        let from = self.cursor.load(Ordering::Relaxed);
         let pending: Vec<u32> = self
             .wanted()
             .into_iter()
             .filter(|s| !held.contains_key(s))
             .collect();
-        let start = pending.partition_point(|&s| s < from);
-        let next: Vec<u32> = pending[start..]
-            .iter()
-            .chain(&pending[..start])
-            .take(n)
-            .copied()
-            .collect();
-        let after = next.last().map_or(0, |&s| s + 1);
-        self.cursor.store(after, Ordering::Relaxed);
-        next
+        round_robin(&pending, &self.cursor, n)
     }
 
     async fn read(&self, slot: u32) -> Result<Option<Entry>, String> {

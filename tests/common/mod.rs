@@ -1212,3 +1212,27 @@ pub fn self_signed(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     );
     (cert, key)
 }
+
+/// `n` events over `namespaces` namespaces, every kind of event, 1%
+/// malformed, timestamps out of order (so the latest gauge value is not the
+/// last published), and every fiftieth sent twice (a publisher's retry,
+/// same id).
+pub fn churned_corpus(n: u64, namespaces: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
+    use session_exporter::simulate::{unix_ms, Generator, Profile};
+    let mut g = Generator::new(Profile {
+        namespaces,
+        seed,
+        invalid_ratio: 0.01,
+        ..Profile::default()
+    });
+    let base = unix_ms() - 600_000;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let e = g.next_event(base + (i * 104_729) % 300_000);
+        if i % 50 == 0 {
+            out.push(e.clone());
+        }
+        out.push(e);
+    }
+    out
+}
