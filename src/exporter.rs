@@ -121,10 +121,6 @@ impl Exporter {
         self = self.with_partition(partition, false);
         self.ownership = RwLock::new(Ownership::by_slots(partition, slots));
         self.skips = true;
-        let fold = self.fold.get_mut().unwrap_or_else(|e| e.into_inner());
-        *fold = Fold::new(fold.catalog().clone())
-            .with_dedup(fold.dedup_window())
-            .with_slot_events(slots);
         self
     }
 
@@ -158,7 +154,7 @@ impl Exporter {
         // The ownership before the fold, as `ingest_at` takes them.
         let mut own = self.ownership_mut();
         let mut held = self.lock();
-        let taken = held.adopt(fold, slot);
+        let taken = held.adopt(fold);
         own.hold(slot, floor);
         self.stats.namespaces.set(held.namespace_count() as i64);
         self.stats.slots_held.set(own.held().len() as i64);
@@ -173,7 +169,7 @@ impl Exporter {
         let mut fold = self.lock();
         for &s in slots {
             own.release(s);
-            fold.drop_slot(s);
+            fold.drop_slot(s, own.slots);
         }
         self.stats.namespaces.set(fold.namespace_count() as i64);
         self.stats.slots_held.set(own.held().len() as i64);
@@ -191,9 +187,6 @@ impl Exporter {
             slots: self.ownership().slots,
             ..resume.clone()
         };
-        if let Some(&first) = slots.first() {
-            self.lock().attribute_events(first);
-        }
         let resume = Resume {
             held: slots.to_vec(),
             ..resume
@@ -202,10 +195,8 @@ impl Exporter {
             .checkpoint(&resume)
             .image
             .encode_slots(slots, |_| resume.stream_seq);
-        let mut fold = self.lock();
-        slots.iter().for_each(|&s| fold.drop_slot(s));
-        fold.retain_namespaces(|_| false);
-        drop(fold);
+        // Its event counts stay: they are this replica's.
+        self.lock().retain_namespaces(|_| false);
         states
             .into_iter()
             .map(|(s, bytes)| (s, resume.stream_seq, bytes))

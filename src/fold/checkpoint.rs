@@ -133,8 +133,6 @@ pub struct Image {
     by_name: Vec<usize>,
     events: Vec<u64>,
     event_starts: Vec<super::Start>,
-    /// With slots, `events` of each held slot.
-    slot_events: Vec<(u32, Vec<u64>)>,
     /// The de-duplication key and ids, oldest first.
     dedup: (u64, Vec<u64>),
     /// The fold's time zero of window steps, and the moment of the image
@@ -156,11 +154,6 @@ impl Fold {
             by_name: self.namespaces.by_name.clone(),
             events: self.events.clone(),
             event_starts: self.event_starts.clone(),
-            slot_events: resume
-                .held
-                .iter()
-                .map(|&s| (s, self.slot_events(s)))
-                .collect(),
             dedup: match &self.dedup {
                 Some(d) => (d.key, d.order.iter().copied().collect()),
                 None => (0, Vec::new()),
@@ -212,9 +205,10 @@ impl Image {
         for ns in std::mem::take(&mut self.namespaces) {
             by_slot[crate::partition::slot_of(&ns.name, slots) as usize].push(ns);
         }
-        // The event counts go with the slots.
+        // The event counts stay with the replica: a counter of its own
+        // that must not go down when a slot moves away.
         let none = vec![0; self.events.len()];
-        let record = self.write(Vec::new(), &none, true, &self.resume);
+        let record = self.write(Vec::new(), &self.events, true, &self.resume);
         let each = held
             .iter()
             .map(|&s| {
@@ -224,9 +218,7 @@ impl Image {
                     ..self.resume.clone()
                 };
                 let namespaces = std::mem::take(&mut by_slot[s as usize]);
-                let events = self.slot_events.iter().find(|(x, _)| *x == s);
-                let events = events.map_or(&none, |(_, e)| e);
-                (s, self.write(namespaces, events, false, &resume))
+                (s, self.write(namespaces, &none, false, &resume))
             })
             .collect();
         (record, each)
@@ -370,9 +362,6 @@ impl Fold {
         self.namespaces = Default::default();
         self.events.iter_mut().for_each(|n| *n = 0);
         self.event_starts.iter_mut().for_each(|s| *s = None);
-        if let Some(b) = &mut self.by_slot {
-            b.counts.iter_mut().for_each(|c| *c = 0);
-        }
         if let Some(d) = &mut self.dedup {
             *d = Dedup::new(d.cap, d.key);
         }
@@ -1043,7 +1032,7 @@ mod tests {
     /// A checkpoint from before slots (the format-4 fixture) taken apart
     /// into slots, each restored into a fold of its own and adopted, renders
     /// as the whole did: every namespace went to its slot, with the
-    /// checkpoint's position, and the event counts went with slot 0.
+    /// checkpoint's position; the event counts stayed in the replica's own.
     #[test]
     fn checkpoints_from_before_slots_split_into_slots() {
         let path = format!(
@@ -1052,10 +1041,9 @@ mod tests {
         );
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let now = Instant::now();
-        let mut whole = empty().with_slot_events(6);
+        let mut whole = empty();
         let restored = whole.restore(&bytes, now, 1.7e9 + 60.0).unwrap();
         let want = render(&mut whole, now);
-        whole.attribute_events(0);
         let held: Vec<u32> = (0..6).collect();
         let resume = Resume {
             slots: 6,
@@ -1065,7 +1053,7 @@ mod tests {
         let (record, states) = whole
             .image(now, 1.7e9 + 60.0, &resume)
             .encode_slots(&held, |_| 4040);
-        let mut again = empty().with_slot_events(6);
+        let mut again = empty();
         let r = again.restore(&record, now, 1.7e9 + 60.0).unwrap();
         assert_eq!((r.namespaces, r.resume.slots), (0, 6));
         for (slot, state) in states {
@@ -1076,13 +1064,15 @@ mod tests {
             for i in 0..names.len() {
                 assert_eq!(crate::partition::slot_of(names.get(i), 6), slot);
             }
-            again.adopt(one, slot);
+            again.adopt(one);
         }
         assert_eq!(render(&mut again, now), want);
-        // Letting a slot go takes its namespaces and its event counts.
-        again.drop_slot(0);
+        // Letting slots go takes their namespaces; the replica's event
+        // counts stay (a counter of its own must not go down).
+        (0..6).for_each(|s| again.drop_slot(s, 6));
         let text = render(&mut again, now);
-        assert!(!text.contains("session_events_total{"), "{text}");
+        assert!(!text.contains("game_namespace="), "{text}");
+        assert!(text.contains("session_events_total{"), "{text}");
     }
 
     /// A format-4 checkpoint as the first release with SLIs wrote it

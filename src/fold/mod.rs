@@ -104,16 +104,6 @@ pub struct Fold {
     /// Observations recorded without their exemplar, by
     /// [`crate::event::TraceProblem::index`], until taken.
     exemplars_dropped: [u64; 2],
-    /// With slots: `events` by slot too (`slots` rows), so that the counts
-    /// move with the slot whose namespaces they came from.
-    by_slot: Option<SlotEvents>,
-}
-
-/// `session_events_total` by slot: a row of `events` per slot.
-#[derive(Clone)]
-struct SlotEvents {
-    slots: u32,
-    counts: Vec<u64>,
 }
 
 impl Fold {
@@ -128,35 +118,6 @@ impl Fold {
             scratch: Vec::new(),
             started: Instant::now(),
             exemplars_dropped: [0; 2],
-            by_slot: None,
-        }
-    }
-
-    /// Count events by slot too, of `slots` ([`crate::partition`]).
-    pub fn with_slot_events(mut self, slots: u32) -> Fold {
-        self.by_slot = (slots > 0).then(|| SlotEvents {
-            slots,
-            counts: vec![0; slots as usize * self.events.len()],
-        });
-        self
-    }
-
-    /// Slot `slot`'s row of event counts (all zero without slots).
-    fn slot_events(&self, slot: u32) -> Vec<u64> {
-        let n = self.events.len();
-        match &self.by_slot {
-            Some(b) => b.counts[slot as usize * n..][..n].to_vec(),
-            None => vec![0; n],
-        }
-    }
-
-    /// Count every event so far as slot `slot`'s (a checkpoint from before
-    /// slots, whose counts cannot be told apart).
-    pub fn attribute_events(&mut self, slot: u32) {
-        let n = self.events.len();
-        if let Some(b) = &mut self.by_slot {
-            b.counts.iter_mut().for_each(|c| *c = 0);
-            b.counts[slot as usize * n..][..n].copy_from_slice(&self.events);
         }
     }
 
@@ -165,11 +126,6 @@ impl Fold {
         let key = RandomState::new().hash_one(0x5e55_1011_u64);
         self.dedup = (window > 0).then(|| Dedup::new(window, key));
         self
-    }
-
-    /// The de-duplication window's size (0: off).
-    pub fn dedup_window(&self) -> usize {
-        self.dedup.as_ref().map_or(0, |d| d.cap)
     }
 
     /// Date new series by `clock` (Unix seconds) instead of the system
@@ -189,38 +145,18 @@ impl Fold {
         self.namespaces.retain(keep)
     }
 
-    /// Let slot `slot` go: its namespaces and its event counts.
-    pub fn drop_slot(&mut self, slot: u32) {
-        let n = self.events.len();
-        let Some(b) = &mut self.by_slot else { return };
-        let k = b.slots;
-        for (total, row) in self
-            .events
-            .iter_mut()
-            .zip(&mut b.counts[slot as usize * n..][..n])
-        {
-            *total -= std::mem::take(row);
-        }
+    /// Let slot `slot` of `slots` go: its namespaces. The event counts
+    /// (`session_events_total`) stay: they are this replica's, a counter
+    /// that must not go down.
+    pub fn drop_slot(&mut self, slot: u32, slots: u32) {
         self.namespaces
-            .retain(|ns| crate::partition::slot_of(ns, k) != slot);
+            .retain(|ns| crate::partition::slot_of(ns, slots) != slot);
     }
 
-    /// Take slot `slot` (restored into `other`, a fold of its own with the
-    /// same mapping): its namespaces and its event counts. A namespace this
-    /// fold holds already keeps its own; returns how many were taken.
-    pub fn adopt(&mut self, other: Fold, slot: u32) -> usize {
-        let n = self.events.len();
-        for (i, &c) in other.events.iter().enumerate().filter(|(_, &c)| c > 0) {
-            self.events[i] += c;
-            let start = other.event_starts[i];
-            self.event_starts[i] = match (self.event_starts[i], start) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            if let Some(b) = &mut self.by_slot {
-                b.counts[slot as usize * n + i] += c;
-            }
-        }
+    /// Take a slot's namespaces (restored into `other`, a fold of its own
+    /// with the same mapping). A namespace this fold holds already keeps its
+    /// own; returns how many were taken.
+    pub fn adopt(&mut self, other: Fold) -> usize {
         let mut taken = 0;
         for ns in other.namespaces.list {
             if !self.namespaces.index.contains_key(&ns.name) {
@@ -248,13 +184,6 @@ impl Fold {
             self.event_starts[index] = Some((self.clock)());
         }
         self.events[index] += 1;
-        if let Some(b) = &mut self.by_slot {
-            let slot = ev
-                .namespace
-                .as_deref()
-                .map_or(0, |ns| crate::partition::slot_of(ns, b.slots));
-            b.counts[slot as usize * self.events.len() + index] += 1;
-        }
         let rules = self.catalog.rules_at(index, &ev.name);
         if rules.is_empty() {
             return Ok(Outcome::Folded);

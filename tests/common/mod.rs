@@ -889,8 +889,31 @@ pub fn assert_partitions_equal(
     n: usize,
     restarted: bool,
 ) {
+    partitions_equal(what, reference, replicas, n, restarted, false)
+}
+
+/// [`assert_partitions_equal`] where replicas came and went: only the
+/// namespaced series, which move with their namespaces; a per-replica
+/// counter such as `session_events_total` went with the replica that
+/// counted it.
+pub fn assert_namespaces_equal(what: &str, reference: &Exporter, replicas: &[Exporter], n: usize) {
+    partitions_equal(what, reference, replicas, n, true, true)
+}
+
+fn partitions_equal(
+    what: &str,
+    reference: &Exporter,
+    replicas: &[Exporter],
+    n: usize,
+    restarted: bool,
+    namespaced_only: bool,
+) {
     reference.wait_received(n as u64);
-    let want = domain(&reference.metrics());
+    let keep = |l: &String| !namespaced_only || namespace_of(l).is_some();
+    let want: Vec<String> = domain(&reference.metrics())
+        .into_iter()
+        .filter(keep)
+        .collect();
     let total = |name: &str| -> f64 { replicas.iter().map(|r| sum(&r.metrics(), name)).sum() };
     let want_series: std::collections::BTreeMap<String, f64> = series(&want).into_iter().collect();
     // Namespaced series come from one replica each; the rest (events by
@@ -910,7 +933,10 @@ pub fn assert_partitions_equal(
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let pages = loop {
-        let pages: Vec<Vec<String>> = replicas.iter().map(|r| domain(&r.metrics())).collect();
+        let pages: Vec<Vec<String>> = replicas
+            .iter()
+            .map(|r| domain(&r.metrics()).into_iter().filter(keep).collect())
+            .collect();
         let got = combine(&pages);
         if got == want_series {
             break pages;
@@ -1218,6 +1244,16 @@ pub fn self_signed(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
 /// last published), and every fiftieth sent twice (a publisher's retry,
 /// same id).
 pub fn churned_corpus(n: u64, namespaces: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
+    corpus_with_retries(n, namespaces, seed, true)
+}
+
+/// [`churned_corpus`], with publisher retries or without.
+pub fn corpus_with_retries(
+    n: u64,
+    namespaces: usize,
+    seed: u64,
+    retries: bool,
+) -> Vec<(String, Vec<u8>)> {
     use session_exporter::simulate::{unix_ms, Generator, Profile};
     let mut g = Generator::new(Profile {
         namespaces,
@@ -1229,7 +1265,7 @@ pub fn churned_corpus(n: u64, namespaces: usize, seed: u64) -> Vec<(String, Vec<
     let mut out = Vec::new();
     for i in 0..n {
         let e = g.next_event(base + (i * 104_729) % 300_000);
-        if i % 50 == 0 {
+        if retries && i % 50 == 0 {
             out.push(e.clone());
         }
         out.push(e);
