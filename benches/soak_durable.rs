@@ -174,7 +174,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let js = async_nats::jetstream::new(async_nats::connect(nodes[0].url()).await.unwrap());
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         while js
             .create_stream(async_nats::jetstream::stream::Config {
                 name: "SESSIONS".into(),

@@ -36,6 +36,13 @@ async fn publish_when_ready(url: &str, events: &[(String, Vec<u8>)]) {
     js_publish(&js, events).await;
 }
 
+/// Every node's log, for a cluster that did not form.
+fn node_logs(nodes: &[Nats]) -> String {
+    let logs = nodes.iter().enumerate();
+    logs.map(|(i, n)| format!("--- n{i}\n{}", n.log.lock().unwrap()))
+        .collect()
+}
+
 fn failover(bin: &Path) {
     let version = nats_version(bin);
     let mut nodes = Nats::start_cluster(bin, 3);
@@ -43,8 +50,10 @@ fn failover(bin: &Path) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let js = jetstream::new(async_nats::connect(&urls[1]).await.unwrap());
-        // The cluster elects its JetStream meta leader first: retry until then.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // The cluster elects its JetStream meta leader and learns its peers
+        // first (about 10 s on an idle machine, longer under load): retry.
+        let started = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let made = js
                 .create_stream(jetstream::stream::Config {
@@ -55,8 +64,15 @@ fn failover(bin: &Path) {
                 })
                 .await;
             match made {
-                Ok(_) => break,
-                Err(e) => assert!(Instant::now() < deadline, "{version}: no R3 stream: {e}"),
+                Ok(_) => {
+                    eprintln!("{version}: R3 stream after {:?}", started.elapsed());
+                    break;
+                }
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "{version}: no R3 stream: {e}\n{}",
+                    node_logs(&nodes)
+                ),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -137,44 +137,49 @@ impl Nats {
     }
 
     /// A JetStream cluster of `n` nodes on loopback (`--routes` between them).
+    /// Route ports must be known before the nodes start, so free ones are
+    /// taken from the kernel; another process can take one before its node
+    /// binds it, and that node then exits. The cluster is started again on
+    /// new ports then, a bounded number of times.
     pub fn start_cluster(bin: &Path, n: usize) -> Vec<Nats> {
-        // Route ports must be known before the nodes start: take free ones
-        // from the kernel (a node that loses its port to a race fails to start
-        // and the test says so).
-        let ports: Vec<u16> = (0..n)
-            .map(|_| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port()
-            })
-            .collect();
-        let route = |p: &u16| format!("nats://127.0.0.1:{p}");
-        (0..n)
-            .map(|i| {
-                let routes: Vec<String> = ports
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(_, p)| route(p))
-                    .collect();
-                let name = format!("n{i}");
-                let cluster = route(&ports[i]);
-                let routes = routes.join(",");
-                let extra = [
-                    "--name",
-                    &name,
-                    "--cluster_name",
-                    "test",
-                    "--cluster",
-                    &cluster,
-                    "--routes",
-                    &routes,
-                ];
-                Nats::spawn(bin, None, Some(temp_dir("cluster")), &extra)
-            })
-            .collect()
+        for _ in 0..5 {
+            let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+            let mut nodes: Vec<Nats> = (0..n)
+                .map(|i| {
+                    let others: Vec<u16> = (0..n).filter(|j| *j != i).map(|j| ports[j]).collect();
+                    let name = format!("n{i}");
+                    let cluster = format!("nats://127.0.0.1:{}", ports[i]);
+                    let routes = cluster_routes(&others);
+                    let extra = [
+                        "--name",
+                        &name,
+                        "--cluster_name",
+                        "test",
+                        "--cluster",
+                        &cluster,
+                        "--routes",
+                        &routes,
+                    ];
+                    Nats::spawn(bin, None, Some(temp_dir("cluster")), &extra)
+                })
+                .collect();
+            if nodes.iter_mut().zip(&ports).all(|(n, p)| n.routes_on(*p)) {
+                return nodes;
+            }
+            eprintln!("a route port was taken before its node bound it: starting again");
+        }
+        panic!("no cluster of {n} on loopback after 5 tries");
+    }
+
+    /// Whether this node listens for routes on `port` (false once it exited).
+    fn routes_on(&mut self, port: u16) -> bool {
+        let line = format!("Listening for route connections on 127.0.0.1:{port}");
+        wait_for(Duration::from_secs(10), "route listener or exit", || {
+            if self.log.lock().unwrap().contains(&line) {
+                return Some(true);
+            }
+            self.child.try_wait().ok().flatten().map(|_| false)
+        })
     }
 
     /// A JetStream server from `bin` with extra flags (e.g. `-c mapping.conf`).
@@ -232,6 +237,19 @@ impl Nats {
             std::panic::catch_unwind(|| Nats::spawn(&bin, Some(port), store.clone(), &extra)).ok()
         });
     }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn cluster_routes(ports: &[u16]) -> String {
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect();
+    urls.join(",")
 }
 
 impl Drop for Nats {
