@@ -124,6 +124,14 @@ impl Ownership {
         held.map(|(&f, _)| f).min()
     }
 
+    /// The lowest position among the held slots that were stored before
+    /// (a slot made anew has none): what the stream removed after it was
+    /// never folded here.
+    pub fn lowest_stored(&self) -> Option<u64> {
+        let held = self.floors.iter().zip(&self.held).filter(|(_, &h)| h);
+        held.map(|(&f, _)| f).filter(|f| *f > 0).min()
+    }
+
     fn owns(&self, namespace: &str, seq: u64) -> bool {
         if self.slots == 0 {
             return self.partition.owns(namespace);

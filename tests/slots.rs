@@ -6,7 +6,8 @@
 //! re-read of the stream from its start. Checkpoints from before slots move
 //! into slots where they stand. A replica whose slot was taken lets it go;
 //! the slots of one that never comes back are taken once its heartbeat
-//! stops.
+//! stops. What the stream removed below a taken slot's position is counted
+//! lost, exactly.
 //! Against Debian's nats-server 2.9 and the pinned current release.
 
 mod common;
@@ -449,6 +450,123 @@ fn dead_owner(bin: &Path) {
 fn the_slots_of_a_replica_that_never_comes_back_are_taken() {
     for bin in nats_servers() {
         dead_owner(&bin);
+    }
+}
+
+/// The stream's limits remove what a slot had not read before another
+/// replica takes it: the messages removed after the slot's position are
+/// counted lost exactly, whether the slot is taken by a running replica
+/// (from an owner whose heartbeat stopped) or at a start, next to slots made
+/// anew (which read what the stream still holds and lose nothing), and with
+/// a consumer filtered to a subject (where a gap is no loss) as without.
+fn truncated_below_a_slot(bin: &Path, filter: Option<&str>, running: bool) {
+    let version = format!("{} filter {filter:?} running {running}", nats_version(bin));
+    let nats = Nats::start_jetstream_on(bin);
+    let url = nats.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let js = rt.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+        let config = async_nats::jetstream::stream::Config {
+            name: "SESSIONS".into(),
+            subjects: vec!["mpv2SessionHistory.>".into()],
+            max_messages: 1000,
+            ..Default::default()
+        };
+        js.create_stream(config).await.unwrap();
+        js
+    });
+    let namespaces: Vec<String> = (0..10).map(|i| format!("trunc-{i}")).collect();
+    let acquisition = |i: usize| {
+        let ns = &namespaces[i % 10];
+        let body = format!(r#"{{"id":"t{i}","name":"MetricAcquiringDsEvent","namespace":"{ns}"}}"#);
+        let subject = "mpv2SessionHistory.MetricAcquiringDsEvent".to_string();
+        (subject, body.into_bytes())
+    };
+    let events: Vec<_> = (0..2300).map(acquisition).collect();
+    let mut extra: Vec<&str> = filter.iter().flat_map(|f| ["--nats.subject", f]).collect();
+    extra.extend(["--partition.dead-after", "5s"]);
+    let stored_at = |r: &Exporter, position: f64| {
+        wait_for(std::time::Duration::from_secs(20), "stored", || {
+            let m = r.metrics();
+            (value(&m, "session_exporter_jetstream_stream_position")? == position
+                && value(&m, "session_exporter_state_pending_messages")? == 0.0)
+                .then_some(())
+        })
+    };
+    rt.block_on(js_publish(&js, &events[..800]));
+    let mut first = replica_with(&url, 1, 2, true, &extra);
+    let beside = running.then(|| replica_with(&url, 0, 2, true, &extra));
+    stored_at(&first, 800.0);
+    if let Some(r) = &beside {
+        stored_at(r, 800.0);
+        // Its slots stay with it until its heartbeat is 5 s old.
+        first.kill();
+    } else {
+        first.signal("TERM");
+        assert_eq!(first.wait_exit(), Some(0), "{version}: {}", first.log());
+    }
+    // 1,500 more: the stream keeps 1,301..2,300; 801..1,300 are gone
+    // before replica 1's slots were read past 800.
+    rt.block_on(js_publish(&js, &events[800..]));
+    if let Some(r) = &beside {
+        let held = value(&r.metrics(), "session_exporter_slots_held");
+        assert_eq!(held, Some(15.0), "{version}: replica 1's slots taken before the stream dropped what they had not read (publishing took longer than --partition.dead-after?)");
+    }
+    let r = beside.unwrap_or_else(|| replica_with(&url, 0, 2, true, &extra));
+    // Replica 1's namespaces: 80 from before, 100 kept by the stream.
+    // Replica 0's: all 230 when it ran throughout, else the 100 the stream
+    // still held when its slots were made.
+    let mut args = vec![
+        "partition",
+        "--partition.count",
+        "2",
+        "--partition.slots",
+        SLOTS,
+    ];
+    args.extend(namespaces.iter().map(String::as_str));
+    let expected: BTreeMap<String, f64> = run_ok(EXPORTER, &args)
+        .lines()
+        .map(|line| {
+            let ns = line.split('\t').next().unwrap();
+            let n = match (line.ends_with("replica 1"), running) {
+                (true, _) => 180.0,
+                (false, true) => 230.0,
+                (false, false) => 100.0,
+            };
+            (
+                format!("session_ds_acquisitions_total{{game_namespace=\"{ns}\"}}"),
+                n,
+            )
+        })
+        .collect();
+    let folded = |m: &str| -> BTreeMap<String, f64> {
+        let keys = expected.keys();
+        keys.map(|k| (k.clone(), value(m, k).unwrap_or(0.0)))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut m = r.metrics();
+    while folded(&m) != expected && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        m = r.metrics();
+    }
+    assert_eq!(folded(&m), expected, "{version}: {}", r.log());
+    assert_eq!(
+        value(&m, "session_exporter_slots_held"),
+        Some(30.0),
+        "{version}"
+    );
+    let lost = "session_exporter_events_lost_total{reason=\"stream_truncated\"}";
+    assert_eq!(value(&m, lost), Some(500.0), "{version}: {}", r.log());
+}
+
+#[test]
+fn messages_removed_below_a_taken_slot_are_counted_lost() {
+    for bin in nats_servers() {
+        for filter in [None, Some("mpv2SessionHistory.>")] {
+            truncated_below_a_slot(&bin, filter, true);
+            truncated_below_a_slot(&bin, filter, false);
+        }
     }
 }
 

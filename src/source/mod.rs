@@ -517,7 +517,7 @@ async fn take_slots(
         }
     };
     exporter.stats.slot_moves(SlotMove::Released, released);
-    let (mut claimed, mut held_elsewhere) = (0, Vec::new());
+    let mut claimed = 0;
     if cfg.slot_discover {
         // The count and index come from the replicas present, this one
         // among them.
@@ -530,16 +530,14 @@ async fn take_slots(
         let _ = slots.beat().await;
     }
     for _ in 0..slots.wanted().len().div_ceil(CLAIMS_AT_ONCE) {
-        let (n, _, elsewhere) = claim(&slots, exporter).await;
-        claimed += n;
-        held_elsewhere.extend(elsewhere);
+        claimed += claim(&slots, exporter).await.len();
     }
     tracing::info!(
         slots = cfg.slots,
         wanted = slots.wanted().len(),
         claimed,
         released,
-        waiting = held_elsewhere.len(),
+        waiting = slots.next_pending(usize::MAX).len(),
         "slots taken"
     );
     resume.slots = cfg.slots;
@@ -554,11 +552,10 @@ async fn take_slots(
 /// many slots goes round them over several rounds.
 const CLAIMS_AT_ONCE: usize = 64;
 
-/// Claim the wanted slots not held yet (at most [`CLAIMS_AT_ONCE`]); returns how many were taken and
-/// the lowest position among them, and the owners of those another replica
-/// still holds.
-pub(super) async fn claim(slots: &Slots, exporter: &Exporter) -> (usize, Option<u64>, Vec<String>) {
-    let (mut claimed, mut lowest, mut elsewhere) = (0, None::<u64>, Vec::new());
+/// Claim the wanted slots not held yet (at most [`CLAIMS_AT_ONCE`]); returns
+/// the positions of those taken (0 for a slot made anew).
+pub(super) async fn claim(slots: &Slots, exporter: &Exporter) -> Vec<u64> {
+    let mut floors = Vec::new();
     let pending = slots.next_pending(CLAIMS_AT_ONCE).into_iter();
     let orphans = slots.next_orphans(CLAIMS_AT_ONCE).into_iter();
     // Only a replica the count gives a slot makes it anew.
@@ -569,15 +566,14 @@ pub(super) async fn claim(slots: &Slots, exporter: &Exporter) -> (usize, Option<
         match slots.claim(slot, exporter, create).await {
             Ok(Claim::Taken { floor, namespaces }) => {
                 tracing::debug!(slot, floor, namespaces, "slot claimed");
-                claimed += 1;
-                lowest = Some(lowest.map_or(floor, |l| l.min(floor)));
+                floors.push(floor);
             }
-            Ok(Claim::Held(owner)) => elsewhere.push(owner),
+            Ok(Claim::Held) => {}
             Err(e) => tracing::warn!(slot, error = %e, "slot not claimed; retrying"),
         }
     }
-    exporter.stats.slot_moves(SlotMove::Claimed, claimed);
-    (claimed, lowest, elsewhere)
+    exporter.stats.slot_moves(SlotMove::Claimed, floors.len());
+    floors
 }
 
 /// With `--partition.discover`: take the count and index from the live

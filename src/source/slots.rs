@@ -58,8 +58,8 @@ struct Entry {
 pub enum Claim {
     /// Held now, its state folded from `floor` on.
     Taken { floor: u64, namespaces: usize },
-    /// Another replica holds it.
-    Held(String),
+    /// Not free: held here already, by another replica, or not stored yet.
+    Held,
 }
 
 /// Why a write of a slot failed.
@@ -504,7 +504,7 @@ impl Slots {
     ) -> Result<Claim, String> {
         if self.held_map().contains_key(&slot) {
             // Claimed already (as wanted and as an orphan in one round).
-            return Ok(Claim::Held(self.me.clone()));
+            return Ok(Claim::Held);
         }
         let failed = |e: Refused| match e {
             Refused::Lost => format!("slot {slot} was written meanwhile"),
@@ -514,7 +514,7 @@ impl Slots {
             if !create {
                 // Not stored yet: its replica (or a checkpoint from before
                 // slots) is about to store it.
-                return Ok(Claim::Held(String::new()));
+                return Ok(Claim::Held);
             }
             let header = Header {
                 owner: self.me.clone(),
@@ -534,7 +534,7 @@ impl Slots {
             if !self.is_gone(&h.owner) {
                 let mut held_by = self.held_by.lock().unwrap_or_else(|e| e.into_inner());
                 held_by.insert(slot, (h.owner.clone(), Instant::now()));
-                return Ok(Claim::Held(h.owner.clone()));
+                return Ok(Claim::Held);
             }
             tracing::warn!(slot, owner = %h.owner, position = h.position, "taking a slot from a replica whose heartbeat stopped, from its last checkpoint");
         }

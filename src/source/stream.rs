@@ -60,7 +60,7 @@ pub(super) async fn run(
     } = folding;
     tokio::pin!(shutdown);
     let Some(Located {
-        stream,
+        mut stream,
         filters,
         config,
         mut at,
@@ -131,19 +131,21 @@ pub(super) async fn run(
                 // The slots held keep the reader's position as their floor,
                 // in case a slot claimed makes it go back.
                 exporter.rewind(at.last);
-                let (claimed, lowest, _) = super::claim(slots, &exporter).await;
-                let reopen = match lowest {
-                    Some(floor) if floor < at.last => {
+                let floors = super::claim(slots, &exporter).await;
+                let reopen = match floors.iter().min() {
+                    Some(&floor) if floor < at.last => {
                         at.reread_until = at.reread_until.max(at.last);
                         // Before any checkpoint: a slot is stored at the
                         // reader's position or its floor, the higher.
                         at.last = floor;
-                        checkpoints.resume.stream_seq = floor;
+                        let stored = floors.iter().copied().filter(|f| *f > 0).min();
+                        at.within(stored, &mut stream, &exporter, &js_cfg.stream).await?;
+                        checkpoints.resume.stream_seq = at.last;
                         Some(Reopen::Claimed)
                     }
                     _ => None,
                 };
-                if claimed > 0 {
+                if !floors.is_empty() {
                     // Serve them at once: what they hold is stored.
                     checkpoints.tick().await;
                 }
@@ -228,13 +230,17 @@ async fn locate(
         reread_until: 0,
         gaps_are_losses: filters.is_empty(),
     };
+    let mut stored = (at.last > 0).then_some(at.last);
     if checkpoints.slots.is_some() {
         // From the lowest position of the slots held; holding none yet,
         // from the end (a slot claimed later brings its own position).
         let end = stream.cached_info().state.last_sequence;
-        at.last = exporter.ownership().lowest().unwrap_or(end);
+        let ownership = exporter.ownership();
+        at.last = ownership.lowest().unwrap_or(end);
+        stored = ownership.lowest_stored();
     }
-    at.within(&mut stream, exporter, &js_cfg.stream).await?;
+    at.within(stored, &mut stream, exporter, &js_cfg.stream)
+        .await?;
     checkpoints.resume.stream_seq = at.last;
     let config = consumer_config(client, &filters, &mut at);
     Ok(Some(Located {
@@ -264,11 +270,15 @@ fn check_retention(stream: &Stream, js_cfg: &JetStreamConfig) -> Result<(), Sour
 }
 
 impl Position {
-    /// Bring the position within what the stream holds: past its end (the
-    /// stream was made anew) reads it from its start; before its start,
-    /// what it removed meanwhile is counted as lost.
+    /// Bring the position within what the stream holds. `stored` is the
+    /// lowest position something folded here was stored at (`None` for a
+    /// first start, which reads what the stream still holds and loses
+    /// nothing to it): what the stream removed after it is counted as lost.
+    /// A position past the stream's end (it was made anew) reads it from
+    /// its start.
     async fn within(
         &mut self,
+        mut stored: Option<u64>,
         stream: &mut Stream,
         exporter: &Exporter,
         name: &str,
@@ -282,22 +292,20 @@ impl Position {
             })?
             .state
             .clone();
-        if self.last > state.last_sequence {
+        if self.last.max(stored.unwrap_or(0)) > state.last_sequence {
             tracing::warn!(
                 stream = %name,
                 position = self.last,
                 last_sequence = state.last_sequence,
                 "the checkpoint's position is past the end of the stream (it was deleted and made anew?): reading it from its start"
             );
-            self.last = 0;
+            (self.last, stored) = (0, None);
         }
-        if self.last == 0 {
-            // A first start reads what the stream still holds; nothing was lost to it.
-            self.last = state.first_sequence.saturating_sub(1);
-        } else if state.first_sequence > self.last + 1 {
-            lost(exporter, name, self.last + 1, state.first_sequence - 1);
-            self.last = state.first_sequence - 1;
+        let gone = state.first_sequence.saturating_sub(1);
+        if let Some(from) = stored.filter(|s| *s < gone) {
+            lost(exporter, name, from + 1, gone);
         }
+        self.last = self.last.max(gone);
         Ok(())
     }
 }
