@@ -120,6 +120,8 @@ impl Exporter {
     pub fn with_slots(mut self, partition: Partition, slots: u32) -> Exporter {
         self = self.with_partition(partition, false);
         self.ownership = RwLock::new(Ownership::by_slots(partition, slots));
+        let fold = self.fold.get_mut().unwrap_or_else(|e| e.into_inner());
+        fold.set_slots(slots);
         self.skips = true;
         self
     }
@@ -154,7 +156,7 @@ impl Exporter {
         // The ownership before the fold, as `ingest_at` takes them.
         let mut own = self.ownership_mut();
         let mut held = self.lock();
-        let taken = held.adopt(fold);
+        let taken = held.adopt(slot, fold);
         own.hold(slot, floor);
         self.stats.namespaces.set(held.namespace_count() as i64);
         self.stats.slots_held.set(own.held().len() as i64);
@@ -246,9 +248,10 @@ impl Exporter {
         }
     }
 
-    /// A fold of the current mapping, empty, to restore a slot's state into.
+    /// A fold of the current mapping and de-duplication window, empty, to
+    /// restore a slot's state into.
     pub fn empty_fold(&self) -> Fold {
-        Fold::new(self.lock().catalog().clone())
+        self.lock().empty_like()
     }
 
     /// The reader goes back to stream sequence `from`.

@@ -37,7 +37,7 @@ use hdrhistogram::Histogram;
 
 use super::snapshot::View;
 use super::{
-    step_nanos, window_step, Dedup, Exact, Fold, Hist, Namespace, Sli, Slot, Snapshot, Window,
+    step_nanos, window_step, Exact, Fold, Hist, Namespace, Sli, Slot, Snapshot, Window, NO_SLOT,
     WINDOW_STEPS,
 };
 use crate::config::{Catalog, Kind, MetricDef};
@@ -133,14 +133,32 @@ pub struct Image {
     by_name: Vec<usize>,
     events: Vec<u64>,
     event_starts: Vec<super::Start>,
-    /// The de-duplication key and ids, oldest first.
-    dedup: (u64, Vec<u64>),
+    dedup: Remembered,
     /// The fold's time zero of window steps, and the moment of the image
     /// (`wall`: the same as Unix seconds).
     started: Instant,
     now: Instant,
     wall: f64,
     resume: Resume,
+}
+
+/// The de-duplication window as an image holds it.
+#[derive(Default)]
+struct Remembered {
+    key: u64,
+    /// Each slot's key (0: `key`).
+    slot_keys: Vec<u64>,
+    /// Hashes and their slots, oldest first.
+    ids: Vec<(u64, u32)>,
+}
+
+impl Remembered {
+    fn key_of(&self, slot: u32) -> u64 {
+        match self.slot_keys.get(slot as usize) {
+            Some(&k) if k != 0 => k,
+            _ => self.key,
+        }
+    }
 }
 
 impl Fold {
@@ -155,8 +173,12 @@ impl Fold {
             events: self.events.clone(),
             event_starts: self.event_starts.clone(),
             dedup: match &self.dedup {
-                Some(d) => (d.key, d.order.iter().copied().collect()),
-                None => (0, Vec::new()),
+                Some(d) => Remembered {
+                    key: d.key,
+                    slot_keys: d.slot_keys.clone(),
+                    ids: d.order.iter().copied().collect(),
+                },
+                None => Remembered::default(),
             },
             started: self.started,
             now,
@@ -189,12 +211,19 @@ impl Image {
     /// once written: the fold no longer copies it when it changes.
     pub fn encode(mut self) -> Vec<u8> {
         let namespaces = std::mem::take(&mut self.namespaces);
-        self.write(namespaces, &self.events, true, &self.resume)
+        let ids: Vec<u64> = self.dedup.ids.iter().map(|&(h, _)| h).collect();
+        self.write(
+            namespaces,
+            &self.events,
+            (self.dedup.key, &ids),
+            &self.resume,
+        )
     }
 
     /// With slots: this replica's own checkpoint (everything but the
-    /// namespaces), and one per slot in `held` with its namespaces and its
-    /// position (`position(slot)`).
+    /// namespaces and the ids of events that had one), and one per slot in
+    /// `held` with its namespaces, its remembered ids (with their key) and
+    /// its position (`position(slot)`).
     pub fn encode_slots(
         mut self,
         held: &[u32],
@@ -205,10 +234,19 @@ impl Image {
         for ns in std::mem::take(&mut self.namespaces) {
             by_slot[crate::partition::slot_of(&ns.name, slots) as usize].push(ns);
         }
+        let mut ids_by_slot: Vec<Vec<u64>> = vec![Vec::new(); slots as usize];
+        let mut own_ids = Vec::new();
+        for &(h, s) in &self.dedup.ids {
+            match ids_by_slot.get_mut(s as usize) {
+                Some(ids) => ids.push(h),
+                None => own_ids.push(h),
+            }
+        }
         // The event counts stay with the replica: a counter of its own
         // that must not go down when a slot moves away.
         let none = vec![0; self.events.len()];
-        let record = self.write(Vec::new(), &self.events, true, &self.resume);
+        let own = (self.dedup.key, own_ids.as_slice());
+        let record = self.write(Vec::new(), &self.events, own, &self.resume);
         let each = held
             .iter()
             .map(|&s| {
@@ -218,19 +256,20 @@ impl Image {
                     ..self.resume.clone()
                 };
                 let namespaces = std::mem::take(&mut by_slot[s as usize]);
-                (s, self.write(namespaces, &none, false, &resume))
+                let ids = (self.dedup.key_of(s), ids_by_slot[s as usize].as_slice());
+                (s, self.write(namespaces, &none, ids, &resume))
             })
             .collect();
         (record, each)
     }
 
-    /// `namespaces`, the `events` counts and, with `dedup`, the
-    /// de-duplication window, with `resume`.
+    /// `namespaces`, the `events` counts and the remembered event ids
+    /// (`(key, hashes)`), with `resume`.
     fn write(
         &self,
         namespaces: Vec<Arc<Namespace>>,
         events: &[u64],
-        dedup: bool,
+        (key, ids): (u64, &[u64]),
         resume: &Resume,
     ) -> Vec<u8> {
         let now = self.now;
@@ -279,9 +318,7 @@ impl Image {
                 w.varint(sli.bad);
             }
         }
-        let (key, ids) = &self.dedup;
-        let ids = if dedup { ids.as_slice() } else { &[] };
-        w.u64(*key);
+        w.u64(key);
         w.varint(ids.len() as u64);
         ids.iter().for_each(|&h| w.u64(h));
         w.varint(u64::from(resume.partition.count));
@@ -363,7 +400,7 @@ impl Fold {
         self.events.iter_mut().for_each(|n| *n = 0);
         self.event_starts.iter_mut().for_each(|s| *s = None);
         if let Some(d) = &mut self.dedup {
-            *d = Dedup::new(d.cap, d.key);
+            d.reset(d.key);
         }
     }
 
@@ -506,9 +543,11 @@ impl Fold {
         let remembered = r.count(8)?;
         let ids: Vec<u64> = (0..remembered).map(|_| r.u64()).collect::<Result<_, _>>()?;
         if let Some(d) = &mut self.dedup {
-            *d = Dedup::new(d.cap, if remembered > 0 { key } else { d.key });
+            d.reset(if remembered > 0 { key } else { d.key });
+            // Their slots are not stored: a slot's ids are tagged as it is
+            // adopted (`Fold::adopt`).
             for h in ids {
-                d.remember(h);
+                d.remember(h, NO_SLOT);
             }
         }
         if format == 1 {
@@ -1064,7 +1103,7 @@ mod tests {
             for i in 0..names.len() {
                 assert_eq!(crate::partition::slot_of(names.get(i), 6), slot);
             }
-            again.adopt(one);
+            again.adopt(slot, one);
         }
         assert_eq!(render(&mut again, now), want);
         // Letting slots go takes their namespaces; the replica's event
@@ -1073,6 +1112,62 @@ mod tests {
         let text = render(&mut again, now);
         assert!(!text.contains("game_namespace="), "{text}");
         assert!(text.contains("session_events_total{"), "{text}");
+    }
+
+    /// With slots each remembered event id goes with its namespace's slot,
+    /// hashed with the slot's key: every next holder (whatever its own key)
+    /// drops a retry of an event a previous holder folded; the id of an
+    /// event without a namespace stays in the replica's own checkpoint.
+    #[test]
+    fn remembered_ids_move_with_their_slot() {
+        let now = Instant::now();
+        let decode = crate::event::decode;
+        let moved = br#"{"id":"m","name":"MetricAcquiringDsEvent","namespace":"g"}"#;
+        let moved = decode(moved).unwrap();
+        let kept = decode(br#"{"id":"k","name":"onPartyCreated"}"#).unwrap();
+        let slot = crate::partition::slot_of("g", 6);
+        let resume = Resume {
+            slots: 6,
+            held: vec![slot],
+            ..Resume::default()
+        };
+        let slotted = || {
+            let mut f = empty();
+            f.set_slots(6);
+            f
+        };
+        // `from` stores the slot; a fold with a key of its own takes it.
+        let moved_on = |from: &Fold| {
+            let (record, states) = from.image(now, 1.7e9, &resume).encode_slots(&[slot], |_| 1);
+            let mut next = slotted();
+            let mut taken = next.empty_like();
+            taken.restore(&states[0].1, now, 1.7e9).unwrap();
+            next.adopt(slot, taken);
+            (record, next)
+        };
+        let mut first = slotted();
+        first.apply(&moved, now, 1.7e9).unwrap();
+        first.apply(&kept, now, 1.7e9).unwrap();
+        let (record, second) = moved_on(&first);
+        let (_, mut third) = moved_on(&second);
+        assert_eq!(
+            third.apply(&moved, now, 1.7e9),
+            Ok(crate::fold::Outcome::Duplicate)
+        );
+        assert_eq!(
+            third.apply(&kept, now, 1.7e9),
+            Ok(crate::fold::Outcome::Folded)
+        );
+        let mut own = slotted();
+        own.restore(&record, now, 1.7e9).unwrap();
+        assert_eq!(
+            own.apply(&kept, now, 1.7e9),
+            Ok(crate::fold::Outcome::Duplicate)
+        );
+        assert_eq!(
+            own.apply(&moved, now, 1.7e9),
+            Ok(crate::fold::Outcome::Folded)
+        );
     }
 
     /// A format-4 checkpoint as the first release with SLIs wrote it

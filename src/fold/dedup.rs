@@ -3,13 +3,21 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
+/// An id whose event has no namespace, or a fold without slots.
+pub(super) const NO_SLOT: u32 = u32::MAX;
+
 /// Remembers the last `cap` event ids, by a 64-bit hash keyed with a random
 /// `key`. The key travels in checkpoints, so a restored window still matches
 /// the ids it remembers; producers cannot aim collisions at an unknown key.
+/// With slots each id keeps its namespace's slot, and a slot's ids are
+/// hashed with the slot's key: both move with the slot to its next holder.
 pub(super) struct Dedup {
     pub(super) key: u64,
+    /// The key of each slot taken from another replica (0: `key`).
+    pub(super) slot_keys: Vec<u64>,
     pub(super) seen: HashSet<u64, BuildHasherDefault<Prehashed>>,
-    pub(super) order: VecDeque<u64>,
+    /// Oldest first: each id's hash and its slot ([`NO_SLOT`] for none).
+    pub(super) order: VecDeque<(u64, u32)>,
     pub(super) cap: usize,
 }
 
@@ -17,24 +25,50 @@ impl Dedup {
     pub(super) fn new(cap: usize, key: u64) -> Dedup {
         Dedup {
             key,
+            slot_keys: Vec::new(),
             seen: HashSet::with_capacity_and_hasher(cap, Default::default()),
             order: VecDeque::with_capacity(cap),
             cap,
         }
     }
 
-    pub(super) fn is_duplicate(&mut self, id: &str) -> bool {
-        !self.remember(keyed_hash(self.key, id))
+    /// Empty again, with `key`.
+    pub(super) fn reset(&mut self, key: u64) {
+        *self = Dedup::new(self.cap, key);
+    }
+
+    /// The key `slot`'s ids are hashed with.
+    pub(super) fn key_of(&self, slot: u32) -> u64 {
+        match self.slot_keys.get(slot as usize) {
+            Some(&k) if k != 0 => k,
+            _ => self.key,
+        }
+    }
+
+    /// Take `slot`'s ids, hashed with `key`, oldest first.
+    pub(super) fn adopt(&mut self, slot: u32, key: u64, ids: impl Iterator<Item = u64>) {
+        let at = slot as usize;
+        if self.slot_keys.len() <= at {
+            self.slot_keys.resize(at + 1, 0);
+        }
+        self.slot_keys[at] = key;
+        ids.for_each(|h| {
+            self.remember(h, slot);
+        });
+    }
+
+    pub(super) fn is_duplicate(&mut self, id: &str, slot: u32) -> bool {
+        !self.remember(keyed_hash(self.key_of(slot), id), slot)
     }
 
     /// False when `h` was already remembered.
-    pub(super) fn remember(&mut self, h: u64) -> bool {
+    pub(super) fn remember(&mut self, h: u64, slot: u32) -> bool {
         if !self.seen.insert(h) {
             return false;
         }
-        self.order.push_back(h);
+        self.order.push_back((h, slot));
         if self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
+            if let Some((old, _)) = self.order.pop_front() {
                 self.seen.remove(&old);
             }
         }

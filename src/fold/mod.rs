@@ -12,7 +12,7 @@ mod snapshot;
 mod window;
 
 pub use checkpoint::{CheckpointError, Image, Restored, Resume};
-use dedup::Dedup;
+use dedup::{Dedup, NO_SLOT};
 use exact::Exact;
 use hist::{record_hdr, Hist};
 use namespaces::{Namespace, Namespaces};
@@ -97,6 +97,8 @@ pub struct Fold {
     /// Unix seconds now: dates new series.
     clock: fn() -> f64,
     dedup: Option<Dedup>,
+    /// With slots, their number: each remembered id keeps its slot.
+    slots: u32,
     /// Values of one event, checked before any is applied.
     scratch: Vec<f64>,
     /// Time zero of the windows' steps.
@@ -115,6 +117,7 @@ impl Fold {
             event_starts: vec![None; seed::EVENT_NAMES.len() + 1],
             clock: crate::clock::unix_now,
             dedup: None,
+            slots: 0,
             scratch: Vec::new(),
             started: Instant::now(),
             exemplars_dropped: [0; 2],
@@ -126,6 +129,21 @@ impl Fold {
         let key = RandomState::new().hash_one(0x5e55_1011_u64);
         self.dedup = (window > 0).then(|| Dedup::new(window, key));
         self
+    }
+
+    /// Remember each event id with its namespace's slot of `slots`, so a
+    /// slot's ids move with it ([`Image::encode_slots`], [`Fold::adopt`]).
+    pub fn set_slots(&mut self, slots: u32) {
+        self.slots = slots;
+    }
+
+    /// An empty fold like this one (mapping, slots, de-duplication window),
+    /// to restore a slot's state into.
+    pub fn empty_like(&self) -> Fold {
+        let mut fold = Fold::new(self.catalog.clone());
+        fold.slots = self.slots;
+        fold.dedup = self.dedup.as_ref().map(|d| Dedup::new(d.cap, d.key));
+        fold
     }
 
     /// Date new series by `clock` (Unix seconds) instead of the system
@@ -153,16 +171,20 @@ impl Fold {
             .retain(|ns| crate::partition::slot_of(ns, slots) != slot);
     }
 
-    /// Take a slot's namespaces (restored into `other`, a fold of its own
-    /// with the same mapping). A namespace this fold holds already keeps its
-    /// own; returns how many were taken.
-    pub fn adopt(&mut self, other: Fold) -> usize {
+    /// Take slot `slot`'s namespaces and remembered event ids (restored
+    /// into `other`, a fold from [`Fold::empty_like`]). A namespace this fold
+    /// holds already keeps its own; returns how many were taken.
+    pub fn adopt(&mut self, slot: u32, other: Fold) -> usize {
         let mut taken = 0;
         for ns in other.namespaces.list {
             if !self.namespaces.index.contains_key(&ns.name) {
                 self.namespaces.push(ns);
                 taken += 1;
             }
+        }
+        if let (Some(d), Some(o)) = (&mut self.dedup, other.dedup) {
+            // Hashed with the key they were stored with, the slot's own.
+            d.adopt(slot, o.key, o.order.iter().map(|&(h, _)| h));
         }
         taken
     }
@@ -175,7 +197,11 @@ impl Fold {
     /// (Unix seconds: the event's timestamp, else the receive time) orders them.
     pub fn apply(&mut self, ev: &Event, now: Instant, event_time: f64) -> Result<Outcome, Reason> {
         if let (Some(d), Some(id)) = (self.dedup.as_mut(), ev.id.as_deref()) {
-            if !id.is_empty() && d.is_duplicate(id) {
+            let slot = match (self.slots, ev.namespace.as_deref()) {
+                (0, _) | (_, None) => NO_SLOT,
+                (slots, Some(ns)) => crate::partition::slot_of(ns, slots),
+            };
+            if !id.is_empty() && d.is_duplicate(id, slot) {
                 return Ok(Outcome::Duplicate);
             }
         }

@@ -1259,19 +1259,9 @@ pub fn self_signed(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
 
 /// `n` events over `namespaces` namespaces, every kind of event, 1%
 /// malformed, timestamps out of order (so the latest gauge value is not the
-/// last published), and every fiftieth sent twice (a publisher's retry,
-/// same id).
+/// last published), and every fiftieth sent again 300 events later (a
+/// publisher's retry after its timeout, same id).
 pub fn churned_corpus(n: u64, namespaces: usize, seed: u64) -> Vec<(String, Vec<u8>)> {
-    corpus_with_retries(n, namespaces, seed, true)
-}
-
-/// [`churned_corpus`], with publisher retries or without.
-pub fn corpus_with_retries(
-    n: u64,
-    namespaces: usize,
-    seed: u64,
-    retries: bool,
-) -> Vec<(String, Vec<u8>)> {
     use session_exporter::simulate::{unix_ms, Generator, Profile};
     let mut g = Generator::new(Profile {
         namespaces,
@@ -1281,12 +1271,17 @@ pub fn corpus_with_retries(
     });
     let base = unix_ms() - 600_000;
     let mut out = Vec::new();
+    let mut retried = std::collections::VecDeque::new();
     for i in 0..n {
+        while retried.front().is_some_and(|(due, _)| *due == i) {
+            out.push(retried.pop_front().unwrap().1);
+        }
         let e = g.next_event(base + (i * 104_729) % 300_000);
-        if retries && i % 50 == 0 {
-            out.push(e.clone());
+        if i % 50 == 0 {
+            retried.push_back((i + 300, e.clone()));
         }
         out.push(e);
     }
+    out.extend(retried.into_iter().map(|(_, e)| e));
     out
 }
