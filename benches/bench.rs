@@ -96,6 +96,9 @@ fn bench_fold(reps: usize) -> (f64, f64, f64) {
         Ok(path) => Catalog::from_file(std::path::Path::new(&path)).unwrap(),
         Err(_) => Catalog::default_mapping(),
     };
+    // BENCH_FOLD_DEDUP: the de-duplication window (0, off, by default; the
+    // JetStream mode's default is 100,000).
+    let dedup = std::env::var("BENCH_FOLD_DEDUP").map_or(0, |s| s.parse().unwrap());
     let corpus = corpus(200_000, namespaces, 1);
     let warm_up = self::corpus(WARM_UP_EVENTS, namespaces, 2);
     let bytes: usize = corpus.iter().map(|c| c.1.len()).sum();
@@ -120,13 +123,13 @@ fn bench_fold(reps: usize) -> (f64, f64, f64) {
         assert_eq!(ok, corpus.len());
         parse.push(corpus.len() as f64 / t.elapsed().as_secs_f64());
 
-        let exporter = Exporter::new(catalog(), None, 0);
+        let exporter = Exporter::new(catalog(), None, dedup);
         let t = Instant::now();
         let folded = fold_all(&exporter, &corpus);
         fold.push(corpus.len() as f64 / t.elapsed().as_secs_f64());
         assert_eq!(folded, corpus.len());
 
-        let exporter = Exporter::new(catalog(), None, 0);
+        let exporter = Exporter::new(catalog(), None, dedup);
         fold_all(&exporter, &warm_up);
         let t = Instant::now();
         let folded = fold_all(&exporter, &corpus);
