@@ -397,7 +397,9 @@ pub struct RunArgs {
     /// Where the subjects carry the partition (a NATS `{{partition(N,k)}}`
     /// mapping): this replica reads only these subjects, `{index}` replaced
     /// by its index (repeat or comma-separate), instead of reading all and
-    /// skipping others' namespaces.
+    /// skipping others' namespaces. With --partition.slots the subjects
+    /// carry the slot (`{{partition(SLOTS,k)}}`) and name it `{slot}`: the
+    /// replica reads the subjects of the slots it holds.
     #[arg(
         long = "partition.filter-subject",
         env = "SESSION_EXPORTER_PARTITION_FILTER_SUBJECTS",
@@ -676,13 +678,6 @@ impl RunArgs {
                     .into(),
             );
         }
-        if !self.partition_filter_subjects.is_empty() {
-            return Err(
-                "--partition.slots with --partition.filter-subject: a slot that moves \
-                        here is not in this replica's subjects; read the whole stream"
-                    .into(),
-            );
-        }
         let count = self.partition_count.max(1);
         if slots < count {
             return Err(format!(
@@ -692,17 +687,24 @@ impl RunArgs {
         Ok(slots)
     }
 
+    /// This replica's subjects (`{index}` replaced), or with slots the
+    /// subjects of each slot (`{slot}`, replaced by the source for each
+    /// slot it holds).
     fn partition_subjects(&self) -> Result<Vec<String>, String> {
         let index = self.partition()?.index.to_string();
+        let (name, what) = match self.partition_slots {
+            0 => ("{index}", "partition"),
+            _ => ("{slot}", "slot (with --partition.slots)"),
+        };
         self.partition_filter_subjects
             .iter()
             .filter(|s| !s.trim().is_empty())
             .map(|s| {
-                if s.contains("{index}") {
+                if s.contains(name) {
                     Ok(s.replace("{index}", &index))
                 } else {
                     Err(format!(
-                        "--partition.filter-subject {s:?}: it must name the partition as {{index}}, e.g. sessions.{{index}}.>"
+                        "--partition.filter-subject {s:?}: it must name the {what} as {name}, e.g. sessions.{name}.>"
                     ))
                 }
             })
@@ -805,6 +807,15 @@ mod tests {
         let ok = parse(&[&durable[..], &["--partition.slots", "30"]].concat()).unwrap();
         assert_eq!(ok.slots, 30);
         assert_eq!(parse(&durable).unwrap().slots, 0);
+        // The slot's subjects stay a template: the source fills in each slot.
+        let by_slot = [
+            "--partition.slots",
+            "30",
+            "--partition.filter-subject",
+            "s.{slot}",
+        ];
+        let ok = parse(&[&durable[..], &by_slot].concat()).unwrap();
+        assert_eq!(ok.partition_subjects, ["s.{slot}"]);
         for (args, says) in [
             (vec!["--partition.slots", "30"], "--state.bucket"),
             (vec!["--partition.slots", "2"], "fewer slots than replicas"),
@@ -815,7 +826,7 @@ mod tests {
                     "--partition.filter-subject",
                     "s.{index}",
                 ],
-                "--partition.filter-subject",
+                "as {slot}",
             ),
         ] {
             let with = if says == "--state.bucket" {

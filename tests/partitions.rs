@@ -179,26 +179,7 @@ fn server_side(bin: &Path) {
         .unwrap();
         js
     });
-    // Publishers put the namespace in the subject: sessions.<namespace>.<event>.
-    let events: Events = corpus(3000, 9)
-        .into_iter()
-        .map(|(subject, body)| {
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            // A namespace that is not one subject token cannot be mapped.
-            let token = |n: &&str| {
-                !n.is_empty()
-                    && n.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
-            };
-            let ns = v["namespace"]
-                .as_str()
-                .filter(token)
-                .unwrap_or("none")
-                .to_string();
-            let event = subject.rsplit('.').next().unwrap().to_string();
-            (format!("sessions.{ns}.{event}"), body)
-        })
-        .collect();
+    let events = by_namespace_subject(corpus(3000, 9));
     rt.block_on(js_publish(&js, &events));
     let reference = Exporter::start(&url, &["--nats.jetstream.stream", "PARTITIONED"]);
     let replicas: Vec<Exporter> = (0..3)

@@ -568,6 +568,72 @@ fn messages_removed_below_a_taken_slot_are_counted_lost() {
     }
 }
 
+/// Server-side partitions with slots: the server puts each namespace's slot
+/// in the subject (deploy/nats/slots.conf), each replica reads only the
+/// subjects of the slots it holds (2.10+; 2.9 reads all and skips), and
+/// across a 3 → 2 rescale the replicas still equal the reference.
+fn server_side(bin: &Path) {
+    let version = nats_version(bin);
+    let conf = temp_dir("slots").join("slots.conf");
+    let shipped = include_str!("../deploy/nats/slots.conf");
+    assert!(shipped.contains("{{partition(720,1)}}"));
+    let mapping = shipped.replace("partition(720,", &format!("partition({SLOTS},"));
+    std::fs::write(&conf, mapping).unwrap();
+    let nats = Nats::start_jetstream_with(bin, &["-c", conf.to_str().unwrap()]);
+    let url = nats.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let js = rt.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+        let config = async_nats::jetstream::stream::Config {
+            name: "SESSIONS".into(),
+            subjects: vec!["sessions.*.*.*".into()],
+            ..Default::default()
+        };
+        js.create_stream(config).await.unwrap();
+        js
+    });
+    let events = by_namespace_subject(corpus(4000, 23));
+    let (first, second) = events.split_at(2000);
+    let reference = Exporter::start(&url, &["--nats.jetstream.stream", "SESSIONS"]);
+    let subjects = ["--partition.filter-subject", "sessions.{slot}.*.*"];
+    let mut fleet: Vec<Exporter> = (0..3)
+        .map(|i| replica_with(&url, i, 3, true, &subjects))
+        .collect();
+    rt.block_on(js_publish(&js, first));
+    assert_namespaces_equal(&version, &reference, &fleet, first.len());
+    let mut gone = fleet.pop().unwrap();
+    gone.signal("TERM");
+    assert_eq!(gone.wait_exit(), Some(0), "{version}: {}", gone.log());
+    for (i, r) in fleet.iter_mut().enumerate().rev() {
+        r.signal("TERM");
+        assert_eq!(r.wait_exit(), Some(0), "{version}: {}", r.log());
+        *r = replica_with(&url, i, 2, true, &subjects);
+    }
+    rt.block_on(js_publish(&js, second));
+    assert_namespaces_equal(&version, &reference, &fleet, events.len());
+    // From 2.10 on, each replica reads its slots' subjects only.
+    let several_filters = !version.contains("v2.9.");
+    for r in &fleet {
+        let m = r.metrics();
+        let read = sum(&m, "session_exporter_messages_received_total")
+            + sum(&m, "session_exporter_partition_skipped_messages_total");
+        let share = read < events.len() as f64 * 0.75;
+        eprintln!("{version}: a replica read {read} of {}", events.len());
+        assert!(
+            share || !several_filters,
+            "{version}: read {read} of {}",
+            events.len()
+        );
+    }
+}
+
+#[test]
+fn server_side_partitions_carry_the_slot_in_the_subject() {
+    for bin in nats_servers() {
+        server_side(&bin);
+    }
+}
+
 /// With --partition.discover, scaling is starting and stopping replicas and
 /// nothing else: 3 → 5 → 2 while events arrive, each replica taking the
 /// count and its index from the heartbeats of those present, ends equal to

@@ -74,7 +74,8 @@ pub struct NatsConfig {
     /// The namespaces this replica folds.
     pub partition: Partition,
     /// Where the subjects carry the partition: this replica's own subjects,
-    /// read instead of `subjects` (and without skipping anything).
+    /// read instead of `subjects` (and without skipping anything). With
+    /// slots, the subjects of a slot, `{slot}` naming it.
     pub partition_subjects: Vec<String>,
     /// The deployment's slots (`--partition.slots`); 0: none.
     pub slots: u32,

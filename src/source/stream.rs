@@ -62,7 +62,7 @@ pub(super) async fn run(
     let Some(Located {
         mut stream,
         filters,
-        config,
+        mut config,
         mut at,
     }) = locate(
         &client,
@@ -149,7 +149,11 @@ pub(super) async fn run(
                     // Serve them at once: what they hold is stored.
                     checkpoints.tick().await;
                 }
-                reopen
+                let by_slot_subjects = !cfg.partition_subjects.is_empty();
+                match reopen {
+                    None if by_slot_subjects && !floors.is_empty() => Some(Reopen::NewSubjects),
+                    reopen => reopen,
+                }
             }
             () = &mut silence => Some(Reopen::Silent),
             // After an outage the consumer may have gone with its server:
@@ -163,6 +167,10 @@ pub(super) async fn run(
                 why = %why,
                 "making the ordered consumer anew"
             );
+            if slots.is_some() && !cfg.partition_subjects.is_empty() {
+                let filters = slot_filters(&cfg.partition_subjects, &exporter);
+                config = consumer_config(&client, &filters, &mut at);
+            }
             match Reader::open(&client, &stream, &config, at.last, &mut shutdown).await {
                 Some(r) => std::mem::replace(&mut reader, r).close(&stream),
                 None => {
@@ -220,10 +228,10 @@ async fn locate(
             legacy_position(client, &stream, js_cfg, checkpoints).await?;
     }
     checkpoints.resume.stream = js_cfg.stream.clone();
-    let filters = if cfg.partition_subjects.is_empty() {
-        js_cfg.filter_subjects.clone()
-    } else {
-        cfg.partition_subjects.clone()
+    let filters = match (&cfg.partition_subjects, &checkpoints.slots) {
+        (subjects, _) if subjects.is_empty() => js_cfg.filter_subjects.clone(),
+        (subjects, Some(_)) => slot_filters(subjects, exporter),
+        (subjects, None) => subjects.clone(),
     };
     let mut at = Position {
         last: checkpoints.resume.stream_seq,
@@ -310,6 +318,23 @@ impl Position {
     }
 }
 
+/// With slots whose subjects carry them: the subjects of each slot held
+/// (`{slot}` in `templates` replaced). Holding none, those of slot number
+/// `slots`, which no message is on: nothing is read until a slot is held.
+fn slot_filters(templates: &[String], exporter: &Exporter) -> Vec<String> {
+    let own = exporter.ownership();
+    let mut held = own.held();
+    if held.is_empty() {
+        held.push(own.slots);
+    }
+    let each = |s: u32| {
+        templates
+            .iter()
+            .map(move |t| t.replace("{slot}", &s.to_string()))
+    };
+    held.into_iter().flat_map(each).collect()
+}
+
 /// The consumer's filter: several subjects on servers 2.10+; on older ones
 /// one, or every subject of the stream (then gaps are not losses).
 fn consumer_config(client: &Client, filters: &[String], at: &mut Position) -> push::Config {
@@ -346,6 +371,8 @@ enum Reopen {
     HeartbeatAhead,
     /// A slot claimed stands further back than the reader.
     Claimed,
+    /// A slot claimed is on subjects the consumer does not read.
+    NewSubjects,
 }
 
 impl std::fmt::Display for Reopen {
@@ -357,6 +384,7 @@ impl std::fmt::Display for Reopen {
             Reopen::Gap => "a gap in the consumer's sequence",
             Reopen::HeartbeatAhead => "a heartbeat names a message not received",
             Reopen::Claimed => "a slot claimed stands further back",
+            Reopen::NewSubjects => "a slot claimed is on subjects not read yet",
         })
     }
 }

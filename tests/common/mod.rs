@@ -1257,6 +1257,26 @@ pub fn self_signed(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     (cert, key)
 }
 
+/// The events as publishers send them for server-side partitions:
+/// each on `sessions.<namespace>.<event>` (`none` for a namespace that is
+/// not one subject token, which cannot be mapped).
+pub fn by_namespace_subject(events: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    let token = |n: &&str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    };
+    events
+        .into_iter()
+        .map(|(subject, body)| {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let ns = v["namespace"].as_str().filter(token).unwrap_or("none");
+            let event = subject.rsplit('.').next().unwrap();
+            (format!("sessions.{ns}.{event}"), body)
+        })
+        .collect()
+}
+
 /// `n` events over `namespaces` namespaces, every kind of event, 1%
 /// malformed, timestamps out of order (so the latest gauge value is not the
 /// last published), and every fiftieth sent again 300 events later (a
