@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::clock::unix_now;
 use crate::config::{Catalog, ConfigError};
 use crate::event::{decode_limited, Minute, Reason, TraceProblem};
-use crate::fold::{CheckpointError, Fold, Image, Outcome, Restored, Resume, Snapshot};
+use crate::fold::{CheckpointError, Fold, Image, Outcome, Restored, Resume, SlotState, Snapshot};
 use crate::partition::{Owner, Ownership, Partition};
 use crate::stats::Stats;
 
@@ -71,7 +71,7 @@ pub struct SlotCheckpoint {
     /// This replica's own: the event counts and the de-duplication window.
     pub record: Vec<u8>,
     /// `(slot, position, checkpoint)` of each held slot.
-    pub slots: Vec<(u32, u64, Vec<u8>)>,
+    pub slots: Vec<SlotState>,
     pub ingested: u64,
 }
 
@@ -183,26 +183,24 @@ impl Exporter {
     /// `(slot, position, checkpoint)` of each of `slots` (those of its
     /// partition), each at the checkpoint's `position`. The fold keeps
     /// none of its namespaces: they come back as their slots are claimed.
-    pub fn into_slots(&self, slots: &[u32], resume: &Resume) -> Vec<(u32, u64, Vec<u8>)> {
+    pub fn into_slots(&self, slots: &[u32], resume: &Resume) -> Vec<SlotState> {
         let _encoding = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
-        let resume = Resume {
-            slots: self.ownership().slots,
-            ..resume.clone()
-        };
-        let resume = Resume {
-            held: slots.to_vec(),
-            ..resume
-        };
-        let (_, states) = self
-            .checkpoint(&resume)
-            .image
-            .encode_slots(slots, |_| resume.stream_seq);
+        let cp = self.slot_checkpoint(slots.to_vec(), resume);
+        let (_, states) = cp.image.encode_slots(|_| resume.stream_seq);
         // Its event counts stay: they are this replica's.
         self.lock().retain_namespaces(|_| false);
         states
-            .into_iter()
-            .map(|(s, bytes)| (s, resume.stream_seq, bytes))
-            .collect()
+    }
+
+    /// [`Exporter::checkpoint`] naming `slots` as held, of this replica's
+    /// number of slots.
+    fn slot_checkpoint(&self, slots: Vec<u32>, resume: &Resume) -> Checkpoint {
+        let resume = Resume {
+            slots: self.ownership().slots,
+            held: slots,
+            ..resume.clone()
+        };
+        self.checkpoint(&resume)
     }
 
     /// Stop serving (`true`: unpublished, and nothing published until
@@ -218,24 +216,14 @@ impl Exporter {
     /// Let slots go at once, with their state as of now: `(slot, position,
     /// checkpoint)` of each, to store released (`read`: the reader's last
     /// sequence). Nothing is served until the next stored checkpoint.
-    pub fn release_slots(&self, slots: &[u32], resume: &Resume) -> Vec<(u32, u64, Vec<u8>)> {
+    pub fn release_slots(&self, slots: &[u32], resume: &Resume) -> Vec<SlotState> {
         let states = {
             let _encoding = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
             let own = self.ownership().clone();
-            let resume = Resume {
-                slots: own.slots,
-                held: slots.to_vec(),
-                ..resume.clone()
-            };
-            let read = resume.stream_seq;
-            let (_, states) = self
-                .checkpoint(&resume)
-                .image
-                .encode_slots(slots, |s| own.position(s, read));
-            states
-                .into_iter()
-                .map(|(s, bytes)| (s, own.position(s, read), bytes))
-                .collect()
+            let cp = self.slot_checkpoint(slots.to_vec(), resume);
+            cp.image
+                .encode_slots(|s| own.position(s, resume.stream_seq))
+                .1
         };
         self.drop_slots(slots);
         states
@@ -316,21 +304,11 @@ impl Exporter {
     pub fn encode_slot_checkpoint(&self, resume: &Resume) -> SlotCheckpoint {
         let _encoding = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
         let own = self.ownership().clone();
-        let resume = Resume {
-            slots: own.slots,
-            held: own.held(),
-            ..resume.clone()
-        };
-        let cp = self.checkpoint(&resume);
+        let cp = self.slot_checkpoint(own.held(), resume);
         let snapshot = cp.image.snapshot();
-        let read = resume.stream_seq;
-        let (record, states) = cp
+        let (record, slots) = cp
             .image
-            .encode_slots(&resume.held, |s| own.position(s, read));
-        let slots = states
-            .into_iter()
-            .map(|(s, bytes)| (s, own.position(s, read), bytes))
-            .collect();
+            .encode_slots(|s| own.position(s, resume.stream_seq));
         SlotCheckpoint {
             snapshot,
             record,

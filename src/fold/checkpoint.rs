@@ -142,6 +142,10 @@ pub struct Image {
     resume: Resume,
 }
 
+/// A slot's state to store: the slot, the stream position its state ends
+/// at, and its checkpoint.
+pub type SlotState = (u32, u64, Vec<u8>);
+
 /// The de-duplication window as an image holds it.
 #[derive(Default)]
 struct Remembered {
@@ -221,14 +225,11 @@ impl Image {
     }
 
     /// With slots: this replica's own checkpoint (everything but the
-    /// namespaces and the ids of events that had one), and one per slot in
-    /// `held` with its namespaces, its remembered ids (with their key) and
-    /// its position (`position(slot)`).
-    pub fn encode_slots(
-        mut self,
-        held: &[u32],
-        position: impl Fn(u32) -> u64,
-    ) -> (Vec<u8>, Vec<(u32, Vec<u8>)>) {
+    /// namespaces and the ids of events that had one), and `(slot,
+    /// position, checkpoint)` for each slot the resume holds, with its
+    /// namespaces, its remembered ids (with their key) and its position
+    /// (`position(slot)`).
+    pub fn encode_slots(mut self, position: impl Fn(u32) -> u64) -> (Vec<u8>, Vec<SlotState>) {
         let slots = self.resume.slots;
         let mut by_slot: Vec<Vec<Arc<Namespace>>> = vec![Vec::new(); slots as usize];
         for ns in std::mem::take(&mut self.namespaces) {
@@ -247,7 +248,9 @@ impl Image {
         let none = vec![0; self.events.len()];
         let own = (self.dedup.key, own_ids.as_slice());
         let record = self.write(Vec::new(), &self.events, own, &self.resume);
-        let each = held
+        let each = self
+            .resume
+            .held
             .iter()
             .map(|&s| {
                 let resume = Resume {
@@ -257,7 +260,8 @@ impl Image {
                 };
                 let namespaces = std::mem::take(&mut by_slot[s as usize]);
                 let ids = (self.dedup.key_of(s), ids_by_slot[s as usize].as_slice());
-                (s, self.write(namespaces, &none, ids, &resume))
+                let bytes = self.write(namespaces, &none, ids, &resume);
+                (s, resume.stream_seq, bytes)
             })
             .collect();
         (record, each)
@@ -1091,11 +1095,11 @@ mod tests {
         };
         let (record, states) = whole
             .image(now, 1.7e9 + 60.0, &resume)
-            .encode_slots(&held, |_| 4040);
+            .encode_slots(|_| 4040);
         let mut again = empty();
         let r = again.restore(&record, now, 1.7e9 + 60.0).unwrap();
         assert_eq!((r.namespaces, r.resume.slots), (0, 6));
-        for (slot, state) in states {
+        for (slot, _, state) in states {
             let mut one = empty();
             let r = one.restore(&state, now, 1.7e9 + 60.0).unwrap();
             assert_eq!((r.resume.stream_seq, r.resume.held), (4040, vec![slot]));
@@ -1138,10 +1142,10 @@ mod tests {
         };
         // `from` stores the slot; a fold with a key of its own takes it.
         let moved_on = |from: &Fold| {
-            let (record, states) = from.image(now, 1.7e9, &resume).encode_slots(&[slot], |_| 1);
+            let (record, states) = from.image(now, 1.7e9, &resume).encode_slots(|_| 1);
             let mut next = slotted();
             let mut taken = next.empty_like();
-            taken.restore(&states[0].1, now, 1.7e9).unwrap();
+            taken.restore(&states[0].2, now, 1.7e9).unwrap();
             next.adopt(slot, taken);
             (record, next)
         };

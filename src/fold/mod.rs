@@ -11,7 +11,7 @@ pub mod native;
 mod snapshot;
 mod window;
 
-pub use checkpoint::{CheckpointError, Image, Restored, Resume};
+pub use checkpoint::{CheckpointError, Image, Restored, Resume, SlotState};
 use dedup::{Dedup, NO_SLOT};
 use exact::Exact;
 use hist::{record_hdr, Hist};

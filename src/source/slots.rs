@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state::StateStore;
 use crate::exporter::Exporter;
+use crate::fold::SlotState;
 use crate::partition::{slot_owner, Partition};
 
 /// The JSON line at the start of a slot key.
@@ -98,7 +99,7 @@ pub struct Slots {
     orphan_cursor: AtomicU32,
     /// Slots let go whose release was not written yet: `(slot, position,
     /// checkpoint)`.
-    unreleased: Mutex<Vec<(u32, u64, Vec<u8>)>>,
+    unreleased: Mutex<Vec<SlotState>>,
     /// The task watching the heartbeats.
     watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Whether it claims yet (with discovery: once it knows its count).
@@ -566,7 +567,7 @@ impl Slots {
     /// slots another replica took meanwhile.
     pub async fn store(
         &self,
-        states: Vec<(u32, u64, Vec<u8>)>,
+        states: Vec<SlotState>,
         released: bool,
     ) -> (Vec<u32>, Result<(), String>) {
         use futures_util::StreamExt;
@@ -629,7 +630,7 @@ impl Slots {
         (lost, result)
     }
 
-    fn unreleased(&self) -> std::sync::MutexGuard<'_, Vec<(u32, u64, Vec<u8>)>> {
+    fn unreleased(&self) -> std::sync::MutexGuard<'_, Vec<SlotState>> {
         self.unreleased.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -689,7 +690,7 @@ impl Slots {
     /// Store slots of a checkpoint written before slots (`states`, as
     /// [`crate::fold::Image::encode_slots`] made them) where no slot key is
     /// yet: this replica's if the count gives it the slot, else released.
-    pub async fn migrate(&self, states: Vec<(u32, u64, Vec<u8>)>) -> Result<usize, String> {
+    pub async fn migrate(&self, states: Vec<SlotState>) -> Result<usize, String> {
         let mut stored = 0;
         for (slot, position, raw) in states {
             // Stored already (or something else is there): left as it is.
