@@ -12,8 +12,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -95,10 +98,64 @@ fn assert_not_lower(before: &BTreeMap<String, f64>, now: &BTreeMap<String, f64>,
     }
 }
 
+/// Every replica's page, polled in a loop while a rescale runs: the longest
+/// time a namespace went served by none of them.
+struct Unserved {
+    addrs: Arc<Mutex<BTreeMap<usize, String>>>,
+    stop: Arc<AtomicBool>,
+    polling: Option<std::thread::JoinHandle<(Duration, String, Duration)>>,
+}
+
+impl Unserved {
+    fn start() -> Unserved {
+        let addrs = Arc::new(Mutex::new(BTreeMap::<usize, String>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (watched, stopped) = (addrs.clone(), stop.clone());
+        let polling = std::thread::spawn(move || {
+            let mut last: HashMap<String, Instant> = HashMap::new();
+            let (mut longest, mut which) = (Duration::ZERO, String::new());
+            let (started, mut polls) = (Instant::now(), 0u32);
+            while !stopped.load(Ordering::Relaxed) {
+                let addrs: Vec<String> = watched.lock().unwrap().values().cloned().collect();
+                let pages = addrs.iter().filter_map(|a| try_get(a, "/metrics"));
+                let mut seen = HashSet::new();
+                for page in pages {
+                    let names = series(&domain(&page)).into_iter().map(|(k, _)| k);
+                    seen.extend(names.filter_map(|k| namespace_of(&k).map(str::to_string)));
+                }
+                let now = Instant::now();
+                for ns in seen {
+                    let gap = last.insert(ns.clone(), now).map(|t| now - t);
+                    if let Some(gap) = gap.filter(|g| *g > longest) {
+                        (longest, which) = (gap, ns);
+                    }
+                }
+                polls += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (longest, which, started.elapsed() / polls.max(1))
+        });
+        Unserved {
+            addrs,
+            stop,
+            polling: Some(polling),
+        }
+    }
+
+    /// The longest time unserved, the namespace, and the mean time a poll
+    /// of every replica took (the resolution).
+    fn finish(mut self) -> (Duration, String, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.polling.take().unwrap().join().unwrap()
+    }
+}
+
 /// The replicas running, by index; a step of a rescale changes them.
 struct Fleet {
     url: String,
     replicas: BTreeMap<usize, Exporter>,
+    /// Where each replica serves, for [`Unserved`].
+    addrs: Arc<Mutex<BTreeMap<usize, String>>>,
     served: BTreeMap<String, f64>,
     /// Each replica's session_events_total as last served: its own
     /// counter, which stays with it when slots move, never lower.
@@ -137,8 +194,25 @@ impl Fleet {
         assert_eq!(r.wait_exit(), Some(0), "replica {i}:\n{}", r.log());
     }
 
+    fn new(url: &str, unserved: &Unserved) -> Fleet {
+        Fleet {
+            url: url.to_string(),
+            replicas: BTreeMap::new(),
+            addrs: unserved.addrs.clone(),
+            served: BTreeMap::new(),
+            events: BTreeMap::new(),
+            twice: 0,
+            checks: 0,
+        }
+    }
+
     fn start(&mut self, i: usize, count: usize) {
         let r = replica(&self.url, i, count, true);
+        self.add(i, r);
+    }
+
+    fn add(&mut self, i: usize, r: Exporter) {
+        self.addrs.lock().unwrap().insert(i, r.addr.clone());
         self.replicas.insert(i, r);
     }
 }
@@ -154,14 +228,8 @@ fn rescale(bin: &Path) {
     let js = rt.block_on(channels_stream(&url, "SESSIONS"));
     let events = corpus(8000, 11);
     let reference = Exporter::start(&url, &["--nats.jetstream.stream", "SESSIONS"]);
-    let mut fleet = Fleet {
-        url: url.clone(),
-        replicas: BTreeMap::new(),
-        served: BTreeMap::new(),
-        events: BTreeMap::new(),
-        twice: 0,
-        checks: 0,
-    };
+    let unserved = Unserved::start();
+    let mut fleet = Fleet::new(&url, &unserved);
     (0..3).for_each(|i| fleet.start(i, 3));
     type Step = Box<dyn Fn(&mut Fleet)>;
     let steps: Vec<Step> = vec![
@@ -198,6 +266,14 @@ fn rescale(bin: &Path) {
             fleet.check(&format!("{version}: after step {n}"));
         }
     }
+    let (longest, which, resolution) = unserved.finish();
+    eprintln!("{version}: longest a namespace went unserved: {longest:?} ({which}), polls of every replica {resolution:?} apart");
+    // Prometheus scrapes every 15 s or so: a gap shorter than one scrape
+    // interval is at most one missed scrape.
+    assert!(
+        longest < Duration::from_secs(15),
+        "{version}: {which} unserved for {longest:?}"
+    );
     let last: Vec<Exporter> = std::mem::take(&mut fleet.replicas).into_values().collect();
     assert_eq!(last.len(), 2);
     assert_namespaces_equal(&version, &reference, &last, events.len());
@@ -665,27 +741,28 @@ fn discovered(bin: &Path) {
         ];
         Exporter::start(&url, &args)
     };
-    let mut fleet = Fleet {
-        url: url.clone(),
-        replicas: (0..3).map(|i| (i, start(i))).collect(),
-        served: BTreeMap::new(),
-        events: BTreeMap::new(),
-        twice: 0,
-        checks: 0,
-    };
+    let unserved = Unserved::start();
+    let mut fleet = Fleet::new(&url, &unserved);
+    (0..3).for_each(|i| fleet.add(i, start(i)));
     let chunks: Vec<&[(String, Vec<u8>)]> = events.chunks(events.len() / 6 + 1).collect();
     for (n, chunk) in chunks.iter().enumerate() {
         rt.block_on(js_publish(&js, chunk));
         fleet.check(&format!("{version}: after chunk {n}"));
         match n {
-            1 => (3..5).for_each(|i| {
-                fleet.replicas.insert(i, start(i));
-            }),
+            1 => (3..5).for_each(|i| fleet.add(i, start(i))),
             3 => (2..5).rev().for_each(|i| fleet.stop(i)),
             _ => {}
         }
         fleet.check(&format!("{version}: after step {n}"));
     }
+    let (longest, which, resolution) = unserved.finish();
+    eprintln!("{version}: longest a namespace went unserved: {longest:?} ({which}), polls of every replica {resolution:?} apart");
+    // Prometheus scrapes every 15 s or so: a gap shorter than one scrape
+    // interval is at most one missed scrape.
+    assert!(
+        longest < Duration::from_secs(15),
+        "{version}: {which} unserved for {longest:?}"
+    );
     let last: Vec<Exporter> = std::mem::take(&mut fleet.replicas).into_values().collect();
     // Settled: each holds what the count of two gives it, and only that.
     wait_for(

@@ -412,6 +412,21 @@ pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// The body of `GET path` when it answers 200; `None` when it does not or
+/// nothing listens (a replica stopping or not up yet).
+pub fn try_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| body.to_string())
+        .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_string()))
+}
+
 /// The same with request headers: status, response head, body.
 pub fn http_with(
     addr: &str,
