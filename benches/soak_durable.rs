@@ -4,7 +4,9 @@
 //! between two and five as random rescales start and stop them) and one
 //! reference exporter (no partitions, never disturbed) reading the stream
 //! without acks; a publisher with namespace
-//! churn and 1% malformed events; a scrape a second of each exporter, in turn
+//! churn, 1% malformed events and retries (every fiftieth event sent again
+//! 300 events later, the same id: across a slot's move, its next holder
+//! must drop it); a scrape a second of each exporter, in turn
 //! text, OpenMetrics and protobuf (what Prometheus negotiates); and at random
 //! intervals a SIGKILL of a random replica (restarted after a random delay), a
 //! SIGTERM of another (it must exit 0 within its shutdown bound), a NATS node
@@ -88,6 +90,9 @@ fn publish(
         let js = async_nats::jetstream::new(client);
         let started = Instant::now();
         let (mut generation, mut g) = (u64::MAX, Generator::new(Profile::default()));
+        // Publisher retries: (when, event), sent again after 300 others.
+        let mut retries = std::collections::VecDeque::new();
+        let mut sent_count = 0u64;
         let tick = Duration::from_millis(10);
         let mut next = tokio::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
@@ -106,7 +111,18 @@ fn publish(
             }
             let mut acks = Vec::new();
             for _ in 0..(rate / 100).max(1) {
-                let (subject, body) = g.next_event(unix_ms());
+                sent_count += 1;
+                let (subject, body) = match retries.front() {
+                    Some((due, _)) if *due <= sent_count => retries.pop_front().unwrap().1,
+                    _ => {
+                        let (subject, body) = g.next_event(unix_ms());
+                        if sent_count.is_multiple_of(50) {
+                            let again = (subject.clone(), body.clone());
+                            retries.push_back((sent_count + 300, again));
+                        }
+                        (subject, body)
+                    }
+                };
                 // Stored or not (a node may be down): both sides read the stream.
                 let sent = js.publish(subject, body.into());
                 if let Ok(Ok(ack)) = tokio::time::timeout(Duration::from_secs(2), sent).await {
