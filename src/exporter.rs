@@ -242,6 +242,11 @@ impl Exporter {
         self.lock().empty_like()
     }
 
+    /// The stream was made anew: every slot held reads it from its start.
+    pub fn forget_floors(&self) {
+        self.ownership_mut().forget_floors();
+    }
+
     /// The reader goes back to stream sequence `from`.
     pub fn rewind(&self, from: u64) {
         self.ownership_mut().rewind(from);

@@ -124,6 +124,17 @@ impl Ownership {
         held.map(|(&f, _)| f).min()
     }
 
+    /// The highest position among the held slots.
+    pub fn highest(&self) -> Option<u64> {
+        let held = self.floors.iter().zip(&self.held).filter(|(_, &h)| h);
+        held.map(|(&f, _)| f).max()
+    }
+
+    /// The stream was made anew: every slot reads it from its start.
+    pub fn forget_floors(&mut self) {
+        self.floors.iter_mut().for_each(|f| *f = 0);
+    }
+
     /// The lowest position among the held slots that were stored before
     /// (a slot made anew has none): what the stream removed after it was
     /// never folded here.

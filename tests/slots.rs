@@ -38,6 +38,11 @@ fn replica(url: &str, i: usize, count: usize, slots: bool) -> Exporter {
 }
 
 fn replica_with(url: &str, i: usize, count: usize, slots: bool, extra: &[&str]) -> Exporter {
+    replica_of(url, i, count, if slots { SLOTS } else { "" }, extra)
+}
+
+/// Replica `i` of `count` with `slots` slots ("": none).
+fn replica_of(url: &str, i: usize, count: usize, slots: &str, extra: &[&str]) -> Exporter {
     let (i, count, key) = (i.to_string(), count.to_string(), format!("replica-{i}"));
     let mut args = vec![
         "--partition.count",
@@ -55,8 +60,8 @@ fn replica_with(url: &str, i: usize, count: usize, slots: bool, extra: &[&str]) 
         "--state.interval",
         "50ms",
     ];
-    if slots {
-        args.extend(["--partition.slots", SLOTS]);
+    if !slots.is_empty() {
+        args.extend(["--partition.slots", slots]);
     }
     args.extend(extra);
     Exporter::start(url, &args)
@@ -133,6 +138,13 @@ impl Unserved {
                 polls += 1;
                 std::thread::sleep(Duration::from_millis(10));
             }
+            // A namespace missing from the last polls counts to the end.
+            let end = Instant::now();
+            for (ns, seen) in last {
+                if end - seen > longest {
+                    (longest, which) = (end - seen, ns);
+                }
+            }
             (longest, which, started.elapsed() / polls.max(1))
         });
         Unserved {
@@ -147,6 +159,13 @@ impl Unserved {
     fn finish(mut self) -> (Duration, String, Duration) {
         self.stop.store(true, Ordering::Relaxed);
         self.polling.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Unserved {
+    /// A test that failed first stops the polling too.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -268,10 +287,10 @@ fn rescale(bin: &Path) {
     }
     let (longest, which, resolution) = unserved.finish();
     eprintln!("{version}: longest a namespace went unserved: {longest:?} ({which}), polls of every replica {resolution:?} apart");
-    // Prometheus scrapes every 15 s or so: a gap shorter than one scrape
-    // interval is at most one missed scrape.
+    // Measured at 261-409 ms; under a third of a 15 s scrape interval is
+    // at most one missed scrape even on a loaded machine.
     assert!(
-        longest < Duration::from_secs(15),
+        longest < Duration::from_secs(5),
         "{version}: {which} unserved for {longest:?}"
     );
     let last: Vec<Exporter> = std::mem::take(&mut fleet.replicas).into_values().collect();
@@ -533,7 +552,10 @@ fn the_slots_of_a_replica_that_never_comes_back_are_taken() {
 /// (from an owner whose heartbeat stopped) or at a start, next to slots made
 /// anew (which read what the stream still holds and lose nothing), and with
 /// a consumer filtered to a subject (where a gap is no loss) as without.
+/// With 240 slots the 120 taken from replica 1 come in two claim rounds
+/// (64 a round), and the removed range is counted once.
 fn truncated_below_a_slot(bin: &Path, filter: Option<&str>, running: bool) {
+    const MANY: &str = "240";
     let version = format!("{} filter {filter:?} running {running}", nats_version(bin));
     let nats = Nats::start_jetstream_on(bin);
     let url = nats.url();
@@ -568,8 +590,8 @@ fn truncated_below_a_slot(bin: &Path, filter: Option<&str>, running: bool) {
         })
     };
     rt.block_on(js_publish(&js, &events[..800]));
-    let mut first = replica_with(&url, 1, 2, true, &extra);
-    let beside = running.then(|| replica_with(&url, 0, 2, true, &extra));
+    let mut first = replica_of(&url, 1, 2, MANY, &extra);
+    let beside = running.then(|| replica_of(&url, 0, 2, MANY, &extra));
     stored_at(&first, 800.0);
     if let Some(r) = &beside {
         stored_at(r, 800.0);
@@ -584,9 +606,9 @@ fn truncated_below_a_slot(bin: &Path, filter: Option<&str>, running: bool) {
     rt.block_on(js_publish(&js, &events[800..]));
     if let Some(r) = &beside {
         let held = value(&r.metrics(), "session_exporter_slots_held");
-        assert_eq!(held, Some(15.0), "{version}: replica 1's slots taken before the stream dropped what they had not read (publishing took longer than --partition.dead-after?)");
+        assert_eq!(held, Some(120.0), "{version}: replica 1's slots taken before the stream dropped what they had not read (publishing took longer than --partition.dead-after?)");
     }
-    let r = beside.unwrap_or_else(|| replica_with(&url, 0, 2, true, &extra));
+    let r = beside.unwrap_or_else(|| replica_of(&url, 0, 2, MANY, &extra));
     // Replica 1's namespaces: 80 from before, 100 kept by the stream.
     // Replica 0's: all 230 when it ran throughout, else the 100 the stream
     // still held when its slots were made.
@@ -595,7 +617,7 @@ fn truncated_below_a_slot(bin: &Path, filter: Option<&str>, running: bool) {
         "--partition.count",
         "2",
         "--partition.slots",
-        SLOTS,
+        MANY,
     ];
     args.extend(namespaces.iter().map(String::as_str));
     let expected: BTreeMap<String, f64> = run_ok(EXPORTER, &args)
@@ -627,7 +649,7 @@ fn truncated_below_a_slot(bin: &Path, filter: Option<&str>, running: bool) {
     assert_eq!(folded(&m), expected, "{version}: {}", r.log());
     assert_eq!(
         value(&m, "session_exporter_slots_held"),
-        Some(30.0),
+        Some(240.0),
         "{version}"
     );
     let lost = "session_exporter_events_lost_total{reason=\"stream_truncated\"}";
@@ -757,10 +779,10 @@ fn discovered(bin: &Path) {
     }
     let (longest, which, resolution) = unserved.finish();
     eprintln!("{version}: longest a namespace went unserved: {longest:?} ({which}), polls of every replica {resolution:?} apart");
-    // Prometheus scrapes every 15 s or so: a gap shorter than one scrape
-    // interval is at most one missed scrape.
+    // Measured at 261-409 ms; under a third of a 15 s scrape interval is
+    // at most one missed scrape even on a loaded machine.
     assert!(
-        longest < Duration::from_secs(15),
+        longest < Duration::from_secs(5),
         "{version}: {which} unserved for {longest:?}"
     );
     let last: Vec<Exporter> = std::mem::take(&mut fleet.replicas).into_values().collect();

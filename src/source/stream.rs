@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::{push, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::stream::{RetentionPolicy, Stream};
+use async_nats::jetstream::stream::{RetentionPolicy, State as StreamState, Stream};
 use async_nats::{Client, Message, StatusCode, Subscriber};
 use futures_util::{FutureExt, StreamExt};
 
@@ -40,6 +40,9 @@ struct Position {
     /// Whether every stream sequence reaches this consumer (no filter), so a
     /// jump in sequence is a message that was removed before it was read.
     gaps_are_losses: bool,
+    /// Counted lost up to here: a range is counted once, however many
+    /// claims go back below it.
+    lost_until: u64,
 }
 
 /// Read `js_cfg`'s stream from where `folding`'s checkpoint stands until
@@ -139,7 +142,7 @@ pub(super) async fn run(
                         // reader's position or its floor, the higher.
                         at.last = floor;
                         let stored = floors.iter().copied().filter(|f| *f > 0).min();
-                        at.within(stored, &mut stream, &exporter, &js_cfg.stream).await?;
+                        at.within(stored, &mut stream, &exporter, &js_cfg.stream).await;
                         checkpoints.resume.stream_seq = at.last;
                         Some(Reopen::Claimed)
                     }
@@ -171,6 +174,11 @@ pub(super) async fn run(
                 let filters = slot_filters(&cfg.partition_subjects, &exporter);
                 config = consumer_config(&client, &filters, &mut at);
             }
+            // A filtered consumer sees no gap: what the stream removed while
+            // this reader was away is counted here.
+            let stored = (at.last > 0).then_some(at.last);
+            at.within(stored, &mut stream, &exporter, &js_cfg.stream)
+                .await;
             match Reader::open(&client, &stream, &config, at.last, &mut shutdown).await {
                 Some(r) => std::mem::replace(&mut reader, r).close(&stream),
                 None => {
@@ -237,6 +245,7 @@ async fn locate(
         last: checkpoints.resume.stream_seq,
         reread_until: 0,
         gaps_are_losses: filters.is_empty(),
+        lost_until: 0,
     };
     let mut stored = (at.last > 0).then_some(at.last);
     if checkpoints.slots.is_some() {
@@ -248,7 +257,7 @@ async fn locate(
         stored = ownership.lowest_stored();
     }
     at.within(stored, &mut stream, exporter, &js_cfg.stream)
-        .await?;
+        .await;
     checkpoints.resume.stream_seq = at.last;
     let config = consumer_config(client, &filters, &mut at);
     Ok(Some(Located {
@@ -290,32 +299,53 @@ impl Position {
         stream: &mut Stream,
         exporter: &Exporter,
         name: &str,
-    ) -> Result<(), SourceError> {
-        let state = stream
-            .info()
-            .await
-            .map_err(|e| SourceError::Stream {
-                stream: name.to_string(),
-                reason: e.to_string(),
-            })?
-            .state
-            .clone();
-        if self.last.max(stored.unwrap_or(0)) > state.last_sequence {
+    ) {
+        let state = stream_state(stream, name).await;
+        let highest = exporter.ownership().highest().unwrap_or(0);
+        if self.last.max(highest) > state.last_sequence {
             tracing::warn!(
                 stream = %name,
-                position = self.last,
+                position = self.last.max(highest),
                 last_sequence = state.last_sequence,
                 "the checkpoint's position is past the end of the stream (it was deleted and made anew?): reading it from its start"
             );
-            (self.last, stored) = (0, None);
+            (self.last, stored, self.lost_until) = (0, None, 0);
+            exporter.forget_floors();
         }
         let gone = state.first_sequence.saturating_sub(1);
-        if let Some(from) = stored.filter(|s| *s < gone) {
-            lost(exporter, name, from + 1, gone);
+        if let Some(from) = stored {
+            self.lost(exporter, name, from, gone);
         }
         self.last = self.last.max(gone);
-        Ok(())
     }
+
+    /// Count the messages after `from` up to `to` as lost, but for those
+    /// counted already.
+    fn lost(&mut self, exporter: &Exporter, stream: &str, from: u64, to: u64) {
+        let from = from.max(self.lost_until);
+        if from < to {
+            lost(exporter, stream, from + 1, to);
+            self.lost_until = to;
+        }
+    }
+}
+
+/// The stream's state from the server: asked a few times (a leader may be
+/// moving), then what it answered last, with a warning (what it removed
+/// since may go uncounted).
+async fn stream_state(stream: &mut Stream, name: &str) -> StreamState {
+    let mut error = String::new();
+    for attempt in 0..3 {
+        match stream.info().await {
+            Ok(info) => return info.state.clone(),
+            Err(e) => error = e.to_string(),
+        }
+        if attempt < 2 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tracing::warn!(stream = %name, %error, "stream state not read: going by the last one read");
+    stream.cached_info().state.clone()
 }
 
 /// With slots whose subjects carry them: the subjects of each slot held
@@ -339,6 +369,7 @@ fn slot_filters(templates: &[String], exporter: &Exporter) -> Vec<String> {
 /// one, or every subject of the stream (then gaps are not losses).
 fn consumer_config(client: &Client, filters: &[String], at: &mut Position) -> push::Config {
     let mut config = push::Config::default();
+    at.gaps_are_losses = filters.is_empty();
     match filters {
         [] => {}
         [one] => config.filter_subject = one.clone(),
@@ -520,7 +551,7 @@ impl Reader {
                 continue;
             }
             if at.gaps_are_losses && d.stream_seq > at.last + 1 {
-                lost(exporter, stream, at.last + 1, d.stream_seq - 1);
+                at.lost(exporter, stream, at.last, d.stream_seq - 1);
             }
             if d.stream_seq <= at.reread_until {
                 exporter.stats.slot_reread.inc();
