@@ -700,7 +700,11 @@ impl RunArgs {
             .iter()
             .filter(|s| !s.trim().is_empty())
             .map(|s| {
-                if s.contains(name) {
+                if self.partition_slots == 0 && s.contains("{slot}") {
+                    Err(format!(
+                        "--partition.filter-subject {s:?}: {{slot}} names a slot, and slots need --partition.slots"
+                    ))
+                } else if s.contains(name) {
                     Ok(s.replace("{index}", &index))
                 } else {
                     Err(format!(
@@ -884,6 +888,8 @@ mod tests {
         assert_eq!(filter.partition_subjects, ["sessions.1.*.*"]);
         let err = parse(&["--partition.filter-subject", "sessions.>"]).unwrap_err();
         assert!(err.contains("{index}"), "{err}");
+        let err = parse(&["--partition.filter-subject", "s.{index}.{slot}"]).unwrap_err();
+        assert!(err.contains("--partition.slots"), "{err}");
         assert!(Cli::try_parse_from(["session-exporter", "--partition.count", "0"]).is_err());
     }
 

@@ -68,7 +68,8 @@ pub struct Checkpoint {
 /// A checkpoint with slots, made whole.
 pub struct SlotCheckpoint {
     pub snapshot: Snapshot,
-    /// This replica's own: the event counts and the de-duplication window.
+    /// This replica's own: the event counts and the remembered ids of
+    /// events without a namespace (the others go with their slot).
     pub record: Vec<u8>,
     /// `(slot, position, checkpoint)` of each held slot.
     pub slots: Vec<SlotState>,

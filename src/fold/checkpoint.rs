@@ -158,10 +158,7 @@ struct Remembered {
 
 impl Remembered {
     fn key_of(&self, slot: u32) -> u64 {
-        match self.slot_keys.get(slot as usize) {
-            Some(&k) if k != 0 => k,
-            _ => self.key,
-        }
+        super::dedup::slot_key(self.key, &self.slot_keys, slot)
     }
 }
 

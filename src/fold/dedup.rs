@@ -39,10 +39,7 @@ impl Dedup {
 
     /// The key `slot`'s ids are hashed with.
     pub(super) fn key_of(&self, slot: u32) -> u64 {
-        match self.slot_keys.get(slot as usize) {
-            Some(&k) if k != 0 => k,
-            _ => self.key,
-        }
+        slot_key(self.key, &self.slot_keys, slot)
     }
 
     /// Take `slot`'s ids, hashed with `key`, oldest first.
@@ -73,6 +70,14 @@ impl Dedup {
             }
         }
         true
+    }
+}
+
+/// The key of `slot`'s ids: its own in `slot_keys`, else `key`.
+pub(super) fn slot_key(key: u64, slot_keys: &[u64], slot: u32) -> u64 {
+    match slot_keys.get(slot as usize) {
+        Some(&k) if k != 0 => k,
+        _ => key,
     }
 }
 

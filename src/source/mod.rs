@@ -538,7 +538,7 @@ async fn take_slots(
         wanted = slots.wanted().len(),
         claimed,
         released,
-        waiting = slots.next_pending(usize::MAX).len(),
+        waiting = slots.waiting(),
         "slots taken"
     );
     resume.slots = cfg.slots;

@@ -416,6 +416,15 @@ impl Slots {
 
     /// Up to `n` of the wanted slots not held yet, going round them from
     /// where the last call stopped.
+    /// How many wanted slots are not held yet.
+    pub fn waiting(&self) -> usize {
+        let held = self.held_map();
+        self.wanted()
+            .iter()
+            .filter(|s| !held.contains_key(s))
+            .count()
+    }
+
     pub fn next_pending(&self, n: usize) -> Vec<u32> {
         let held = self.held_map();
         let pending: Vec<u32> = self
