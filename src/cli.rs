@@ -125,6 +125,7 @@ pub enum ReplayFormat {
 }
 
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Logging")]
 pub struct LogArgs {
     /// Log level: error, warn, info, debug or trace.
     #[arg(
@@ -154,6 +155,7 @@ pub enum LogFormat {
 }
 
 #[derive(Args, Debug)]
+#[command(next_help_heading = "NATS")]
 pub struct NatsArgs {
     /// NATS server URL(s), comma-separated. Credentials in a URL
     /// (nats://user:password@host, nats://token@host) are taken out of it and
@@ -227,17 +229,22 @@ pub struct RunArgs {
     pub nats: NatsArgs,
     /// Subject to subscribe to (repeat or comma-separate). Default: each seed channel, bare and with `.>`.
     #[arg(
+        help_heading = "NATS",
         long = "nats.subject",
         env = "SESSION_EXPORTER_NATS_SUBJECTS",
         value_delimiter = ','
     )]
     pub subjects: Vec<String>,
     /// Queue group: replicas in one group each receive a share of the events.
-    #[arg(long = "nats.queue-group", env = "SESSION_EXPORTER_NATS_QUEUE_GROUP")]
+    #[arg(
+        help_heading = "NATS",
+        long = "nats.queue-group",
+        env = "SESSION_EXPORTER_NATS_QUEUE_GROUP"
+    )]
     pub queue_group: Option<String>,
     /// Messages the client buffers per subscription before dropping them
     /// (counted as slow-consumer drops).
-    #[arg(
+    #[arg(help_heading = "NATS", 
         long = "nats.subscription-capacity",
         env = "SESSION_EXPORTER_NATS_SUBSCRIPTION_CAPACITY",
         default_value_t = crate::source::DEFAULT_SUBSCRIPTION_CAPACITY
@@ -248,6 +255,7 @@ pub struct RunArgs {
     /// all replicas, so `max by` over replicas is the latest value. Used with
     /// --nats.queue-group and in JetStream mode.
     #[arg(
+        help_heading = "NATS",
         long = "nats.broadcast-subject",
         env = "SESSION_EXPORTER_NATS_BROADCAST_SUBJECTS",
         value_delimiter = ',',
@@ -258,6 +266,7 @@ pub struct RunArgs {
     /// the checkpointed position with --state.bucket, else through an acking
     /// durable consumer.
     #[arg(
+        help_heading = "JetStream",
         long = "nats.jetstream.stream",
         env = "SESSION_EXPORTER_NATS_JETSTREAM_STREAM"
     )]
@@ -265,6 +274,7 @@ pub struct RunArgs {
     /// Durable consumer name, without a state store (shared by replicas,
     /// which then split the stream).
     #[arg(
+        help_heading = "JetStream",
         long = "nats.jetstream.consumer",
         env = "SESSION_EXPORTER_NATS_JETSTREAM_CONSUMER",
         default_value = "session-exporter"
@@ -273,6 +283,7 @@ pub struct RunArgs {
     /// Recent event ids remembered to drop duplicates (a publisher's retries,
     /// redeliveries) in JetStream mode (0 turns it off).
     #[arg(
+        help_heading = "JetStream",
         long = "nats.jetstream.dedup-window",
         env = "SESSION_EXPORTER_NATS_JETSTREAM_DEDUP_WINDOW",
         default_value_t = 100_000
@@ -280,11 +291,12 @@ pub struct RunArgs {
     pub js_dedup_window: usize,
     /// Without a state store: how long the server waits for an ack before
     /// redelivering.
-    #[arg(long = "nats.jetstream.ack-wait", env = "SESSION_EXPORTER_NATS_JETSTREAM_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(help_heading = "JetStream", long = "nats.jetstream.ack-wait", env = "SESSION_EXPORTER_NATS_JETSTREAM_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub js_ack_wait: std::time::Duration,
     /// Without a state store: messages delivered and not yet acked, across
     /// all replicas of the consumer.
     #[arg(
+        help_heading = "JetStream",
         long = "nats.jetstream.max-ack-pending",
         env = "SESSION_EXPORTER_NATS_JETSTREAM_MAX_ACK_PENDING",
         default_value_t = 200_000
@@ -292,6 +304,7 @@ pub struct RunArgs {
     pub js_max_ack_pending: i64,
     /// Messages asked for per pull request (the acking consumer).
     #[arg(
+        help_heading = "JetStream",
         long = "nats.jetstream.pull-batch",
         env = "SESSION_EXPORTER_NATS_JETSTREAM_PULL_BATCH",
         default_value_t = 1024
@@ -300,17 +313,26 @@ pub struct RunArgs {
     /// Keep the fold state in this NATS KV bucket (created if missing):
     /// restored on start, checkpointed every --state.interval and on SIGTERM.
     /// /metrics then serves the last stored checkpoint.
-    #[arg(long = "state.bucket", env = "SESSION_EXPORTER_STATE_BUCKET")]
+    #[arg(
+        help_heading = "State store",
+        long = "state.bucket",
+        env = "SESSION_EXPORTER_STATE_BUCKET"
+    )]
     pub state_bucket: Option<String>,
     /// This replica's key in the bucket. Default: the host name (a
     /// StatefulSet pod's name is stable across restarts).
-    #[arg(long = "state.key", env = "SESSION_EXPORTER_STATE_KEY")]
+    #[arg(
+        help_heading = "State store",
+        long = "state.key",
+        env = "SESSION_EXPORTER_STATE_KEY"
+    )]
     pub state_key: Option<String>,
     /// Time between checkpoints.
-    #[arg(long = "state.interval", env = "SESSION_EXPORTER_STATE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(help_heading = "State store", long = "state.interval", env = "SESSION_EXPORTER_STATE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub state_interval: std::time::Duration,
     /// Replicas of the bucket's stream when the exporter creates it (1, 3 or 5).
     #[arg(
+        help_heading = "State store",
         long = "state.replicas",
         env = "SESSION_EXPORTER_STATE_REPLICAS",
         default_value_t = 1
@@ -318,81 +340,25 @@ pub struct RunArgs {
     pub state_replicas: usize,
     /// What to do with a stored checkpoint that cannot be read.
     #[arg(
+        help_heading = "State store",
         long = "state.on-invalid",
         env = "SESSION_EXPORTER_STATE_ON_INVALID",
         value_enum,
         default_value = "refuse"
     )]
     pub state_on_invalid: OnInvalid,
-    /// Address to serve /metrics on (`:9750` means all interfaces).
-    #[arg(long = "web.listen-address", env = "SESSION_EXPORTER_WEB_LISTEN_ADDRESS", default_value = ":9750", value_parser = parse_listen)]
-    pub listen: SocketAddr,
-    /// Path under which metrics are served.
-    #[arg(
-        long = "web.telemetry-path",
-        env = "SESSION_EXPORTER_WEB_TELEMETRY_PATH",
-        default_value = "/metrics"
-    )]
-    pub telemetry_path: String,
-    /// Add a `_created` sample (the series' start, Unix seconds) to every
-    /// counter, histogram and summary in OpenMetrics scrapes. Off by default:
-    /// to a Prometheus that does not read them as start timestamps they are
-    /// extra series. Protobuf scrapes always carry starts.
-    #[arg(
-        long = "web.openmetrics-created",
-        env = "SESSION_EXPORTER_WEB_OPENMETRICS_CREATED"
-    )]
-    pub openmetrics_created: bool,
-    /// Open HTTP connections at most; at the bound the least recently active
-    /// one not in a request is closed to admit a new one. 0: half the soft
-    /// limit on open files, at most 4096.
-    #[arg(
-        long = "web.max-connections",
-        env = "SESSION_EXPORTER_WEB_MAX_CONNECTIONS",
-        default_value_t = 0
-    )]
-    pub max_connections: usize,
-    /// Scrapes in flight at most; past it they are answered 503 (as
-    /// node_exporter's flag). Scrapes of one format in flight share one
-    /// render, so this is a backstop, not a memory bound.
-    #[arg(
-        long = "web.max-requests",
-        env = "SESSION_EXPORTER_WEB_MAX_REQUESTS",
-        default_value_t = 40,
-        value_parser = clap::value_parser!(u64).range(1..)
-    )]
-    pub max_requests: u64,
-    /// A request's headers must arrive within this; slower connections are
-    /// closed.
-    #[arg(long = "web.read-header-timeout", env = "SESSION_EXPORTER_WEB_READ_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
-    pub read_header_timeout: std::time::Duration,
-    /// TLS and basic-auth settings for the HTTP endpoints, in the Prometheus
-    /// exporter-toolkit format (tls_server_config, basic_auth_users).
-    #[arg(long = "web.config.file", env = "SESSION_EXPORTER_WEB_CONFIG_FILE")]
-    pub web_config_file: Option<PathBuf>,
-    /// Answer POST /-/reload (re-read the mapping file), as Prometheus's
-    /// flag of the same name. Off: 403. SIGHUP reloads either way.
-    #[arg(
-        long = "web.enable-lifecycle",
-        env = "SESSION_EXPORTER_WEB_ENABLE_LIFECYCLE"
-    )]
-    pub enable_lifecycle: bool,
-    /// Mapping file (YAML). Default: the built-in mapping (see print-default-config).
-    #[arg(long = "config.file", env = "SESSION_EXPORTER_CONFIG_FILE")]
-    pub config_file: Option<PathBuf>,
-    /// After SIGTERM or SIGINT: how long the drain (and the last checkpoint)
-    /// may take before the process exits anyway, e.g. with NATS gone. A
-    /// second signal exits at once.
-    #[arg(long = "shutdown.timeout", env = "SESSION_EXPORTER_SHUTDOWN_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
-    pub shutdown_timeout: std::time::Duration,
     /// Partitions of the namespaces: replicas with the same count fold
     /// disjoint shares (by a hash of the namespace), so each series exists
     /// once. 1: this replica holds every namespace.
-    #[arg(long = "partition.count", env = "SESSION_EXPORTER_PARTITION_COUNT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(help_heading = "Partitions", long = "partition.count", env = "SESSION_EXPORTER_PARTITION_COUNT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub partition_count: u32,
     /// This replica's partition, 0 to count-1. Default: the StatefulSet
     /// ordinal at the end of the host name (`session-exporter-2` is 2).
-    #[arg(long = "partition.index", env = "SESSION_EXPORTER_PARTITION_INDEX")]
+    #[arg(
+        help_heading = "Partitions",
+        long = "partition.index",
+        env = "SESSION_EXPORTER_PARTITION_INDEX"
+    )]
     pub partition_index: Option<u32>,
     /// Where the subjects carry the partition (a NATS `{{partition(N,k)}}`
     /// mapping): this replica reads only these subjects, `{index}` replaced
@@ -401,6 +367,7 @@ pub struct RunArgs {
     /// carry the slot (`{{partition(SLOTS,k)}}`) and name it `{slot}`: the
     /// replica reads the subjects of the slots it holds.
     #[arg(
+        help_heading = "Partitions",
         long = "partition.filter-subject",
         env = "SESSION_EXPORTER_PARTITION_FILTER_SUBJECTS",
         value_delimiter = ','
@@ -411,6 +378,7 @@ pub struct RunArgs {
     /// stored apart, so --partition.count can change without a re-read. Pick
     /// a multiple of every count you may run (e.g. 5040). 0: no slots.
     #[arg(
+        help_heading = "Partitions",
         long = "partition.slots",
         env = "SESSION_EXPORTER_PARTITION_SLOTS",
         default_value_t = 0
@@ -419,17 +387,91 @@ pub struct RunArgs {
     /// With slots: how long a replica's heartbeat may stand still before
     /// the others take its slots from their last checkpoint (a replica that
     /// cannot write its own for half of it stops serving).
-    #[arg(long = "partition.dead-after", env = "SESSION_EXPORTER_PARTITION_DEAD_AFTER", default_value = "15s", value_parser = parse_duration)]
+    #[arg(help_heading = "Partitions", long = "partition.dead-after", env = "SESSION_EXPORTER_PARTITION_DEAD_AFTER", default_value = "15s", value_parser = parse_duration)]
     pub partition_dead_after: std::time::Duration,
     /// With slots: take the count and this replica's index from the
     /// replicas present (their heartbeats in the state bucket; the index is
     /// the rank of --state.key), so scaling the StatefulSet is all a rescale
     /// needs. --partition.count and --partition.index are then ignored.
     #[arg(
+        help_heading = "Partitions",
         long = "partition.discover",
         env = "SESSION_EXPORTER_PARTITION_DISCOVER"
     )]
     pub partition_discover: bool,
+    /// Address to serve /metrics on (`:9750` means all interfaces).
+    #[arg(help_heading = "Web", long = "web.listen-address", env = "SESSION_EXPORTER_WEB_LISTEN_ADDRESS", default_value = ":9750", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// Path under which metrics are served.
+    #[arg(
+        help_heading = "Web",
+        long = "web.telemetry-path",
+        env = "SESSION_EXPORTER_WEB_TELEMETRY_PATH",
+        default_value = "/metrics"
+    )]
+    pub telemetry_path: String,
+    /// Add a `_created` sample (the series' start, Unix seconds) to every
+    /// counter, histogram and summary in OpenMetrics scrapes. Off by default:
+    /// to a Prometheus that does not read them as start timestamps they are
+    /// extra series. Protobuf scrapes always carry starts.
+    #[arg(
+        help_heading = "Web",
+        long = "web.openmetrics-created",
+        env = "SESSION_EXPORTER_WEB_OPENMETRICS_CREATED"
+    )]
+    pub openmetrics_created: bool,
+    /// Open HTTP connections at most; at the bound the least recently active
+    /// one not in a request is closed to admit a new one. 0: half the soft
+    /// limit on open files, at most 4096.
+    #[arg(
+        help_heading = "Web",
+        long = "web.max-connections",
+        env = "SESSION_EXPORTER_WEB_MAX_CONNECTIONS",
+        default_value_t = 0
+    )]
+    pub max_connections: usize,
+    /// Scrapes in flight at most; past it they are answered 503 (as
+    /// node_exporter's flag). Scrapes of one format in flight share one
+    /// render, so this is a backstop, not a memory bound.
+    #[arg(help_heading = "Web", 
+        long = "web.max-requests",
+        env = "SESSION_EXPORTER_WEB_MAX_REQUESTS",
+        default_value_t = 40,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_requests: u64,
+    /// A request's headers must arrive within this; slower connections are
+    /// closed.
+    #[arg(help_heading = "Web", long = "web.read-header-timeout", env = "SESSION_EXPORTER_WEB_READ_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub read_header_timeout: std::time::Duration,
+    /// TLS and basic-auth settings for the HTTP endpoints, in the Prometheus
+    /// exporter-toolkit format (tls_server_config, basic_auth_users).
+    #[arg(
+        help_heading = "Web",
+        long = "web.config.file",
+        env = "SESSION_EXPORTER_WEB_CONFIG_FILE"
+    )]
+    pub web_config_file: Option<PathBuf>,
+    /// Answer POST /-/reload (re-read the mapping file), as Prometheus's
+    /// flag of the same name. Off: 403. SIGHUP reloads either way.
+    #[arg(
+        help_heading = "Web",
+        long = "web.enable-lifecycle",
+        env = "SESSION_EXPORTER_WEB_ENABLE_LIFECYCLE"
+    )]
+    pub enable_lifecycle: bool,
+    /// Mapping file (YAML). Default: the built-in mapping (see print-default-config).
+    #[arg(
+        help_heading = "Mapping file",
+        long = "config.file",
+        env = "SESSION_EXPORTER_CONFIG_FILE"
+    )]
+    pub config_file: Option<PathBuf>,
+    /// After SIGTERM or SIGINT: how long the drain (and the last checkpoint)
+    /// may take before the process exits anyway, e.g. with NATS gone. A
+    /// second signal exits at once.
+    #[arg(help_heading = "Shutdown", long = "shutdown.timeout", env = "SESSION_EXPORTER_SHUTDOWN_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
 }
 
 #[derive(Args, Debug)]

@@ -14,6 +14,54 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `--help` lists the flags by topic, in the order a reader scans them, and
+/// each flag under the heading of its prefix.
+#[test]
+fn help_groups_the_flags_by_topic() {
+    let (code, out, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    let topics = [
+        ("NATS:", "--nats."),
+        ("JetStream:", "--nats.jetstream."),
+        ("State store:", "--state."),
+        ("Partitions:", "--partition."),
+        ("Web:", "--web."),
+        ("Mapping file:", "--config."),
+        ("Shutdown:", "--shutdown."),
+        ("Logging:", "--log."),
+    ];
+    let at: Vec<usize> = topics
+        .iter()
+        .map(|(h, _)| {
+            out.lines()
+                .position(|l| l == *h)
+                .unwrap_or_else(|| panic!("no {h}"))
+        })
+        .collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "headings out of order: {at:?}"
+    );
+    let mut heading = "";
+    for line in out.lines() {
+        if let Some((h, _)) = topics.iter().find(|(h, _)| line == *h) {
+            heading = h;
+        }
+        let Some(flag) = line.trim_start().strip_prefix("--") else {
+            continue;
+        };
+        let (_, prefix) = topics
+            .iter()
+            .find(|(h, _)| *h == heading)
+            .expect("under a topic");
+        let flag = format!("--{flag}");
+        // NATS holds the connection flags and --nats.subject & co, not JetStream's.
+        let jetstream = flag.starts_with("--nats.jetstream.");
+        let fits = flag.starts_with(prefix) && (heading == "JetStream:" || !jetstream);
+        assert!(fits, "{flag} under {heading}");
+    }
+}
+
 #[test]
 fn help_names_the_conventional_flags_and_their_env_vars() {
     let (code, out, _) = run(&["--help"]);
