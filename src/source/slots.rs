@@ -540,13 +540,10 @@ impl Slots {
             });
         };
         let h = &entry.header;
-        if !h.owner.is_empty() && h.owner != self.me {
-            if !self.is_gone(&h.owner) {
-                let mut held_by = self.held_by.lock().unwrap_or_else(|e| e.into_inner());
-                held_by.insert(slot, (h.owner.clone(), Instant::now()));
-                return Ok(Claim::Held);
-            }
-            tracing::warn!(slot, owner = %h.owner, position = h.position, "taking a slot from a replica whose heartbeat stopped, from its last checkpoint");
+        if !h.owner.is_empty() && h.owner != self.me && !self.is_gone(&h.owner) {
+            let mut held_by = self.held_by.lock().unwrap_or_else(|e| e.into_inner());
+            held_by.insert(slot, (h.owner.clone(), Instant::now()));
+            return Ok(Claim::Held);
         }
         let mut fold = exporter.empty_fold();
         if !entry.state.is_empty() {
@@ -564,6 +561,10 @@ impl Slots {
         self.write(slot, &header, &entry.state, Some(entry.revision))
             .await
             .map_err(failed)?;
+        // Logged once it is ours: of two claimers only one write stands.
+        if !h.owner.is_empty() && h.owner != self.me {
+            tracing::warn!(slot, owner = %h.owner, position = h.position, "took a slot from a replica whose heartbeat stopped, from its last checkpoint");
+        }
         let namespaces = exporter.adopt_slot(slot, fold, h.position);
         Ok(Claim::Taken {
             floor: h.position,
