@@ -67,6 +67,33 @@ fn replica_of(url: &str, i: usize, count: usize, slots: &str, extra: &[&str]) ->
     Exporter::start(url, &args)
 }
 
+/// A JetStream server from a binary, the stream of the seed channels, and a
+/// reference exporter that reads it all and never moves.
+struct Stage {
+    version: String,
+    nats: Nats,
+    url: String,
+    rt: tokio::runtime::Runtime,
+    js: async_nats::jetstream::Context,
+    reference: Exporter,
+}
+
+fn stage(bin: &Path) -> Stage {
+    let nats = Nats::start_jetstream_on(bin);
+    let url = nats.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let js = rt.block_on(channels_stream(&url, "SESSIONS"));
+    let reference = Exporter::start(&url, &["--nats.jetstream.stream", "SESSIONS"]);
+    Stage {
+        version: nats_version(bin),
+        nats,
+        url,
+        rt,
+        js,
+        reference,
+    }
+}
+
 /// What the replicas serve together: each namespaced series from the one
 /// replica serving it, and the namespaces more than one serves.
 fn combined(replicas: &[&Exporter]) -> (BTreeMap<String, f64>, Vec<String>) {
@@ -240,13 +267,15 @@ impl Fleet {
 /// replicas first, then the others restarted one at a time from the
 /// highest, one of them SIGKILLed instead.
 fn rescale(bin: &Path) {
-    let version = nats_version(bin);
-    let nats = Nats::start_jetstream_on(bin);
-    let url = nats.url();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let js = rt.block_on(channels_stream(&url, "SESSIONS"));
+    let Stage {
+        version,
+        nats: _nats,
+        url,
+        rt,
+        js,
+        reference,
+    } = stage(bin);
     let events = corpus(8000, 11);
-    let reference = Exporter::start(&url, &["--nats.jetstream.stream", "SESSIONS"]);
     let unserved = Unserved::start();
     let mut fleet = Fleet::new(&url, &unserved);
     (0..3).for_each(|i| fleet.start(i, 3));
@@ -339,14 +368,16 @@ fn rescaling_3_to_5_to_2_under_load_equals_one_exporter() {
 /// count: their checkpoints are taken apart into slots, each at its
 /// position, and nothing is read again.
 fn migrate(bin: &Path) {
-    let version = nats_version(bin);
-    let nats = Nats::start_jetstream_on(bin);
-    let url = nats.url();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let js = rt.block_on(channels_stream(&url, "SESSIONS"));
+    let Stage {
+        version,
+        nats: _nats,
+        url,
+        rt,
+        js,
+        reference,
+    } = stage(bin);
     let events = corpus(4000, 13);
     let (first, second) = events.split_at(2500);
-    let reference = Exporter::start(&url, &["--nats.jetstream.stream", "SESSIONS"]);
     let mut before: Vec<Exporter> = (0..3).map(|i| replica(&url, i, 3, false)).collect();
     rt.block_on(js_publish(&js, first));
     let want = first.len() as f64;
@@ -477,14 +508,16 @@ fn a_slot_taken_by_another_replica_is_let_go() {
 /// its heartbeat has stood still for --partition.dead-after, the others take
 /// its slots from their last checkpoint and read on from their positions.
 fn dead_owner(bin: &Path) {
-    let version = nats_version(bin);
-    let nats = Nats::start_jetstream_on(bin);
-    let url = nats.url();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let js = rt.block_on(channels_stream(&url, "SESSIONS"));
+    let Stage {
+        version,
+        nats: _nats,
+        url,
+        rt,
+        js,
+        reference,
+    } = stage(bin);
     let events = corpus(3000, 19);
     let (first, second) = events.split_at(1500);
-    let reference = Exporter::start(&url, &["--nats.jetstream.stream", "SESSIONS"]);
     // Short, as the replica never comes back.
     let short = ["--partition.dead-after", "2s"];
     let mut fleet: Vec<Exporter> = (0..3)
@@ -737,13 +770,15 @@ fn server_side_partitions_carry_the_slot_in_the_subject() {
 /// count and its index from the heartbeats of those present, ends equal to
 /// the reference, no namespace ever served twice.
 fn discovered(bin: &Path) {
-    let version = nats_version(bin);
-    let nats = Nats::start_jetstream_on(bin);
-    let url = nats.url();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let js = rt.block_on(channels_stream(&url, "SESSIONS"));
+    let Stage {
+        version,
+        nats: _nats,
+        url,
+        rt,
+        js,
+        reference,
+    } = stage(bin);
     let events = corpus(6000, 23);
-    let reference = Exporter::start(&url, &["--nats.jetstream.stream", "SESSIONS"]);
     let start = |i: usize| {
         let key = format!("pod-{i}");
         let args = [
