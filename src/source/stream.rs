@@ -6,7 +6,7 @@
 //! keep it): no ack per event, no redelivery, no `ack_wait`, and a restart
 //! resumes exactly where the stored fold ends.
 //!
-//! The ordered consumer is our own, on a plain subscription (`Reader`):
+//! The ordered consumer is our own, on a plain subscription (`Consumer`):
 //! async-nats's wraps every message in a JetStream context (two allocations
 //! and a dozen reference counts) and parses its reply subject with a `char`
 //! splitter, a fifth of a message's cost (BENCHMARKS.md, "The JetStream read
@@ -18,6 +18,7 @@
 //! silently.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -25,6 +26,8 @@ use async_nats::jetstream::consumer::{push, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::stream::{RetentionPolicy, State as StreamState, Stream};
 use async_nats::{Client, Message, StatusCode, Subscriber};
 use futures_util::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::checkpoints::Checkpoints;
 use super::{
@@ -55,19 +58,14 @@ pub(super) async fn run(
 ) -> Result<(), SourceError> {
     let Folding {
         client,
-        mut connections,
+        connections,
         exporter,
         mut checkpoints,
         interval,
         restored,
     } = folding;
     tokio::pin!(shutdown);
-    let Some(Located {
-        mut stream,
-        filters,
-        mut config,
-        mut at,
-    }) = locate(
+    let located = locate(
         &client,
         cfg,
         js_cfg,
@@ -76,136 +74,287 @@ pub(super) async fn run(
         restored,
         &mut shutdown,
     )
-    .await?
-    else {
-        // With slots, those claimed are released.
-        return checkpoints.finish(Duration::from_secs(10)).await;
-    };
-    let Some(mut reader) = Reader::open(&client, &stream, &config, at.last, &mut shutdown).await
-    else {
-        return checkpoints.finish(Duration::from_secs(10)).await;
-    };
-    connections.mark_unchanged();
-    exporter.stats.stream_position.set(at.last as i64);
-    exporter.stats.subscriptions.set(1);
-    exporter.set_subscribed(true);
-    let partition = exporter.partition();
-    tracing::info!(
-        stream = %js_cfg.stream,
-        from_sequence = at.last + 1,
-        filter = ?filters,
-        partition = partition.index,
-        partitions = partition.count,
-        "reading JetStream without acks"
-    );
-    let mut tick = ticker(interval);
-    let mut drain = true;
-    let mut claims = tokio::time::interval(CLAIM_EVERY);
-    let slots = checkpoints.slots.clone();
-    let silence = tokio::time::sleep(MISSED_HEARTBEATS);
-    tokio::pin!(silence);
-    loop {
-        let reopen = tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            stored = checkpoints.stored() => {
-                checkpoints.settle(stored)?;
-                None
-            }
-            batch = reader.messages.next() => match batch {
-                Some(batch) => {
-                    silence.as_mut().reset(tokio::time::Instant::now() + MISSED_HEARTBEATS);
-                    let fold = reader.fold(&exporter, &mut checkpoints, &mut at, &js_cfg.stream, batch);
-                    for reply in reader.flow_control.drain(..) {
-                        let _ = client.publish(reply, bytes::Bytes::new()).await;
-                    }
-                    fold.err()
-                }
-                None => Some(Reopen::SubscriptionEnded),
-            },
-            _ = tick.tick() => {
-                checkpoints.tick().await;
-                None
-            }
-            _ = claims.tick(), if slots.is_some() => {
-                let slots = slots.as_deref().expect("checked above");
-                super::discovered(slots, &exporter);
-                super::release_wanted(slots, &exporter, &mut checkpoints).await?;
-                // The slots held keep the reader's position as their floor,
-                // in case a slot claimed makes it go back.
-                exporter.rewind(at.last);
-                let floors = super::claim(slots, &exporter).await;
-                let reopen = match floors.iter().min() {
-                    Some(&floor) if floor < at.last => {
-                        at.reread_until = at.reread_until.max(at.last);
-                        // Before any checkpoint: a slot is stored at the
-                        // reader's position or its floor, the higher.
-                        at.last = floor;
-                        let stored = floors.iter().copied().filter(|f| *f > 0).min();
-                        at.within(stored, &mut stream, &exporter, &js_cfg.stream).await;
-                        checkpoints.resume.stream_seq = at.last;
-                        Some(Reopen::Claimed)
-                    }
-                    _ => None,
-                };
-                if !floors.is_empty() {
-                    // Serve them at once: what they hold is stored.
-                    checkpoints.tick().await;
-                }
-                let by_slot_subjects = !cfg.partition_subjects.is_empty();
-                match reopen {
-                    None if by_slot_subjects && !floors.is_empty() => Some(Reopen::NewSubjects),
-                    reopen => reopen,
-                }
-            }
-            () = &mut silence => Some(Reopen::Silent),
-            // After an outage the consumer may have gone with its server:
-            // make it anew from the position rather than wait for two
-            // missed heartbeats.
-            Ok(()) = connections.changed() => Some(Reopen::Reconnected),
+    .await?;
+    // With slots, those claimed are released at the finish.
+    if let Some(Located { stream, config, at }) = located {
+        let mut reader = StreamReader {
+            client,
+            exporter,
+            checkpoints,
+            cfg,
+            js_cfg,
+            stream,
+            config,
+            at,
         };
-        if let Some(why) = reopen {
-            tracing::info!(
-                from_sequence = at.last + 1,
-                why = %why,
-                "making the ordered consumer anew"
-            );
-            if slots.is_some() && !cfg.partition_subjects.is_empty() {
-                let filters = slot_filters(&cfg.partition_subjects, &exporter);
-                config = consumer_config(&client, &filters, &mut at);
-            }
-            // A filtered consumer sees no gap: what the stream removed while
-            // this reader was away is counted here.
-            let stored = (at.last > 0).then_some(at.last);
-            at.within(stored, &mut stream, &exporter, &js_cfg.stream)
-                .await;
-            match Reader::open(&client, &stream, &config, at.last, &mut shutdown).await {
-                Some(r) => std::mem::replace(&mut reader, r).close(&stream),
+        if let Some(consumer) = reader.open(&mut shutdown).await {
+            reader
+                .follow(consumer, connections, interval, &mut shutdown)
+                .await?;
+        }
+        checkpoints = reader.checkpoints;
+    }
+    checkpoints.finish(Duration::from_secs(10)).await
+}
+
+/// One replica's read of the stream: where it stands, with which consumer
+/// configuration, and what it folds into.
+struct StreamReader<'c> {
+    client: Client,
+    exporter: Arc<Exporter>,
+    checkpoints: Checkpoints,
+    cfg: &'c NatsConfig,
+    js_cfg: &'c JetStreamConfig,
+    stream: Stream,
+    config: push::Config,
+    at: Position,
+}
+
+impl StreamReader<'_> {
+    /// Read with `consumer` until `shutdown`, making it anew when it must
+    /// be, then fold what it delivered.
+    async fn follow(
+        &mut self,
+        mut consumer: Consumer,
+        mut connections: watch::Receiver<u64>,
+        interval: Option<Duration>,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Result<(), SourceError> {
+        connections.mark_unchanged();
+        self.subscribed(true);
+        let mut tick = ticker(interval);
+        let mut claims = tokio::time::interval(CLAIM_EVERY);
+        let with_slots = self.checkpoints.slots.is_some();
+        let silence = tokio::time::sleep(MISSED_HEARTBEATS);
+        tokio::pin!(silence);
+        let mut drain = true;
+        loop {
+            let reopen = tokio::select! {
+                biased;
+                _ = &mut *shutdown => break,
+                stored = self.checkpoints.stored() => {
+                    self.checkpoints.settle(stored)?;
+                    None
+                }
+                batch = consumer.messages.next() => match batch {
+                    Some(batch) => {
+                        silence.as_mut().reset(Instant::now() + MISSED_HEARTBEATS);
+                        self.step(&mut consumer, batch).await
+                    }
+                    None => Some(Reopen::SubscriptionEnded),
+                },
+                _ = tick.tick() => {
+                    self.checkpoints.tick().await;
+                    None
+                }
+                _ = claims.tick(), if with_slots => self.claim_round().await?,
+                () = &mut silence => Some(Reopen::Silent),
+                // After an outage the consumer may have gone with its server:
+                // make it anew from the position rather than wait for two
+                // missed heartbeats.
+                Ok(()) = connections.changed() => Some(Reopen::Reconnected),
+            };
+            let Some(why) = reopen else { continue };
+            match self.reopen(why, shutdown).await {
+                Some(fresh) => std::mem::replace(&mut consumer, fresh).close(&self.stream),
                 None => {
                     // What the old consumer holds is not after the position.
                     drain = false;
                     break;
                 }
             }
-            silence
-                .as_mut()
-                .reset(tokio::time::Instant::now() + MISSED_HEARTBEATS);
+            silence.as_mut().reset(Instant::now() + MISSED_HEARTBEATS);
+        }
+        self.exporter.set_subscribed(false);
+        if drain {
+            self.drain(&mut consumer);
+        }
+        consumer.close(&self.stream);
+        self.subscribed(false);
+        Ok(())
+    }
+
+    /// Mark the reader subscribed (or not) in the self-metrics and logs.
+    fn subscribed(&self, on: bool) {
+        let stats = &self.exporter.stats;
+        stats.subscriptions.set(i64::from(on));
+        if !on {
+            return;
+        }
+        stats.stream_position.set(self.at.last as i64);
+        self.exporter.set_subscribed(true);
+        let partition = self.exporter.partition();
+        tracing::info!(
+            stream = %self.js_cfg.stream,
+            from_sequence = self.at.last + 1,
+            filter_subject = %self.config.filter_subject,
+            filter_subjects = ?self.config.filter_subjects,
+            partition = partition.index,
+            partitions = partition.count,
+            "reading JetStream without acks"
+        );
+    }
+
+    /// Fold a batch and answer the flow-control requests it carried;
+    /// `Some` when the consumer must be made anew.
+    async fn step(&mut self, consumer: &mut Consumer, batch: Vec<Message>) -> Option<Reopen> {
+        let folded = self.fold(consumer, batch);
+        for reply in consumer.flow_control.drain(..) {
+            let _ = self.client.publish(reply, bytes::Bytes::new()).await;
+        }
+        folded.err()
+    }
+
+    /// With slots: let go of those another replica wants, take those free.
+    /// `Some` when one taken stands further back than the reader, or on
+    /// subjects it does not read.
+    async fn claim_round(&mut self) -> Result<Option<Reopen>, SourceError> {
+        let slots = self
+            .checkpoints
+            .slots
+            .clone()
+            .expect("claim rounds run with slots");
+        super::discovered(&slots, &self.exporter);
+        super::release_wanted(&slots, &self.exporter, &mut self.checkpoints).await?;
+        // The slots held keep the reader's position as their floor, in case
+        // a slot claimed makes it go back.
+        self.exporter.rewind(self.at.last);
+        let floors = super::claim(&slots, &self.exporter).await;
+        if floors.is_empty() {
+            return Ok(None);
+        }
+        let mut reopen = None;
+        let at = &mut self.at;
+        if let Some(&floor) = floors.iter().min().filter(|&&f| f < at.last) {
+            at.reread_until = at.reread_until.max(at.last);
+            // Before any checkpoint: a slot is stored at the reader's
+            // position or its floor, the higher.
+            at.last = floor;
+            let stored = floors.iter().copied().filter(|f| *f > 0).min();
+            at.within(
+                stored,
+                &mut self.stream,
+                &self.exporter,
+                &self.js_cfg.stream,
+            )
+            .await;
+            self.checkpoints.resume.stream_seq = at.last;
+            reopen = Some(Reopen::Claimed);
+        }
+        // Serve them at once: what they hold is stored.
+        self.checkpoints.tick().await;
+        let by_slot_subjects = !self.cfg.partition_subjects.is_empty();
+        Ok(reopen.or(by_slot_subjects.then_some(Reopen::NewSubjects)))
+    }
+
+    /// A consumer from the position (on the subjects of the slots held, if
+    /// they name them); `None` if `shutdown` comes first.
+    async fn reopen(
+        &mut self,
+        why: Reopen,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Option<Consumer> {
+        tracing::info!(
+            from_sequence = self.at.last + 1,
+            why = %why,
+            "making the ordered consumer anew"
+        );
+        let templates = &self.cfg.partition_subjects;
+        if self.checkpoints.slots.is_some() && !templates.is_empty() {
+            let filters = slot_filters(templates, &self.exporter);
+            self.config = consumer_config(&self.client, &filters, &mut self.at);
+        }
+        // A filtered consumer sees no gap: what the stream removed while
+        // this reader was away is counted here.
+        let stored = (self.at.last > 0).then_some(self.at.last);
+        self.at
+            .within(
+                stored,
+                &mut self.stream,
+                &self.exporter,
+                &self.js_cfg.stream,
+            )
+            .await;
+        self.open(shutdown).await
+    }
+
+    /// A consumer from just after the position, retried with backoff until
+    /// it is made; `None` if `shutdown` comes first.
+    async fn open(&self, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> Option<Consumer> {
+        Consumer::open(
+            &self.client,
+            &self.stream,
+            &self.config,
+            self.at.last,
+            shutdown,
+        )
+        .await
+    }
+
+    /// Fold what the consumer already delivered, so the last checkpoint
+    /// holds it.
+    fn drain(&mut self, consumer: &mut Consumer) {
+        while let Some(Some(batch)) = consumer.messages.next().now_or_never() {
+            if self.fold(consumer, batch).is_err() {
+                break;
+            }
         }
     }
-    exporter.set_subscribed(false);
-    if drain {
-        reader.drain(&exporter, &mut checkpoints, &mut at, &js_cfg.stream);
+
+    /// Fold a batch in order; `Err` names why the consumer must be made
+    /// anew (what follows the gap is not folded).
+    fn fold(&mut self, consumer: &mut Consumer, batch: Vec<Message>) -> Result<(), Reopen> {
+        let (exporter, at, stream) = (&self.exporter, &mut self.at, &self.js_cfg.stream);
+        let mut payloads = Vec::with_capacity(batch.len());
+        let mut pending = None;
+        let mut verdict = Ok(());
+        for m in &batch {
+            if let Some(status) = m.status {
+                if let Err(why) = consumer.status(m, status) {
+                    verdict = Err(why);
+                    break;
+                }
+                continue;
+            }
+            let Some(d) = m.reply.as_deref().and_then(Delivery::parse) else {
+                tracing::debug!(subject = %m.subject, "a message without a JetStream reply subject on the consumer's inbox");
+                continue;
+            };
+            if d.consumer_seq != consumer.delivered + 1 {
+                verdict = Err(Reopen::Gap);
+                break;
+            }
+            consumer.delivered = d.consumer_seq;
+            // A consumer made anew may start over: what the fold already
+            // holds is dropped.
+            if d.stream_seq <= at.last {
+                continue;
+            }
+            if at.gaps_are_losses && d.stream_seq > at.last + 1 {
+                at.lost(exporter, stream, at.last, d.stream_seq - 1);
+            }
+            if d.stream_seq <= at.reread_until {
+                exporter.stats.slot_reread.inc();
+            }
+            at.last = d.stream_seq;
+            pending = Some(d.pending);
+            payloads.push((d.stream_seq, m.payload.as_ref()));
+        }
+        exporter.ingest_at(payloads);
+        self.checkpoints.resume.stream_seq = at.last;
+        exporter.stats.stream_position.set(at.last as i64);
+        if let Some(p) = pending {
+            exporter.stats.stream_pending.set(p as i64);
+        }
+        super::state::failpoint("after-fold");
+        verdict
     }
-    reader.close(&stream);
-    exporter.stats.subscriptions.set(0);
-    checkpoints.finish(Duration::from_secs(10)).await
 }
 
 /// The stream found and checked, and where to read it from with which
 /// consumer configuration.
 struct Located {
     stream: Stream,
-    filters: Vec<String>,
     config: push::Config,
     at: Position,
 }
@@ -260,12 +409,7 @@ async fn locate(
         .await;
     checkpoints.resume.stream_seq = at.last;
     let config = consumer_config(client, &filters, &mut at);
-    Ok(Some(Located {
-        stream,
-        filters,
-        config,
-        at,
-    }))
+    Ok(Some(Located { stream, config, at }))
 }
 
 /// Reading without acks needs a stream that keeps what it holds.
@@ -433,7 +577,7 @@ const CLAIM_EVERY: Duration = Duration::from_millis(100);
 /// An ordered consumer: an ephemeral push consumer without acks, read in
 /// order of its consumer sequence; a gap (a message the client dropped, or a
 /// heartbeat naming a later one) means it is made anew from the position.
-struct Reader {
+struct Consumer {
     messages: futures_util::stream::ReadyChunks<Subscriber>,
     /// The server's name for the consumer, to delete it when replaced.
     name: String,
@@ -443,7 +587,7 @@ struct Reader {
     flow_control: Vec<async_nats::Subject>,
 }
 
-impl Reader {
+impl Consumer {
     /// A consumer from just after `last`, retried with backoff until it is
     /// made; `None` if `shutdown` comes first.
     async fn open(
@@ -452,7 +596,7 @@ impl Reader {
         config: &push::Config,
         last: u64,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
-    ) -> Option<Reader> {
+    ) -> Option<Consumer> {
         let what = format!(
             "ordered consumer of {} not made",
             stream.cached_info().config.name
@@ -482,7 +626,7 @@ impl Reader {
                 .create_consumer(config)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok::<_, String>(Reader {
+            Ok::<_, String>(Consumer {
                 messages: subscriber.ready_chunks(BATCH),
                 name: consumer.cached_info().name.clone(),
                 delivered: 0,
@@ -494,80 +638,10 @@ impl Reader {
 
     /// Stop reading; the server deletes the consumer (at the latest when
     /// it has had no interest for its inactive threshold).
-    /// Fold what was already delivered, so the last checkpoint holds it.
-    fn drain(
-        &mut self,
-        exporter: &Exporter,
-        checkpoints: &mut Checkpoints,
-        at: &mut Position,
-        stream: &str,
-    ) {
-        while let Some(Some(batch)) = self.messages.next().now_or_never() {
-            if self.fold(exporter, checkpoints, at, stream, batch).is_err() {
-                break;
-            }
-        }
-    }
-
     fn close(self, stream: &Stream) {
         drop(self.messages);
         let (stream, name) = (stream.clone(), self.name);
         tokio::spawn(async move { stream.delete_consumer(&name).await });
-    }
-
-    /// Fold a batch in order; `Err` names why the consumer must be made
-    /// anew (what follows the gap is not folded).
-    fn fold(
-        &mut self,
-        exporter: &Exporter,
-        checkpoints: &mut Checkpoints,
-        at: &mut Position,
-        stream: &str,
-        batch: Vec<Message>,
-    ) -> Result<(), Reopen> {
-        let mut payloads = Vec::with_capacity(batch.len());
-        let mut pending = None;
-        let mut verdict = Ok(());
-        for m in &batch {
-            if let Some(status) = m.status {
-                if let Err(why) = self.status(m, status) {
-                    verdict = Err(why);
-                    break;
-                }
-                continue;
-            }
-            let Some(d) = m.reply.as_deref().and_then(Delivery::parse) else {
-                tracing::debug!(subject = %m.subject, "a message without a JetStream reply subject on the consumer's inbox");
-                continue;
-            };
-            if d.consumer_seq != self.delivered + 1 {
-                verdict = Err(Reopen::Gap);
-                break;
-            }
-            self.delivered = d.consumer_seq;
-            // A consumer made anew may start over: what the fold already
-            // holds is dropped.
-            if d.stream_seq <= at.last {
-                continue;
-            }
-            if at.gaps_are_losses && d.stream_seq > at.last + 1 {
-                at.lost(exporter, stream, at.last, d.stream_seq - 1);
-            }
-            if d.stream_seq <= at.reread_until {
-                exporter.stats.slot_reread.inc();
-            }
-            at.last = d.stream_seq;
-            pending = Some(d.pending);
-            payloads.push((d.stream_seq, m.payload.as_ref()));
-        }
-        exporter.ingest_at(payloads);
-        checkpoints.resume.stream_seq = at.last;
-        exporter.stats.stream_position.set(at.last as i64);
-        if let Some(p) = pending {
-            exporter.stats.stream_pending.set(p as i64);
-        }
-        super::state::failpoint("after-fold");
-        verdict
     }
 
     /// A status message: an idle heartbeat (checked against what was
