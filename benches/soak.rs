@@ -245,7 +245,7 @@ fn worst_bytes_per_namespace(catalog: &Catalog) -> f64 {
 
 /// Series of one namespace with every family populated, and of the events.
 fn series_per_namespace() -> f64 {
-    let e = session_exporter::exporter::Exporter::new(Catalog::default_mapping(), None, 0);
+    let e = session_exporter::exporter::Exporter::new(Catalog::default_mapping(), 0);
     let mut g = Generator::new(Profile::default());
     let events = g.metric_events_for(0, unix_ms());
     e.ingest(events.iter().map(|(_, b)| b.as_slice()));

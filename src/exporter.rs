@@ -1,13 +1,12 @@
 //! The state the NATS source writes and the HTTP server reads: the fold behind a
-//! mutex, the self-metrics, readiness, and the mapping source for reloads.
+//! mutex, the self-metrics and readiness.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::clock::unix_now;
-use crate::config::{Catalog, ConfigError};
+use crate::config::Catalog;
 use crate::event::{decode_limited, Minute, Reason, TraceProblem};
 use crate::fold::{CheckpointError, Fold, Image, Outcome, Restored, Resume, SlotState, Snapshot};
 use crate::partition::{Owner, Ownership, Partition};
@@ -26,8 +25,6 @@ pub struct Exporter {
     pub stats: Stats,
     /// Set once the source has subscribed; readiness also needs a live connection.
     subscribed: AtomicBool,
-    max_message_bytes: AtomicUsize,
-    mapping_file: Option<PathBuf>,
     reject_log: Mutex<RateLimit>,
     /// Messages ingested so far (folded or not: a rejected event still counts
     /// in `session_events_total`), so a checkpoint can tell what it holds.
@@ -77,18 +74,15 @@ pub struct SlotCheckpoint {
 }
 
 impl Exporter {
-    pub fn new(catalog: Catalog, mapping_file: Option<PathBuf>, dedup_window: usize) -> Exporter {
+    pub fn new(catalog: Catalog, dedup_window: usize) -> Exporter {
         let stats = Stats::new();
         stats
             .max_namespaces
             .set(catalog.limits.max_namespaces as i64);
-        let max = catalog.limits.max_message_bytes;
         Exporter {
             fold: Mutex::new(Fold::new(Arc::new(catalog)).with_dedup(dedup_window)),
             stats,
             subscribed: AtomicBool::new(false),
-            max_message_bytes: AtomicUsize::new(max),
-            mapping_file,
             reject_log: Mutex::new(RateLimit::new(10, Duration::from_secs(1))),
             ingested: AtomicU64::new(0),
             checkpointed: AtomicU64::new(0),
@@ -392,9 +386,9 @@ impl Exporter {
     pub fn ingest_gauges<'a>(&self, payloads: impl IntoIterator<Item = &'a [u8]>) {
         let wall = unix_now();
         let now = Instant::now();
-        let max = self.max_message_bytes.load(Ordering::Relaxed);
         let mut n = 0;
         let mut fold = self.lock();
+        let max = fold.catalog().limits.max_message_bytes;
         for p in payloads {
             n += 1;
             if let Ok(ev) = decode_limited(p, max) {
@@ -445,13 +439,13 @@ impl Exporter {
     pub fn ingest_at<'a>(&self, messages: impl IntoIterator<Item = (u64, &'a [u8])>) -> usize {
         let wall = unix_now();
         let now = Instant::now();
-        let max = self.max_message_bytes.load(Ordering::Relaxed);
         let (mut received, mut folded, mut skipped) = (0, 0, 0);
         // Lag is observed locally and flushed once per batch: no atomics per event.
         let lag = self.stats.event_lag.local();
         let mut minute = Minute::default();
         let ownership = self.ownership();
         let mut fold = self.lock();
+        let max = fold.catalog().limits.max_message_bytes;
         for (seq, p) in messages {
             let decoded = if self.skips {
                 match ownership.owner(p, max, seq) {
@@ -540,27 +534,14 @@ impl Exporter {
         }
     }
 
-    /// Re-read the mapping file (SIGHUP, `/-/reload`). On error the old mapping stays.
-    pub fn reload(&self) -> Result<(), ConfigError> {
-        let result = match &self.mapping_file {
-            Some(path) => Catalog::from_file(path),
-            None => Ok(Catalog::default_mapping()),
-        };
-        let outcome = match result {
-            Ok(catalog) => {
-                self.max_message_bytes
-                    .store(catalog.limits.max_message_bytes, Ordering::Relaxed);
-                self.stats
-                    .max_namespaces
-                    .set(catalog.limits.max_namespaces as i64);
-                let _encoding = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
-                self.lock().reconfigure(Arc::new(catalog));
-                Ok(())
-            }
-            Err(e) => Err(e),
-        };
-        self.stats.reloaded(outcome.is_ok());
-        outcome
+    /// Fold with `catalog` from now on (a reload, [`crate::reload`]): it
+    /// was read and checked before, so the lock is held for the swap only.
+    pub fn reconfigure(&self, catalog: Catalog) {
+        self.stats
+            .max_namespaces
+            .set(catalog.limits.max_namespaces as i64);
+        let _encoding = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
+        self.lock().reconfigure(Arc::new(catalog));
     }
 }
 
@@ -636,7 +617,7 @@ mod tests {
 
     #[test]
     fn ingest_counts_every_outcome() {
-        let e = Exporter::new(Catalog::default_mapping(), None, 0);
+        let e = Exporter::new(Catalog::default_mapping(), 0);
         let good = br#"{"name":"MetricAcquiringDsEvent","namespace":"g"}"#.as_slice();
         let big = vec![b' '; 70_000];
         let n = e.ingest([good, b"{", br#"{"namespace":"g"}"#, &big, good]);

@@ -3,7 +3,7 @@
 //!
 //! An event flows `source` (NATS) → `event` (decode) → `fold` (per-namespace
 //! state) → `exposition` (render) → `http`. Beside them: `config` (the mapping),
-//! `cli`, `clock`, `shutdown`, `stats` (self-metrics), `simulate` (a realistic publisher).
+//! `reload`, `cli`, `clock`, `shutdown`, `stats` (self-metrics), `simulate` (a realistic publisher).
 // One `unsafe` block, measured and explained: `scan::plain` (SSE2).
 #![deny(unsafe_code)]
 
@@ -16,6 +16,7 @@ pub mod exposition;
 pub mod fold;
 pub mod http;
 pub mod partition;
+pub mod reload;
 pub mod replay;
 pub mod rules;
 pub mod scan;
@@ -34,17 +35,15 @@ use tokio::sync::watch;
 use crate::cli::RunArgs;
 use crate::config::Catalog;
 use crate::exporter::Exporter;
+use crate::reload::Reload;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Run the exporter until `shutdown` resolves, then drain NATS and return.
 pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
-    let catalog = match &args.config_file {
-        Some(path) => Catalog::from_file(path)?,
-        None => Catalog::default_mapping(),
-    };
+    let catalog = Catalog::load(args.config_file.as_deref())?;
     let nats = args.nats_config()?;
-    let mut exporter = Exporter::new(catalog, args.config_file.clone(), args.dedup_window())
+    let mut exporter = Exporter::new(catalog, args.dedup_window())
         .with_partition(nats.partition, !nats.partition_subjects.is_empty());
     if nats.slots > 0 {
         exporter = exporter.with_slots(nats.partition, nats.slots);
@@ -78,7 +77,8 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
-    shutdown::reload_on_hangup(exporter.clone());
+    let reload = Reload::new(args.config_file.clone(), exporter.clone());
+    reload.clone().on_hangup();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -88,7 +88,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         telemetry_path: args.telemetry_path.clone(),
         web,
         limits,
-        lifecycle: args.enable_lifecycle,
+        lifecycle: args.enable_lifecycle.then_some(reload),
         openmetrics_created: args.openmetrics_created,
     };
     let http = tokio::spawn(http::serve(

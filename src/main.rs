@@ -147,7 +147,6 @@ async fn simulate(args: SimulateArgs) -> Result<(), BoxError> {
     // The simulator has no /metrics; its exporter state only absorbs connection events.
     let sink = Arc::new(session_exporter::exporter::Exporter::new(
         Catalog::default_mapping(),
-        None,
         0,
     ));
     let client = source::connect(&cfg, sink).await?.client;

@@ -1,11 +1,7 @@
-//! Signals: SIGINT or SIGTERM ends the process after a drain; SIGHUP reloads
-//! the mapping.
-
-use std::sync::Arc;
+//! Signals: SIGINT or SIGTERM ends the process after a drain (SIGHUP
+//! reloads the mapping: `reload`).
 
 use tokio::signal::unix::{signal, SignalKind};
-
-use crate::exporter::Exporter;
 
 /// Resolves on the first SIGINT or SIGTERM; from then on a second one ends
 /// the process at once (exit 130 or 143), whatever the drain is waiting for.
@@ -55,25 +51,4 @@ pub async fn bounded<T>(
             None
         }
     }
-}
-
-/// Reload the mapping on every SIGHUP, for the life of the process.
-pub fn reload_on_hangup(exporter: Arc<Exporter>) {
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!(
-            "cannot listen for SIGHUP; use POST /-/reload (with --web.enable-lifecycle)"
-        );
-        return;
-    };
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            // A reload reads a file and may wait for a checkpoint's encode.
-            let e = exporter.clone();
-            let reloaded = tokio::task::spawn_blocking(move || e.reload()).await;
-            match reloaded.unwrap_or_else(|e| Err(crate::config::ConfigError::new(e.to_string()))) {
-                Ok(()) => tracing::info!("mapping reloaded (SIGHUP)"),
-                Err(e) => tracing::error!(error = %e, "mapping reload failed; keeping the old one"),
-            }
-        }
-    });
 }

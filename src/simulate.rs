@@ -388,7 +388,7 @@ mod tests {
 
     #[test]
     fn generated_events_all_fold() {
-        let exporter = Exporter::new(Catalog::default_mapping(), None, 0);
+        let exporter = Exporter::new(Catalog::default_mapping(), 0);
         let mut g = Generator::new(Profile::default());
         let bodies: Vec<Vec<u8>> = (0..2000).map(|_| g.next_event(unix_ms()).1).collect();
         let folded = exporter.ingest(bodies.iter().map(Vec::as_slice));
@@ -411,7 +411,7 @@ mod tests {
 
     #[test]
     fn invalid_ratio_produces_rejections() {
-        let exporter = Exporter::new(Catalog::default_mapping(), None, 0);
+        let exporter = Exporter::new(Catalog::default_mapping(), 0);
         let profile = Profile {
             invalid_ratio: 0.5,
             ..Profile::default()

@@ -10,7 +10,7 @@ use session_exporter::simulate::{unix_ms, Generator, Profile};
 
 #[test]
 fn mutated_events_never_break_the_exposition() {
-    let exporter = Exporter::new(Catalog::default_mapping(), None, 0);
+    let exporter = Exporter::new(Catalog::default_mapping(), 0);
     let mut g = Generator::new(Profile::default());
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {

@@ -93,7 +93,7 @@ pub(crate) fn run_exporter_as(
     partition: Option<session_exporter::partition::Partition>,
 ) -> (f64, u64) {
     let rt = runtime();
-    let mut exporter = Exporter::new(Catalog::default_mapping(), None, 0);
+    let mut exporter = Exporter::new(Catalog::default_mapping(), 0);
     if let Some(p) = partition {
         exporter = exporter.with_partition(p, false);
     }

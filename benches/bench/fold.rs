@@ -51,13 +51,13 @@ pub(crate) fn bench_fold(reps: usize) -> (f64, f64, f64) {
         assert_eq!(ok, corpus.len());
         parse.push(corpus.len() as f64 / t.elapsed().as_secs_f64());
 
-        let exporter = Exporter::new(catalog(), None, dedup);
+        let exporter = Exporter::new(catalog(), dedup);
         let t = Instant::now();
         let folded = fold_all(&exporter, &corpus);
         fold.push(corpus.len() as f64 / t.elapsed().as_secs_f64());
         assert_eq!(folded, corpus.len());
 
-        let exporter = Exporter::new(catalog(), None, dedup);
+        let exporter = Exporter::new(catalog(), dedup);
         fold_all(&exporter, &warm_up);
         let t = Instant::now();
         let folded = fold_all(&exporter, &corpus);
@@ -94,7 +94,7 @@ pub(crate) fn bench_skip(reps: usize) -> (f64, f64) {
         .collect();
     let (mut skip, mut scan) = (Vec::new(), Vec::new());
     for _ in 0..reps {
-        let exporter = Exporter::new(Catalog::default_mapping(), None, 0).with_partition(p, false);
+        let exporter = Exporter::new(Catalog::default_mapping(), 0).with_partition(p, false);
         let t = Instant::now();
         let folded: usize = theirs
             .chunks(512)
@@ -128,7 +128,7 @@ pub(crate) fn bench_skip(reps: usize) -> (f64, f64) {
 pub(crate) fn profile_ingest() {
     let corpus = corpus(50_000, 1000, 1);
     let count = std::env::var("BENCH_PARTITIONS").map_or(1, |s| s.parse().unwrap());
-    let mut exporter = Exporter::new(Catalog::default_mapping(), None, 0);
+    let mut exporter = Exporter::new(Catalog::default_mapping(), 0);
     if count > 1 {
         let p = session_exporter::partition::Partition { count, index: 0 };
         exporter = exporter.with_partition(p, false);

@@ -36,8 +36,7 @@ pub(crate) fn js_bare_all(url: &str, n: usize) {
 
 #[inline(never)]
 pub(crate) fn js_source_all(url: &str, n: usize) -> u64 {
-    let exporter =
-        Arc::new(Exporter::new(Catalog::default_mapping(), None, 0).serving_checkpoints());
+    let exporter = Arc::new(Exporter::new(Catalog::default_mapping(), 0).serving_checkpoints());
     let mut cfg = nats_config(url);
     cfg.jetstream = Some(source::JetStreamConfig {
         stream: "PROFILE".into(),
@@ -280,8 +279,8 @@ pub(crate) fn run_jetstream(
             index,
         };
         let by_server = matches!(reading, Reading::ServerSide(_));
-        let mut exporter = Exporter::new(Catalog::default_mapping(), None, 100_000)
-            .with_partition(partition, by_server);
+        let mut exporter =
+            Exporter::new(Catalog::default_mapping(), 100_000).with_partition(partition, by_server);
         let mut cfg = nats_config(url);
         cfg.partition = partition;
         if by_server {

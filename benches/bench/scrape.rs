@@ -54,7 +54,7 @@ pub(crate) fn bench_scrape_ingest(url: &str, reps: usize) -> f64 {
 
 pub(crate) fn bench_scrape(namespaces: usize) -> Scrape {
     let rt = runtime();
-    let exporter = Arc::new(Exporter::new(Catalog::default_mapping(), None, 0));
+    let exporter = Arc::new(Exporter::new(Catalog::default_mapping(), 0));
     let events = populate_corpus(namespaces);
     for chunk in events.chunks(512) {
         exporter.ingest(chunk.iter().map(|c| c.1.as_slice()));

@@ -1,13 +1,14 @@
 //! The state store's costs: one checkpoint, and how long the fold's lock is held (ingest, scrapes, checkpoints, reloads).
 
 use super::*;
+use session_exporter::reload::Reload;
 
 /// Taking one checkpoint (encode under the lock, plus the snapshot it
 /// serves) and compressing it, with every family populated per namespace.
 /// Returns (ms, compressed bytes).
 pub(crate) fn bench_checkpoint(namespaces: usize) -> (f64, usize) {
     use std::io::Write as _;
-    let exporter = Exporter::new(Catalog::default_mapping(), None, 100_000);
+    let exporter = Exporter::new(Catalog::default_mapping(), 100_000);
     for chunk in populate_corpus(namespaces).chunks(512) {
         exporter.ingest(chunk.iter().map(|c| c.1.as_slice()));
     }
@@ -42,8 +43,7 @@ pub(crate) fn bench_lock_hold(namespaces: usize, rate: Option<u64>) -> LockHold 
     use session_exporter::exposition::Format;
     // No de-duplication: every pass over the corpus folds anew. With a state
     // store, as in production: scrapes serve the last checkpoint's snapshot.
-    let exporter =
-        Arc::new(Exporter::new(Catalog::default_mapping(), None, 0).serving_checkpoints());
+    let exporter = Arc::new(Exporter::new(Catalog::default_mapping(), 0).serving_checkpoints());
     let corpus = Arc::new(populate_corpus(namespaces));
     for chunk in corpus.chunks(512) {
         exporter.ingest(chunk.iter().map(|c| c.1.as_slice()));
@@ -158,14 +158,15 @@ pub(crate) fn bench_reload_hold(namespaces: usize) {
     let file = dir.join("mapping.yml");
     let default = session_exporter::config::DEFAULT_MAPPING;
     std::fs::write(&file, default).unwrap();
-    let exporter = Exporter::new(Catalog::default_mapping(), Some(file.clone()), 0);
+    let exporter = Arc::new(Exporter::new(Catalog::default_mapping(), 0));
+    let reload = Reload::new(Some(file.clone()), exporter.clone());
     for chunk in populate_corpus(namespaces).chunks(512) {
         exporter.ingest(chunk.iter().map(|c| c.1.as_slice()));
     }
     let hold = |text: &str| {
         std::fs::write(&file, text).unwrap();
         exporter.take_longest_hold();
-        exporter.reload().unwrap();
+        reload.now().unwrap();
         exporter.take_longest_hold() * 1e3
     };
     let same = hold(default);

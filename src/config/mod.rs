@@ -357,6 +357,11 @@ impl Catalog {
         Catalog::from_yaml(DEFAULT_MAPPING).expect("the embedded default mapping is valid")
     }
 
+    /// The mapping of `file` (`--config.file`), or the default one.
+    pub fn load(file: Option<&Path>) -> Result<Catalog, ConfigError> {
+        file.map_or_else(|| Ok(Catalog::default_mapping()), Catalog::from_file)
+    }
+
     pub fn from_file(path: &Path) -> Result<Catalog, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(format!("{}: {e}", path.display())))?;

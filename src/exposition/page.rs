@@ -195,7 +195,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_scrapes_share_a_render() {
-        let e = Arc::new(Exporter::new(Catalog::default_mapping(), None, 0));
+        let e = Arc::new(Exporter::new(Catalog::default_mapping(), 0));
         e.ingest([br#"{"name":"MetricAcquiringDsEvent","namespace":"g"}"#.as_slice()]);
         let pages = Arc::new(Pages::new(false));
         let scrapes: Vec<_> = (0..16)

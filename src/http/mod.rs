@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use crate::exporter::Exporter;
 use crate::exposition::page::{Pages, Served};
 use crate::exposition::Format;
+use crate::reload::Reload;
 use crate::stats::{Closed, Refused, Scrape};
 
 pub use auth::Verdict;
@@ -76,8 +77,9 @@ pub struct Options {
     /// `--web.config.file`: TLS and basic auth.
     pub web: WebConfig,
     pub limits: Limits,
-    /// `--web.enable-lifecycle`: `/-/reload` answers (SIGHUP always reloads).
-    pub lifecycle: bool,
+    /// `--web.enable-lifecycle`: `/-/reload` reloads the mapping through
+    /// this (SIGHUP always reloads).
+    pub lifecycle: Option<Reload>,
     /// `--web.openmetrics-created`: `_created` samples in OpenMetrics pages.
     pub openmetrics_created: bool,
 }
@@ -88,7 +90,7 @@ impl Default for Options {
             telemetry_path: "/metrics".into(),
             web: WebConfig::default(),
             limits: Limits::default(),
-            lifecycle: false,
+            lifecycle: None,
             openmetrics_created: false,
         }
     }
@@ -460,13 +462,13 @@ impl Drop for InFlight<'_> {
 /// and never from another site's page (a form posted cross-origin). The
 /// answer names the file, line and column of a failure, never its content.
 async fn reload(req: &Request<Incoming>, site: &Arc<Site>) -> Response<Body> {
-    if !site.options.lifecycle {
+    let Some(lifecycle) = &site.options.lifecycle else {
         return reply(
             StatusCode::FORBIDDEN,
             TEXT,
             "Lifecycle API is not enabled (--web.enable-lifecycle); SIGHUP reloads\n".into(),
         );
-    }
+    };
     if req.method() != Method::POST {
         let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "Use POST\n".into());
         r.headers_mut()
@@ -480,24 +482,16 @@ async fn reload(req: &Request<Incoming>, site: &Arc<Site>) -> Response<Body> {
             "Cross-origin reload refused\n".into(),
         );
     }
-    let exporter = site.exporter.clone();
-    // Reading the file and rebuilding every namespace is not async work.
-    let result = tokio::task::spawn_blocking(move || exporter.reload()).await;
-    match result {
-        Ok(Ok(())) => {
+    match lifecycle.run().await {
+        Ok(()) => {
             tracing::info!("mapping reloaded");
             reply(StatusCode::OK, TEXT, "Reloaded\n".into())
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::error!(error = %e, "mapping reload failed; keeping the old one");
             let body = format!("failed to reload config: {}\n", e.unquoted());
             reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, body)
         }
-        Err(e) => reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            TEXT,
-            format!("reload failed: {e}\n"),
-        ),
     }
 }
 
