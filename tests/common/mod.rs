@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod dashboards;
 mod events;
 mod exporter;
 mod nats;
@@ -18,7 +19,7 @@ mod prometheus;
 
 // Each test uses some of them.
 #[allow(unused_imports)]
-pub use {events::*, exporter::*, nats::*, prometheus::*};
+pub use {dashboards::*, events::*, exporter::*, nats::*, prometheus::*};
 
 pub const EXPORTER: &str = env!("CARGO_BIN_EXE_session-exporter");
 
