@@ -13,11 +13,14 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, stream::Stream};
 use async_nats::Client;
+use futures_util::stream::ReadyChunks;
 use futures_util::{FutureExt, StreamExt};
 
 use super::{retrying, server_version, JetStreamConfig, NatsConfig, SourceError, BATCH};
 use crate::exporter::Exporter;
 
+/// Consume `js_cfg`'s durable consumer (and the broadcast subjects) until
+/// `shutdown`, acknowledging each batch once folded.
 pub(super) async fn run(
     client: Client,
     cfg: &NatsConfig,
@@ -25,33 +28,10 @@ pub(super) async fn run(
     exporter: Arc<Exporter>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SourceError> {
-    let js = jetstream::new(client.clone());
     tokio::pin!(shutdown);
-    let what = format!(
-        "JetStream stream {} or its consumer not available",
-        js_cfg.stream
-    );
-    let attempt = || async {
-        let stream = js
-            .get_stream(&js_cfg.stream)
-            .await
-            .map_err(|e| e.to_string())?;
-        let consumer = durable(&client, &stream, js_cfg).await?;
-        Ok::<_, String>((stream, consumer))
-    };
-    let Some((stream, consumer)) = retrying(&what, &mut shutdown, attempt).await else {
+    let Some((stream, mut messages)) = pull(&client, js_cfg, &mut shutdown).await? else {
         return Ok(());
     };
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(js_cfg.pull_batch)
-        .messages()
-        .await
-        .map_err(|e| SourceError::Subscribe {
-            subject: format!("JetStream consumer {}", js_cfg.consumer),
-            reason: e.to_string(),
-        })?;
-    let mut messages = messages.ready_chunks(BATCH);
     let since = exporter.gauge_ttl();
     let broadcast = broadcast(&stream, &cfg.broadcast_subjects, since).await;
     let broadcasting = broadcast.is_some();
@@ -87,15 +67,57 @@ pub(super) async fn run(
         }
     }
     exporter.set_subscribed(false);
-    // Fold what was already delivered rather than leave it to redelivery.
+    drain(&client, &exporter, &mut messages).await;
+    exporter.stats.subscriptions.set(0);
+    Ok(())
+}
+
+type Messages = ReadyChunks<pull::Stream>;
+
+/// The stream and the durable consumer's messages, retried with backoff
+/// until both are there; `None` if `shutdown` comes first.
+async fn pull(
+    client: &Client,
+    js_cfg: &JetStreamConfig,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Result<Option<(Stream, Messages)>, SourceError> {
+    let js = jetstream::new(client.clone());
+    let what = format!(
+        "JetStream stream {} or its consumer not available",
+        js_cfg.stream
+    );
+    let attempt = || async {
+        let stream = js
+            .get_stream(&js_cfg.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let consumer = durable(client, &stream, js_cfg).await?;
+        Ok::<_, String>((stream, consumer))
+    };
+    let Some((stream, consumer)) = retrying(&what, shutdown, attempt).await else {
+        return Ok(None);
+    };
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(js_cfg.pull_batch)
+        .messages()
+        .await
+        .map_err(|e| SourceError::Subscribe {
+            subject: format!("JetStream consumer {}", js_cfg.consumer),
+            reason: e.to_string(),
+        })?;
+    Ok(Some((stream, messages.ready_chunks(BATCH))))
+}
+
+/// Fold what was already delivered rather than leave it to redelivery, and
+/// send the last acks.
+async fn drain(client: &Client, exporter: &Exporter, messages: &mut Messages) {
     while let Some(Some(batch)) = messages.next().now_or_never() {
-        fold(&client, &exporter, batch).await;
+        fold(client, exporter, batch).await;
     }
     if let Err(e) = client.flush().await {
         tracing::warn!(error = %e, "NATS flush of the last acks failed");
     }
-    exporter.stats.subscriptions.set(0);
-    Ok(())
 }
 
 type Pulled = Result<jetstream::Message, pull::MessagesError>;
