@@ -9,7 +9,7 @@ use crate::clock::unix_now;
 use crate::config::Catalog;
 use crate::event::{decode_limited, Minute, Reason, TraceProblem};
 use crate::fold::{CheckpointError, Fold, Image, Outcome, Restored, Resume, SlotState, Snapshot};
-use crate::partition::{Owner, Ownership, Partition};
+use crate::partition::{Origin, Owner, Ownership, Partition};
 use crate::stats::Stats;
 
 /// The snapshot of the last stored checkpoint: none until the first.
@@ -431,12 +431,12 @@ impl Exporter {
     /// waits for at most one batch: 512 messages, well under a millisecond).
     /// Returns how many were folded (not rejected, not duplicates).
     pub fn ingest<'a>(&self, payloads: impl IntoIterator<Item = &'a [u8]>) -> usize {
-        self.ingest_at(payloads.into_iter().map(|p| (u64::MAX, p)))
+        self.ingest_at(payloads.into_iter().map(|p| (Origin::UNORDERED, p)))
     }
 
-    /// [`Exporter::ingest`] of stream messages, each with its sequence: a
-    /// slot that moved here skips what its state already holds.
-    pub fn ingest_at<'a>(&self, messages: impl IntoIterator<Item = (u64, &'a [u8])>) -> usize {
+    /// [`Exporter::ingest`] of stream messages, each with where it was read
+    /// (which decides, with slots, whose it is).
+    pub fn ingest_at<'a>(&self, messages: impl IntoIterator<Item = (Origin, &'a [u8])>) -> usize {
         let wall = unix_now();
         let now = Instant::now();
         let (mut received, mut folded, mut skipped) = (0, 0, 0);
@@ -446,9 +446,9 @@ impl Exporter {
         let ownership = self.ownership();
         let mut fold = self.lock();
         let max = fold.catalog().limits.max_message_bytes;
-        for (seq, p) in messages {
+        for (from, p) in messages {
             let decoded = if self.skips {
-                match ownership.owner(p, max, seq) {
+                match ownership.owner(p, max, from) {
                     Owner::Mine(decoded) => decoded,
                     Owner::Skipped | Owner::Theirs => {
                         skipped += 1;

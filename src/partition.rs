@@ -155,22 +155,25 @@ impl Ownership {
     }
 
     /// Whether a message no replica can name a namespace for is this one's:
-    /// partition 0's, or slot 0's holder.
-    fn owns_unnamed(&self, seq: u64) -> bool {
-        match self.slots {
-            0 => self.partition.index == 0,
-            _ => self.owns_slot(0, seq),
+    /// partition 0's; with slots, the holder of the slot its subject names
+    /// (the only replica the server sends it to), else of slot 0.
+    fn owns_unnamed(&self, from: Origin) -> bool {
+        match (self.slots, from.slot) {
+            (0, _) => self.partition.index == 0,
+            (_, Some(slot)) => self.owns_slot(slot, from.seq),
+            (_, None) => self.owns_slot(0, from.seq),
         }
     }
 
-    /// Who folds `raw`, stream sequence `seq` (`u64::MAX` off a stream).
+    /// Who folds `raw`, read `from` where.
     /// Every replica decides the same way from the bytes alone: by the
     /// first top-level `namespace` when it is a non-empty string (read
     /// without scanning further, so other partitions' events cost only
     /// their envelope up to it); else by the namespace the full decode
     /// finds; a message too broken to name one (or too large) goes to
     /// partition 0 (or slot 0), which counts its rejection.
-    pub fn owner<'a>(&self, raw: &'a [u8], max: usize, seq: u64) -> Owner<'a> {
+    pub fn owner<'a>(&self, raw: &'a [u8], max: usize, from: Origin) -> Owner<'a> {
+        let seq = from.seq;
         let leading = (raw.len() <= max)
             .then(|| scan::leading_namespace(raw).and_then(|s| s.text()))
             .flatten()
@@ -185,14 +188,37 @@ impl Ownership {
             (None, Ok(ev)) => ev
                 .namespace
                 .as_deref()
-                .map_or(self.owns_unnamed(seq), |ns| self.owns(ns, seq)),
-            (None, Err(_)) => self.owns_unnamed(seq),
+                .map_or(self.owns_unnamed(from), |ns| self.owns(ns, seq)),
+            (None, Err(_)) => self.owns_unnamed(from),
         };
         if mine {
             Owner::Mine(decoded)
         } else {
             Owner::Theirs
         }
+    }
+}
+
+/// Where a message was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// Its stream sequence (`u64::MAX` off a stream): a slot that moved
+    /// here skips what its state already holds.
+    pub seq: u64,
+    /// The slot its subject names, when the server sends each replica its
+    /// slots' subjects (`--partition.filter-subject` with `{slot}`).
+    pub slot: Option<u32>,
+}
+
+impl Origin {
+    /// Core NATS, or a consumer that acknowledges: no position.
+    pub const UNORDERED: Origin = Origin {
+        seq: u64::MAX,
+        slot: None,
+    };
+
+    pub fn at(seq: u64) -> Origin {
+        Origin { seq, slot: None }
     }
 }
 
@@ -247,7 +273,7 @@ mod tests {
     }
 
     fn owner_of(p: Partition, raw: &str) -> &'static str {
-        match Ownership::by_hash(p).owner(raw.as_bytes(), 65536, u64::MAX) {
+        match Ownership::by_hash(p).owner(raw.as_bytes(), 65536, Origin::UNORDERED) {
             Owner::Skipped => "skipped",
             Owner::Mine(_) => "mine",
             Owner::Theirs => "theirs",
@@ -281,6 +307,35 @@ mod tests {
         assert_eq!((own.position(slot, 7), own.position(slot, 900)), (250, 900));
         own.release(slot);
         assert!(!own.owns("game-1", 1_000) && own.lowest().is_none());
+    }
+
+    /// With the slot in the subject, a message that names no namespace is
+    /// that slot's holder's (past its floor); a named one goes by its name.
+    #[test]
+    fn unnamed_messages_go_to_their_subjects_slot() {
+        let mut own = Ownership::by_slots(Partition::default(), 30);
+        own.hold(7, 100);
+        let mine =
+            |raw: &str, from| matches!(own.owner(raw.as_bytes(), 65536, from), Owner::Mine(_));
+        let unnamed = r#"{"name":"MetricAcquiringDsEvent"}"#;
+        let slot = |seq, slot| Origin { seq, slot };
+        assert!(mine(unnamed, slot(101, Some(7))));
+        assert!(!mine(unnamed, slot(100, Some(7))), "below the floor");
+        assert!(!mine(unnamed, slot(101, Some(8))));
+        assert!(
+            !mine(unnamed, slot(101, None)),
+            "slot 0's without a subject slot"
+        );
+        assert!(!mine("{broken", slot(101, Some(8))));
+        assert!(mine("{broken", slot(101, Some(7))));
+        let named = format!(
+            r#"{{"name":"MetricAcquiringDsEvent","namespace":"{}"}}"#,
+            (0..)
+                .map(|i| format!("g{i}"))
+                .find(|n| slot_of(n, 30) == 7)
+                .unwrap()
+        );
+        assert!(mine(&named, slot(101, Some(3))), "a name goes by its hash");
     }
 
     #[test]

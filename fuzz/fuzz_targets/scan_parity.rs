@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use session_exporter::partition::{slot_owner, Owner, Ownership, Partition};
+use session_exporter::partition::{slot_owner, Origin, Owner, Ownership, Partition};
 use session_exporter::scan::parity::agree;
 
 fuzz_target!(|data: &[u8]| {
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
             let owners = (0..count)
                 .map(|index| Partition { count, index })
                 .map(|p| if slots { by_slots(p) } else { Ownership::by_hash(p) })
-                .filter(|own| matches!(own.owner(data, 65536, 1), Owner::Mine(_)))
+                .filter(|own| matches!(own.owner(data, 65536, Origin::at(1)), Owner::Mine(_)))
                 .count();
             assert_eq!(owners, 1, "{count} partitions (slots {slots}): {owners} owners");
         }

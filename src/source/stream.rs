@@ -34,6 +34,7 @@ use super::{
     retrying, server_version, ticker, Folding, JetStreamConfig, NatsConfig, SourceError, BATCH,
 };
 use crate::exporter::Exporter;
+use crate::partition::Origin;
 
 /// Where the reader stands: the last stream sequence folded.
 struct Position {
@@ -77,6 +78,8 @@ pub(super) async fn run(
     .await?;
     // With slots, those claimed are released at the finish.
     if let Some(Located { stream, config, at }) = located {
+        let by_slot = checkpoints.slots.is_some() && !cfg.partition_subjects.is_empty();
+        let slots = exporter.ownership().slots;
         let mut reader = StreamReader {
             client,
             exporter,
@@ -86,6 +89,7 @@ pub(super) async fn run(
             stream,
             config,
             at,
+            slot_subjects: by_slot.then_some((cfg.partition_subjects.as_slice(), slots)),
         };
         if let Some(consumer) = reader.open(&mut shutdown).await {
             reader
@@ -108,6 +112,9 @@ struct StreamReader<'c> {
     stream: Stream,
     config: push::Config,
     at: Position,
+    /// With slots whose subjects carry them: the subject templates and the
+    /// count of slots, to read a message's slot from its subject.
+    slot_subjects: Option<(&'c [String], u32)>,
 }
 
 impl StreamReader<'_> {
@@ -305,6 +312,7 @@ impl StreamReader<'_> {
     /// anew (what follows the gap is not folded).
     fn fold(&mut self, consumer: &mut Consumer, batch: Vec<Message>) -> Result<(), Reopen> {
         let (exporter, at, stream) = (&self.exporter, &mut self.at, &self.js_cfg.stream);
+        let slot_subjects = self.slot_subjects;
         let mut payloads = Vec::with_capacity(batch.len());
         let mut pending = None;
         let mut verdict = Ok(());
@@ -338,7 +346,12 @@ impl StreamReader<'_> {
             }
             at.last = d.stream_seq;
             pending = Some(d.pending);
-            payloads.push((d.stream_seq, m.payload.as_ref()));
+            let from = Origin {
+                seq: d.stream_seq,
+                slot: slot_subjects
+                    .and_then(|(templates, slots)| slot_in_subject(templates, &m.subject, slots)),
+            };
+            payloads.push((from, m.payload.as_ref()));
         }
         exporter.ingest_at(payloads);
         self.checkpoints.resume.stream_seq = at.last;
@@ -507,6 +520,32 @@ fn slot_filters(templates: &[String], exporter: &Exporter) -> Vec<String> {
             .map(move |t| t.replace("{slot}", &s.to_string()))
     };
     held.into_iter().flat_map(each).collect()
+}
+
+/// The slot a message's subject names, by the first of `templates` it
+/// matches (`*` one token, `>` the rest, `{slot}` a slot number below
+/// `slots` within its token); `None` if none matches.
+fn slot_in_subject(templates: &[String], subject: &str, slots: u32) -> Option<u32> {
+    templates.iter().find_map(|template| {
+        let mut slot = None;
+        let mut tokens = subject.split('.');
+        for t in template.split('.') {
+            if t == ">" {
+                return tokens.next().and(slot);
+            }
+            let token = tokens.next()?;
+            match t.split_once("{slot}") {
+                Some((before, after)) => {
+                    let digits = token.strip_prefix(before)?.strip_suffix(after)?;
+                    let n = digits.parse::<u32>().ok().filter(|&n| n < slots)?;
+                    slot = Some(n);
+                }
+                None if t == "*" || t == token => {}
+                None => return None,
+            }
+        }
+        tokens.next().is_none().then_some(slot).flatten()
+    })
 }
 
 /// The consumer's filter: several subjects on servers 2.10+; on older ones
@@ -765,6 +804,29 @@ async fn legacy_position(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_slot_is_read_from_the_subject() {
+        let t = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let one = t(&["sessions.{slot}.*.*"]);
+        assert_eq!(slot_in_subject(&one, "sessions.17.alpha.E", 720), Some(17));
+        assert_eq!(slot_in_subject(&one, "sessions.0.alpha.E", 720), Some(0));
+        for other in [
+            "sessions.720.alpha.E",
+            "sessions.x.alpha.E",
+            "sessions.-1.alpha.E",
+            "sessions.17.alpha",
+            "sessions.17.alpha.E.more",
+            "other.17.alpha.E",
+            "sessions..alpha.E",
+        ] {
+            assert_eq!(slot_in_subject(&one, other, 720), None, "{other}");
+        }
+        let two = t(&["a.s{slot}x.>", "b.*.{slot}"]);
+        assert_eq!(slot_in_subject(&two, "a.s5x.q.r", 10), Some(5));
+        assert_eq!(slot_in_subject(&two, "a.s5x", 10), None);
+        assert_eq!(slot_in_subject(&two, "b.q.9", 10), Some(9));
+    }
 
     #[test]
     fn reply_subjects_of_both_forms_are_read() {
