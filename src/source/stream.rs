@@ -18,6 +18,7 @@
 //! silently.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -558,16 +559,21 @@ fn consumer_config(client: &Client, filters: &[String], at: &mut Position) -> pu
         [one] => config.filter_subject = one.clone(),
         many if server_version(client) >= (2, 10) => config.filter_subjects = many.to_vec(),
         many => {
-            tracing::warn!(
-                subjects = ?many,
-                server = %client.server_info().version,
-                "this nats-server allows one filter subject per consumer (2.10+ allow several): reading every subject of the stream"
-            );
+            // With slots the filters are made anew at each claim: said once.
+            let server = &client.server_info().version;
+            let why = "this nats-server allows one filter subject per consumer (2.10+ allow several): reading every subject of the stream";
+            if ONE_FILTER_WARNED.swap(true, Ordering::Relaxed) {
+                tracing::debug!(subjects = ?many, %server, "{why}");
+            } else {
+                tracing::warn!(subjects = ?many, %server, "{why}");
+            }
             at.gaps_are_losses = true;
         }
     }
     config
 }
+
+static ONE_FILTER_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Why the ordered consumer is made anew from the position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
