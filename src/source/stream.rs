@@ -18,7 +18,6 @@
 //! silently.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +47,9 @@ struct Position {
     /// Counted lost up to here: a range is counted once, however many
     /// claims go back below it.
     lost_until: u64,
+    /// Whether the log already said the server reads every subject for
+    /// this consumer (2.9 and several filters).
+    told_one_filter: bool,
 }
 
 /// Read `js_cfg`'s stream from where `folding`'s checkpoint stands until
@@ -409,6 +411,7 @@ async fn locate(
         reread_until: 0,
         gaps_are_losses: filters.is_empty(),
         lost_until: 0,
+        told_one_filter: false,
     };
     let mut stored = (at.last > 0).then_some(at.last);
     if checkpoints.slots.is_some() {
@@ -560,20 +563,18 @@ fn consumer_config(client: &Client, filters: &[String], at: &mut Position) -> pu
         many if server_version(client) >= (2, 10) => config.filter_subjects = many.to_vec(),
         many => {
             // With slots the filters are made anew at each claim: said once.
-            let server = &client.server_info().version;
-            let why = "this nats-server allows one filter subject per consumer (2.10+ allow several): reading every subject of the stream";
-            if ONE_FILTER_WARNED.swap(true, Ordering::Relaxed) {
-                tracing::debug!(subjects = ?many, %server, "{why}");
-            } else {
-                tracing::warn!(subjects = ?many, %server, "{why}");
+            if !std::mem::replace(&mut at.told_one_filter, true) {
+                tracing::warn!(
+                    subjects = ?many,
+                    server = %client.server_info().version,
+                    "this nats-server allows one filter subject per consumer (2.10+ allow several): reading every subject of the stream"
+                );
             }
             at.gaps_are_losses = true;
         }
     }
     config
 }
-
-static ONE_FILTER_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Why the ordered consumer is made anew from the position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
