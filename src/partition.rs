@@ -156,7 +156,8 @@ impl Ownership {
 
     /// Whether a message no replica can name a namespace for is this one's:
     /// partition 0's; with slots, the holder of the slot its subject names
-    /// (the only replica the server sends it to), else of slot 0.
+    /// (on 2.10+ the only replica the server sends it to; on 2.9 a replica
+    /// with several slots reads all and skips), else of slot 0.
     fn owns_unnamed(&self, from: Origin) -> bool {
         match (self.slots, from.slot) {
             (0, _) => self.partition.index == 0,
@@ -166,12 +167,13 @@ impl Ownership {
     }
 
     /// Who folds `raw`, read `from` where.
-    /// Every replica decides the same way from the bytes alone: by the
-    /// first top-level `namespace` when it is a non-empty string (read
-    /// without scanning further, so other partitions' events cost only
-    /// their envelope up to it); else by the namespace the full decode
+    /// Every replica decides the same way from the bytes and their subject:
+    /// by the first top-level `namespace` when it is a non-empty string
+    /// (read without scanning further, so other partitions' events cost
+    /// only their envelope up to it); else by the namespace the full decode
     /// finds; a message too broken to name one (or too large) goes to
-    /// partition 0 (or slot 0), which counts its rejection.
+    /// partition 0, or with slots to its subject's slot (else slot 0),
+    /// which counts its rejection.
     pub fn owner<'a>(&self, raw: &'a [u8], max: usize, from: Origin) -> Owner<'a> {
         let seq = from.seq;
         let leading = (raw.len() <= max)

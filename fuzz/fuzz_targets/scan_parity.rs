@@ -2,7 +2,7 @@
 //! the same fields (a differential target). And partition ownership, which
 //! reads the envelope's leading namespace before the full decode: every
 //! message has exactly one owner among the partitions, for any count, with
-//! slots or without.
+//! slots or without, and with or without a slot read from its subject.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -19,13 +19,16 @@ fuzz_target!(|data: &[u8]| {
             (0..12).filter(|&s| slot_owner(s, count) == p.index).for_each(|s| own.hold(s, 0));
             own
         };
-        for slots in [false, true] {
+        // Any slot the subject may name, from the message's first byte.
+        let subject_slot = data.first().map(|b| u32::from(*b) % 12);
+        for (slots, slot) in [(false, None), (true, None), (true, subject_slot)] {
+            let from = Origin { seq: 1, slot };
             let owners = (0..count)
                 .map(|index| Partition { count, index })
                 .map(|p| if slots { by_slots(p) } else { Ownership::by_hash(p) })
-                .filter(|own| matches!(own.owner(data, 65536, Origin::at(1)), Owner::Mine(_)))
+                .filter(|own| matches!(own.owner(data, 65536, from), Owner::Mine(_)))
                 .count();
-            assert_eq!(owners, 1, "{count} partitions (slots {slots}): {owners} owners");
+            assert_eq!(owners, 1, "{count} partitions (slots {slots}, {slot:?}): {owners} owners");
         }
     }
 });

@@ -541,7 +541,16 @@ fn slot_in_subject(templates: &[String], subject: &str, slots: u32) -> Option<u3
             match t.split_once("{slot}") {
                 Some((before, after)) => {
                     let digits = token.strip_prefix(before)?.strip_suffix(after)?;
-                    let n = digits.parse::<u32>().ok().filter(|&n| n < slots)?;
+                    // As the filters spell it: no sign, no leading zero.
+                    let canonical = digits.bytes().all(|b| b.is_ascii_digit())
+                        && (digits == "0" || !digits.starts_with('0'));
+                    let n = digits
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|&n| canonical && n < slots)?;
+                    if slot.is_some_and(|s| s != n) {
+                        return None;
+                    }
                     slot = Some(n);
                 }
                 None if t == "*" || t == token => {}
@@ -826,6 +835,9 @@ mod tests {
             "sessions.17.alpha.E.more",
             "other.17.alpha.E",
             "sessions..alpha.E",
+            "sessions.007.alpha.E",
+            "sessions.+7.alpha.E",
+            "sessions.00.alpha.E",
         ] {
             assert_eq!(slot_in_subject(&one, other, 720), None, "{other}");
         }
@@ -833,6 +845,9 @@ mod tests {
         assert_eq!(slot_in_subject(&two, "a.s5x.q.r", 10), Some(5));
         assert_eq!(slot_in_subject(&two, "a.s5x", 10), None);
         assert_eq!(slot_in_subject(&two, "b.q.9", 10), Some(9));
+        let twice = t(&["a.{slot}.b.{slot}"]);
+        assert_eq!(slot_in_subject(&twice, "a.3.b.3", 10), Some(3));
+        assert_eq!(slot_in_subject(&twice, "a.3.b.4", 10), None);
     }
 
     #[test]
