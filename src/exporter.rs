@@ -535,7 +535,8 @@ impl Exporter {
     }
 
     /// Fold with `catalog` from now on (a reload, [`crate::reload`]): it
-    /// was read and checked before, so the lock is held for the swap only.
+    /// was read and checked before; the lock is held to apply it to every
+    /// namespace (new bucket bounds re-count each histogram).
     pub fn reconfigure(&self, catalog: Catalog) {
         self.stats
             .max_namespaces

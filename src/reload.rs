@@ -1,6 +1,7 @@
 //! Reloading the mapping (SIGHUP, and `POST /-/reload` with
 //! `--web.enable-lifecycle`). The file is read, parsed and checked on a
-//! blocking thread, outside the fold lock; only the swap takes the lock. On
+//! blocking thread, outside the fold lock; only applying it to every
+//! namespace (the mapping's rules and bucket bounds) takes the lock. On
 //! error the old mapping stays.
 
 use std::path::PathBuf;
