@@ -439,7 +439,7 @@ impl Exporter {
     pub fn ingest_at<'a>(&self, messages: impl IntoIterator<Item = (Origin, &'a [u8])>) -> usize {
         let wall = unix_now();
         let now = Instant::now();
-        let (mut received, mut folded, mut skipped) = (0, 0, 0);
+        let (mut received, mut folded, mut skipped, mut misrouted) = (0, 0, 0, 0);
         // Lag is observed locally and flushed once per batch: no atomics per event.
         let lag = self.stats.event_lag.local();
         let mut minute = Minute::default();
@@ -452,6 +452,10 @@ impl Exporter {
                     Owner::Mine(decoded) => decoded,
                     Owner::Skipped | Owner::Theirs => {
                         skipped += 1;
+                        continue;
+                    }
+                    Owner::Misrouted => {
+                        (skipped, misrouted) = (skipped + 1, misrouted + 1);
                         continue;
                     }
                 }
@@ -497,6 +501,7 @@ impl Exporter {
         self.stats.messages_received.inc_by(received);
         if skipped > 0 {
             self.stats.partition_skipped.inc_by(skipped);
+            self.stats.partition_misrouted.inc_by(misrouted);
         }
         folded as usize
     }

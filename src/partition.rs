@@ -166,6 +166,15 @@ impl Ownership {
         }
     }
 
+    /// Whether `namespace` (not this replica's) came on the subject of a
+    /// slot it holds: the publisher's subject names another slot than the
+    /// body's namespace hashes to.
+    fn misrouted(&self, namespace: &str, from: Origin) -> bool {
+        from.slot.is_some_and(|s| {
+            self.slots > 0 && self.owns_slot(s, from.seq) && slot_of(namespace, self.slots) != s
+        })
+    }
+
     /// Who folds `raw`, read `from` where.
     /// Every replica decides the same way from the bytes and their subject:
     /// by the first top-level `namespace` when it is a non-empty string
@@ -180,17 +189,22 @@ impl Ownership {
             .then(|| scan::leading_namespace(raw).and_then(|s| s.text()))
             .flatten()
             .filter(|n| !n.is_empty());
-        if leading.as_ref().is_some_and(|ns| !self.owns(ns, seq)) {
-            return Owner::Skipped;
+        if let Some(ns) = leading.as_deref().filter(|ns| !self.owns(ns, seq)) {
+            return match self.misrouted(ns, from) {
+                true => Owner::Misrouted,
+                false => Owner::Skipped,
+            };
         }
         let decoded = decode_limited(raw, max);
         let mine = match (&leading, &decoded) {
             // Its leading namespace is ours, even if the rest is broken.
             (Some(_), _) => true,
-            (None, Ok(ev)) => ev
-                .namespace
-                .as_deref()
-                .map_or(self.owns_unnamed(from), |ns| self.owns(ns, seq)),
+            (None, Ok(ev)) => match ev.namespace.as_deref() {
+                Some(ns) if self.owns(ns, seq) => true,
+                Some(ns) if self.misrouted(ns, from) => return Owner::Misrouted,
+                Some(_) => false,
+                None => self.owns_unnamed(from),
+            },
             (None, Err(_)) => self.owns_unnamed(from),
         };
         if mine {
@@ -232,6 +246,10 @@ pub enum Owner<'a> {
     Mine(Result<Event<'a>, Reason>),
     /// Decoded in full (or rejected), and owned by another replica.
     Theirs,
+    /// Another replica's namespace on the subject of a slot this one
+    /// holds: counted here, folded by its namespace's holder only if that
+    /// replica reads this subject too (nats-server 2.9, several slots).
+    Misrouted,
 }
 
 impl Partition {
@@ -279,6 +297,7 @@ mod tests {
             Owner::Skipped => "skipped",
             Owner::Mine(_) => "mine",
             Owner::Theirs => "theirs",
+            Owner::Misrouted => "misrouted",
         }
     }
 
@@ -338,6 +357,24 @@ mod tests {
                 .unwrap()
         );
         assert!(mine(&named, slot(101, Some(3))), "a name goes by its hash");
+        let elsewhere = r#"{"name":"MetricAcquiringDsEvent","namespace":"x"}"#;
+        assert_ne!(slot_of("x", 30), 7);
+        let owner = |raw: &str, from| match own.owner(raw.as_bytes(), 65536, from) {
+            Owner::Mine(_) => "mine",
+            Owner::Skipped => "skipped",
+            Owner::Theirs => "theirs",
+            Owner::Misrouted => "misrouted",
+        };
+        assert_eq!(owner(elsewhere, slot(101, Some(7))), "misrouted");
+        assert_eq!(
+            owner(elsewhere, slot(100, Some(7))),
+            "skipped",
+            "read again"
+        );
+        assert_eq!(owner(elsewhere, slot(101, None)), "skipped");
+        let late = r#"{"name":"MetricAcquiringDsEvent","payload":{"namespace":"x"}}"#;
+        assert_eq!(owner(late, slot(101, Some(7))), "misrouted");
+        assert_eq!(owner(late, slot(101, Some(8))), "theirs");
     }
 
     #[test]

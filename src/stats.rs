@@ -51,6 +51,8 @@ pub struct Stats {
     pub broadcast_messages: IntCounter,
     /// Messages of other partitions' namespaces, left to their replicas.
     pub partition_skipped: IntCounter,
+    /// Of those, the ones on a subject of a slot this replica holds.
+    pub partition_misrouted: IntCounter,
     /// This replica's partition: `{count, index}`, always 1.
     pub partition: IntGaugeVec,
     /// With slots: how many this replica holds, and how many moved.
@@ -421,6 +423,11 @@ impl Stats {
                 &r,
                 "partition_skipped_messages_total",
                 "Messages of namespaces another partition owns, skipped unfolded (outside messages_received_total).",
+            ),
+            partition_misrouted: counter(
+                &r,
+                "partition_misrouted_messages_total",
+                "Of partition_skipped_messages_total, those on the subject of a slot this replica holds whose namespace hashes to another slot: with per-slot filters on nats-server 2.10+, no replica folds them.",
             ),
             partition,
             slots_held: gauge(

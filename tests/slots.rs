@@ -766,6 +766,38 @@ fn server_side(bin: &Path) {
             .count();
         assert_eq!(said, usize::from(!several_filters), "{version}");
     }
+    // A publisher whose subject names another namespace than the body's,
+    // one the other replica holds: counted once, by the replica that holds
+    // the subject's slot.
+    let slots: u32 = SLOTS.parse().unwrap();
+    let holder = |ns: &str| {
+        let slot = session_exporter::partition::slot_of(ns, slots);
+        session_exporter::partition::slot_owner(slot, 2)
+    };
+    let wrong: Vec<(String, Vec<u8>)> = second
+        .iter()
+        .filter_map(|(subject, body)| {
+            let ns = subject.split('.').nth(1).filter(|ns| *ns != "none")?;
+            let other = (0..)
+                .map(|i| format!("w{i}"))
+                .find(|o| holder(o) != holder(ns))?;
+            Some((subject.replacen(ns, &other, 1), body.clone()))
+        })
+        .take(25)
+        .collect();
+    rt.block_on(js_publish(&js, &wrong));
+    let counted = || {
+        let each = fleet.iter().map(|r| {
+            let m = r.metrics();
+            sum(&m, "session_exporter_partition_misrouted_messages_total")
+        });
+        each.sum::<f64>()
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "misrouted messages counted",
+        || (counted() == wrong.len() as f64).then_some(()),
+    );
 }
 
 #[test]
