@@ -42,7 +42,11 @@ impl Dedup {
         slot_key(self.key, &self.slot_keys, slot)
     }
 
-    /// Take `slot`'s ids, hashed with `key`, oldest first.
+    /// Take `slot`'s ids, hashed with `key`, oldest first. They come on
+    /// top of what the window holds and push nothing out: appended as the
+    /// newest, a takeover of many slots would evict this replica's own
+    /// latest ids, whose publishers' retries may still be on their way.
+    /// The window drains back to `cap` as new ids arrive ([`Dedup::remember`]).
     pub(super) fn adopt(&mut self, slot: u32, key: u64, ids: impl Iterator<Item = u64>) {
         let at = slot as usize;
         if self.slot_keys.len() <= at {
@@ -50,7 +54,7 @@ impl Dedup {
         }
         self.slot_keys[at] = key;
         ids.for_each(|h| {
-            self.remember(h, slot);
+            self.insert(h, slot);
         });
     }
 
@@ -58,18 +62,30 @@ impl Dedup {
         !self.remember(keyed_hash(self.key_of(slot), id), slot)
     }
 
-    /// False when `h` was already remembered.
+    /// False when `h` was already remembered. Past `cap` (after taking
+    /// slots) the two oldest go for each new id, so the window is back to
+    /// `cap` after as many new ids as it was over, its own latest last.
     pub(super) fn remember(&mut self, h: u64, slot: u32) -> bool {
-        if !self.seen.insert(h) {
+        if !self.insert(h, slot) {
             return false;
         }
-        self.order.push_back((h, slot));
-        if self.order.len() > self.cap {
+        for _ in 0..2 {
+            if self.order.len() <= self.cap {
+                break;
+            }
             if let Some((old, _)) = self.order.pop_front() {
                 self.seen.remove(&old);
             }
         }
         true
+    }
+
+    fn insert(&mut self, h: u64, slot: u32) -> bool {
+        let new = self.seen.insert(h);
+        if new {
+            self.order.push_back((h, slot));
+        }
+        new
     }
 }
 
@@ -114,4 +130,25 @@ pub(super) fn keyed_hash(key: u64, id: &str) -> u64 {
     let h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     let h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     h ^ (h >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full window that takes a slot's ids keeps its own latest, then
+    /// drains back to its size.
+    #[test]
+    fn taking_a_slot_evicts_none_of_the_own_latest() {
+        let mut d = Dedup::new(10, 1);
+        (0..10).for_each(|h| assert!(d.remember(h, 0)));
+        d.adopt(3, 2, 100..110);
+        assert_eq!(d.order.len(), 20, "nothing pushed out");
+        assert!(!d.remember(9, 0), "the own latest is still known");
+        assert!(!d.remember(105, 3), "and so are the slot's");
+        // Each new id takes two of the oldest with it: 20 → 10 in 10.
+        (200..210).for_each(|h| assert!(d.remember(h, 0)));
+        assert_eq!((d.order.len(), d.seen.len()), (10, 10));
+        assert!(d.remember(109, 3), "the slot's ids went after the own ones");
+    }
 }
