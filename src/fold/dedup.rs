@@ -64,7 +64,9 @@ impl Dedup {
 
     /// False when `h` was already remembered. Past `cap` (after taking
     /// slots) the two oldest go for each new id, so the window is back to
-    /// `cap` after as many new ids as it was over, its own latest last.
+    /// `cap` after as many new ids as it was over: its own ids go first,
+    /// oldest first, so its latest stay for about half as many new ids as
+    /// it held of its own.
     pub(super) fn remember(&mut self, h: u64, slot: u32) -> bool {
         if !self.insert(h, slot) {
             return false;
